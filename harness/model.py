@@ -1,0 +1,240 @@
+"""One Transformer builder for three topologies, assembled from slot components.
+
+``build(spec, topology)`` returns a :class:`Transformer` whose parts are looked up by slot in
+:data:`modtransfer.components.COMPONENTS`. Topologies share the same blocks:
+
+* ``decoder``: causal self-attention stack (language modelling);
+* ``encoder``: bidirectional stack (regression, classification);
+* ``encoder_decoder``: encoder + decoder with causal self-attention and cross-attention
+  (Vaswani et al. 2017, "Attention Is All You Need", arXiv 1706.03762).
+
+Slot interfaces (what a plugin's component must provide):
+
+``activation``  ``fn(x) -> x``, elementwise.
+``ffn``         ``factory(spec, activation, layer_index) -> Module``; ``forward(x) -> x``; may set
+                ``self.aux_loss`` (a scalar tensor) after each forward, added to the training loss.
+``norm``        ``factory(dim, eps) -> Module``.
+``residual``    ``cls(spec, sublayer, norm_factory, index, n_sublayers) -> Module``;
+                ``forward(x, **kw)`` calls ``sublayer(h, **kw)``; class attribute ``final_norm``
+                says whether a stack ends with a norm.
+``position``    ``cls(spec, causal) -> Module`` with ``embed(x) -> x`` (added to the input),
+                ``bias(q_len, k_len, device, dtype) -> Tensor[H, q_len, k_len] | None`` and
+                ``rotate(q, k) -> (q, k)`` (used when ``rotates`` is true). One per stack, so a
+                relative bias is shared by the stack's layers (T5).
+``attention``   ``cls(spec, causal, cross) -> Module``;
+                ``forward(x, kv=None, *, pad_mask=None, bias=None, position=None) -> x``.
+``embedding``   ``cls(spec, topology) -> Module`` with ``embed(tokens, stack) -> x``,
+                ``output_weight() -> Tensor[V, d_out] | None`` (tied weight, or None), ``to_output(h)``
+                (maps hidden states to the output head's input) and ``output_dim``.
+``output``      ``cls(spec, in_dim, tied) -> Module`` with ``log_probs(h, weight)`` and
+                ``token_nll(h, targets, weight) -> Tensor[B, T]`` (0 where ``targets == -100``).
+``sharing``     ``fn(stack) -> bool``: whether ``"encoder"``/``"decoder"`` reuses one block.
+``init``        ``fn(model, spec) -> None``, applied once after construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .components import component
+from .spec import ModelSpec
+
+IGNORE_INDEX = -100
+
+
+class Block(nn.Module):
+    """Self-attention, optional cross-attention, FFN; each wrapped by the residual component."""
+
+    def __init__(self, spec: ModelSpec, *, causal: bool, cross: bool, index: int) -> None:
+        super().__init__()
+        residual = component("residual", spec.residual)
+        norm = component("norm", spec.norm)
+        attention = component("attention", spec.attention)
+        ffn = component("ffn", spec.ffn)
+        activation = component("activation", spec.activation)
+        per_block = 3 if cross else 2
+        total = spec.n_layers * per_block
+        first = index * per_block
+        self.attn = residual(spec, attention(spec, causal=causal, cross=False), norm, first, total)
+        self.cross = (
+            residual(spec, attention(spec, causal=False, cross=True), norm, first + 1, total) if cross else None
+        )
+        self.ffn = residual(spec, ffn(spec, activation, index), norm, first + per_block - 1, total)
+
+    def forward(
+        self, x: Tensor, *, pad_mask: Tensor | None, bias: Tensor | None, position: nn.Module,
+        memory: Tensor | None, memory_pad_mask: Tensor | None,
+    ) -> Tensor:
+        x = self.attn(x, pad_mask=pad_mask, bias=bias, position=position)
+        if self.cross is not None:
+            x = self.cross(x, kv=memory, pad_mask=memory_pad_mask)
+        return self.ffn(x)
+
+
+class Stack(nn.Module):
+    """A stack of blocks with its own position component and (for pre-norm) a final norm."""
+
+    def __init__(self, spec: ModelSpec, *, causal: bool, cross: bool, shared: bool) -> None:
+        super().__init__()
+        self.position = component("position", spec.position)(spec, causal=causal)
+        if shared:  # one block applied n_layers times (Lan et al. 2020, ALBERT, arXiv 1909.11942)
+            self.blocks = nn.ModuleList([Block(spec, causal=causal, cross=cross, index=0)])
+            self.repeat = spec.n_layers
+        else:
+            self.blocks = nn.ModuleList(Block(spec, causal=causal, cross=cross, index=i) for i in range(spec.n_layers))
+            self.repeat = 1
+        residual = component("residual", spec.residual)
+        norm = component("norm", spec.norm)
+        self.final_norm = norm(spec.d_model, spec.norm_eps) if residual.final_norm else nn.Identity()
+        self.drop = nn.Dropout(spec.dropout)
+
+    def forward(
+        self, x: Tensor, pad_mask: Tensor | None = None, memory: Tensor | None = None,
+        memory_pad_mask: Tensor | None = None,
+    ) -> Tensor:
+        x = self.drop(self.position.embed(x))
+        n = x.shape[1]
+        bias = self.position.bias(n, n, x.device, x.dtype)
+        for _ in range(self.repeat):
+            for block in self.blocks:
+                x = block(x, pad_mask=pad_mask, bias=bias, position=self.position, memory=memory,
+                          memory_pad_mask=memory_pad_mask)
+        return self.final_norm(x)
+
+
+class Transformer(nn.Module):
+    """A decoder, encoder or encoder-decoder built from a :class:`ModelSpec`."""
+
+    def __init__(self, spec: ModelSpec, topology: str) -> None:
+        super().__init__()
+        if topology not in ("decoder", "encoder", "encoder_decoder"):
+            raise ValueError(f"unknown topology {topology!r}")
+        spec.check_components()
+        self.spec = spec
+        self.topology = topology
+        self.has_vocab = spec.vocab_size > 0
+        if self.has_vocab:
+            self.embedding = component("embedding", spec.embedding)(spec, topology)
+            self.output = component("output", spec.output)(
+                spec, self.embedding.output_dim, self.embedding.output_weight() is not None
+            )
+        else:
+            if spec.in_features < 1 or spec.out_features < 1:
+                raise ValueError("a model without vocabulary needs in_features and out_features")
+            self.in_proj = nn.Linear(spec.in_features, spec.d_model)
+            self.out_proj = nn.Linear(spec.d_model, spec.out_features)
+        shares = component("sharing", spec.sharing)
+        self.encoder = (
+            Stack(spec, causal=False, cross=False, shared=shares("encoder"))
+            if topology in ("encoder", "encoder_decoder") else None
+        )
+        self.decoder = (
+            Stack(spec, causal=True, cross=topology == "encoder_decoder", shared=shares("decoder"))
+            if topology in ("decoder", "encoder_decoder") else None
+        )
+        component("init", spec.init)(self, spec)
+        self._aux = [m for m in self.modules() if hasattr(m, "aux_loss")]
+
+    # -- inputs -------------------------------------------------------------------------
+    def _inputs(self, x: Tensor, stack: str) -> Tensor:
+        if x.is_floating_point():
+            return self.in_proj(x)
+        return self.embedding.embed(x, stack)
+
+    def encode(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        """Bidirectional encoding of tokens [B, S] or features [B, S, F] -> [B, S, D]."""
+        if self.encoder is None:
+            raise RuntimeError(f"a {self.topology} model has no encoder")
+        return self.encoder(self._inputs(x, "encoder"), pad_mask)
+
+    def decode(
+        self, y: Tensor, pad_mask: Tensor | None = None, memory: Tensor | None = None,
+        memory_pad_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Causal decoding of tokens [B, T] (attending to ``memory`` when given) -> [B, T, D]."""
+        if self.decoder is None:
+            raise RuntimeError(f"a {self.topology} model has no decoder")
+        if self.topology == "encoder_decoder" and memory is None:
+            raise ValueError("an encoder-decoder needs memory from encode()")
+        return self.decoder(self._inputs(y, "decoder"), pad_mask, memory, memory_pad_mask)
+
+    def forward(self, x: Tensor, y: Tensor | None = None, x_pad: Tensor | None = None,
+                y_pad: Tensor | None = None) -> Tensor:
+        if self.topology == "encoder":
+            return self.encode(x, x_pad)
+        if self.topology == "decoder":
+            return self.decode(x, x_pad)
+        assert y is not None
+        return self.decode(y, y_pad, self.encode(x, x_pad), x_pad)
+
+    # -- outputs ------------------------------------------------------------------------
+    def token_nll(self, h: Tensor, targets: Tensor) -> Tensor:
+        """Negative log-likelihood per position [B, T] in nats (0 where targets == -100)."""
+        return self.output.token_nll(self.embedding.to_output(h), targets, self.embedding.output_weight())
+
+    def log_probs(self, h: Tensor) -> Tensor:
+        """Log-probabilities over the vocabulary [B, T, V]."""
+        return self.output.log_probs(self.embedding.to_output(h), self.embedding.output_weight())
+
+    def project(self, h: Tensor) -> Tensor:
+        """Continuous outputs [B, S, out_features] for tasks without a vocabulary."""
+        return self.out_proj(h)
+
+    def aux_loss(self) -> Tensor | float:
+        """Sum of auxiliary losses from the last forward (e.g. MoE load balancing), weighted."""
+        losses = [m.aux_loss for m in self._aux if isinstance(m.aux_loss, Tensor)]
+        if not losses:
+            return 0.0
+        return self.spec.aux_loss_weight * torch.stack(losses).sum()
+
+
+def build(spec: ModelSpec, topology: str) -> Transformer:
+    """Build the model a spec describes for a topology."""
+    return Transformer(spec, topology)
+
+
+def count_params(model_or_spec: nn.Module | ModelSpec, topology: str | None = None) -> int:
+    """Trainable parameters (shared and tied ones counted once); specs are built on ``meta``."""
+    if isinstance(model_or_spec, ModelSpec):
+        assert topology is not None
+        with torch.device("meta"):
+            model_or_spec = Transformer(model_or_spec, topology)
+    return sum(p.numel() for p in model_or_spec.parameters() if p.requires_grad)
+
+
+def count_flops(spec: ModelSpec, topology: str, seq_len: int | None = None) -> float:
+    """Forward FLOPs per token (matmuls, counted by ``torch.utils.flop_counter`` on ``meta``).
+
+    For vocabulary tasks the output head (log-likelihood of every position) is included;
+    for an encoder-decoder the source and target both have ``seq_len`` tokens and FLOPs are
+    per target token.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n = min(seq_len or spec.max_len, spec.max_len)
+    with torch.device("meta"):
+        model = Transformer(spec, topology)
+        if spec.vocab_size:
+            x = torch.zeros(1, n, dtype=torch.long)
+        else:
+            x = torch.zeros(1, n, spec.in_features)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            if topology == "encoder":
+                h = model.encode(x)
+            elif topology == "decoder":
+                h = model.decode(x)
+            else:
+                h = model.decode(x, memory=model.encode(x))
+            if spec.vocab_size:
+                model.token_nll(h, torch.zeros(1, n, dtype=torch.long))
+            else:
+                model.project(h)
+    return counter.get_total_flops() / n
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    return {"params": count_params(model)}

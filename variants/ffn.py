@@ -1,0 +1,72 @@
+"""Position-wise feed-forward networks: dense and gated (GLU family).
+
+Dense (Vaswani et al. 2017):  FFN(x) = act(x W1) W2.
+Gated (Dauphin et al. 2017; Shazeer 2020, "GLU Variants Improve Transformer", arXiv 2002.05202):
+FFN(x) = (act(x W) * (x V)) W2, with d_ff scaled by 2/3 so the three matrices hold as many
+parameters as the baseline's two. GLU uses sigmoid, GeGLU GELU, ReGLU ReLU, SwiGLU Swish and
+LiGLU (bilinear) the identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from modtransfer.components import register_component
+from modtransfer.spec import ModelSpec
+from modtransfer.variant import register_variant
+
+
+@register_component("ffn", "dense", paper="Vaswani et al. 2017, arXiv 1706.03762")
+class DenseFFN(nn.Module):
+    """act(x W1) W2."""
+
+    def __init__(self, spec: ModelSpec, activation: Callable[[Tensor], Tensor], layer_index: int = 0) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(spec.d_model, spec.d_ff, bias=False)
+        self.w2 = nn.Linear(spec.d_ff, spec.d_model, bias=False)
+        self.act = activation
+        self.drop = nn.Dropout(spec.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(self.drop(self.act(self.w1(x))))
+
+
+@register_component("ffn", "glu", paper="Shazeer 2020, arXiv 2002.05202")
+class GatedFFN(nn.Module):
+    """(act(x W) * (x V)) W2, with W and V fused into one matmul."""
+
+    def __init__(self, spec: ModelSpec, activation: Callable[[Tensor], Tensor], layer_index: int = 0) -> None:
+        super().__init__()
+        self.d_ff = spec.d_ff
+        self.w_in = nn.Linear(spec.d_model, 2 * spec.d_ff, bias=False)
+        self.w2 = nn.Linear(spec.d_ff, spec.d_model, bias=False)
+        self.act = activation
+        self.drop = nn.Dropout(spec.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, value = torch.split(self.w_in(x), self.d_ff, dim=-1)
+        return self.w2(self.drop(self.act(gate) * value))
+
+
+def gated_d_ff(d_ff: int) -> int:
+    """2/3 of the dense width, so a gated FFN has the baseline's parameters (Shazeer 2020)."""
+    return max(1, round(d_ff * 2 / 3))
+
+
+def _glu_variant(name: str, activation: str, label: str) -> None:
+    def patch(spec: ModelSpec) -> ModelSpec:
+        return spec.replace(ffn="glu", activation=activation, d_ff=gated_d_ff(spec.d_ff))
+
+    patch.__name__ = patch.__qualname__ = f"{name}_ffn"
+    patch.__doc__ = f"{label}: gated FFN (act={activation}), d_ff x 2/3 to match parameters."
+    register_variant(name, slot="ffn", paper="Shazeer 2020, arXiv 2002.05202", matches="params")(patch)
+
+
+_glu_variant("glu", "sigmoid", "GLU")
+_glu_variant("geglu", "gelu", "GeGLU")
+_glu_variant("reglu", "relu", "ReGLU")
+_glu_variant("swiglu", "swish", "SwiGLU")
+_glu_variant("liglu", "linear", "LiGLU (bilinear)")
