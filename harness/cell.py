@@ -1,0 +1,266 @@
+"""One cell: a Lightning ``Trainer.fit`` of one (variant, task, seed) plus its evaluation.
+
+The training step stays free of host synchronisation: the loss curve, the divergence flag
+and the first bad step are accumulated on the device and read every ``log_every`` steps.
+Evaluation calls the task's ``evaluate`` on the fixed held-out batches (every ``eval_every``
+steps and at the end). The result is a row for the results store; nothing is written here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .plan import Cell
+
+LOG_EVERY = 25
+
+
+def _lightning():
+    import logging
+    import warnings
+
+    import lightning as L
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    return L
+
+
+class CellStop(Exception):
+    pass
+
+
+def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list[Any], log_every: int,
+                t_start: float):
+    """The LightningModule of a cell (built lazily so that importing this file stays cheap)."""
+    L = _lightning()
+    from .schedule import lr_lambda
+
+    budget = cell.budget
+
+    class CellModule(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.curve: list[dict[str, Any]] = []
+            self.status = "done"
+            self.failed_step: int | None = None
+            self.reason: str | None = None
+            self.tokens = 0
+            self.first_step_at: float | None = None
+            self.train_started: float | None = None
+            self.initial_loss: float | None = None
+            self._loss_sum = torch.zeros(())
+            self._loss_n = 0
+            self._bad_step = torch.full((), -1, dtype=torch.long)
+            self.final_metrics: dict[str, float] = {}
+
+        def configure_optimizers(self):
+            decay, no_decay = [], []
+            for n, p in self.model.named_parameters():
+                if not p.requires_grad:
+                    continue
+                (decay if p.ndim >= 2 and budget.weight_decay > 0 else no_decay).append(p)
+            groups = [{"params": decay, "weight_decay": budget.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups = [g for g in groups if g["params"]]
+            fused = self.device.type == "cuda"
+            opt = torch.optim.AdamW(groups, lr=budget.lr, betas=budget.betas, fused=fused or None)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(budget.schedule, budget.steps, budget.warmup))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+        def on_train_start(self) -> None:
+            self._loss_sum = self._loss_sum.to(self.device)
+            self._bad_step = self._bad_step.to(self.device)
+
+        def training_step(self, batch: Any, batch_idx: int):
+            if self.first_step_at is None:
+                self.first_step_at = time.perf_counter()
+            loss = task.loss(self.model, batch)
+            aux = self.model.aux_loss()
+            total = loss + aux if isinstance(aux, torch.Tensor) else loss
+            det = loss.detach()
+            self._loss_sum += det
+            self._loss_n += 1
+            self.tokens += task.count_tokens(batch)
+            bad = ~torch.isfinite(det)
+            if budget.diverge_factor > 0 and self.initial_loss is not None:
+                bad = bad | (det > budget.diverge_factor * self.initial_loss)
+            self._bad_step = torch.where(bad & (self._bad_step < 0), self.global_step, self._bad_step)
+            return total
+
+        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+            step = self.global_step  # optimiser steps taken so far
+            if self.initial_loss is None:
+                self.initial_loss = float(self._loss_sum)
+            if step % log_every == 0 or step >= budget.steps:
+                self._flush(step)
+            if self.status != "done":
+                return
+            if budget.max_seconds and time.perf_counter() - t_start > budget.max_seconds:
+                self._stop("timeout", step, f"over the wall-clock budget of {budget.max_seconds:g} s")
+                return
+            if budget.eval_every and step % budget.eval_every == 0 and step < budget.steps:
+                self.evaluate(step)
+
+        def _flush(self, step: int) -> None:
+            if self._loss_n:
+                mean = float(self._loss_sum) / self._loss_n
+                self.curve.append({"step": step, "train_loss": mean if math.isfinite(mean) else None})
+                self.log("train_loss", mean, on_step=True, prog_bar=False, logger=True)
+                self._loss_sum.zero_()
+                self._loss_n = 0
+            bad = int(self._bad_step)
+            if bad >= 0 and self.status == "done":
+                self._stop("diverged", bad, "loss became NaN/inf" if budget.diverge_factor == 0 else
+                           f"loss NaN/inf or above {budget.diverge_factor:g} x its initial value")
+
+        def _stop(self, status: str, step: int, reason: str) -> None:
+            self.status, self.failed_step, self.reason = status, step, reason
+            self.trainer.should_stop = True
+
+        @torch.no_grad()
+        def evaluate(self, step: int) -> dict[str, float]:
+            was = self.model.training
+            self.model.eval()
+            batches = [self._to_device(b) for b in val_batches]
+            metrics = {k: float(v) for k, v in task.evaluate(self.model, batches).items()}
+            self.model.train(was)
+            if self.curve and self.curve[-1]["step"] == step:
+                self.curve[-1].update(metrics)
+            else:
+                self.curve.append({"step": step, **metrics})
+            if self.logger is not None:
+                self.logger.log_metrics(metrics, step=step)
+            return metrics
+
+        def _to_device(self, batch: Any) -> Any:
+            return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    return CellModule()
+
+
+def make_datamodule(task: Any, seed: int, batch_size: int):
+    L = _lightning()
+
+    class _Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(task.train_batches(seed, batch_size))
+
+    class TaskDataModule(L.LightningDataModule):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(_Stream(), batch_size=None, num_workers=0)
+
+    return TaskDataModule()
+
+
+def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = None, cache_dir: Path | None = None,
+             device: str = "auto") -> dict[str, Any]:
+    """Train and evaluate one cell; always returns a row (status failed with a traceback on errors)."""
+    t_start = time.perf_counter()
+    wandb_cfg = {"mode": "offline", "project": "modtransfer", "entity": None, **(wandb_cfg or {})}
+    from .envinfo import environment
+    from .model import build, count_flops, count_params
+    from .task import TASKS
+    from .variant import VARIANTS
+
+    row: dict[str, Any] = {
+        "cell_id": cell.cell_id, "benchmark": cell.benchmark, "variant": cell.variant, "task": cell.task,
+        "seed": cell.seed, "size": cell.size, "hparams": cell.hparams, "status": "failed",
+        "primary_metric": "", "higher_is_better": 0, "primary_value": None, "metrics": {}, "curve": [],
+        "params": None, "flops_per_token": None, "tokens_per_s": None, "train_s": None, "wall_s": None,
+        "startup_s": None, "steps": 0, "failed_step": None, "error": None, "spec": cell.spec.to_dict(),
+        "task_config": cell.task_config, "budget": cell.budget.to_dict(), "env": {}, "wandb_dir": None,
+    }
+    logger = None
+    try:
+        L = _lightning()
+        task = TASKS.get(cell.task)(cell.task_config, cache_dir)
+        row["primary_metric"] = task.primary_metric
+        row["higher_is_better"] = int(task.higher_is_better)
+        accel = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        row["env"] = environment(accel)
+        task.prepare()
+        spec = task.configure_spec(cell.spec)
+        row["spec"] = spec.to_dict()
+        L.seed_everything(cell.seed, workers=False, verbose=False)
+        model = build(spec, task.topology)
+        row["params"] = count_params(model)
+        seq = task.config.get("seq_len") or task.config.get("max_len") or spec.max_len
+        row["flops_per_token"] = count_flops(spec, task.topology, int(seq))
+        val = task.val_batches(cell.seed, cell.budget.batch_size, cell.budget.eval_batches)
+        log_every = max(1, min(LOG_EVERY, cell.budget.steps // 10 or 1))
+        module = make_module(model, task, cell, val, log_every, t_start)
+        if wandb_cfg["mode"] != "disabled":
+            from lightning.pytorch.loggers import WandbLogger
+
+            from .envinfo import apply_wandb_env
+
+            apply_wandb_env(run_dir, wandb_cfg["mode"])
+            tags = [cell.variant.split("(")[0][:60], *(s for s in cell.slots if s != "baseline")]
+            logger = WandbLogger(
+                project=wandb_cfg["project"], entity=wandb_cfg.get("entity"), name=cell.label,
+                group=cell.benchmark, job_type=cell.task, tags=sorted(set(tags)), save_dir=str(run_dir / "wandb"),
+                mode=wandb_cfg["mode"], reinit="finish_previous",
+                config={"spec": spec.to_dict(), "task": task.describe(), "budget": cell.budget.to_dict(),
+                        "variant": cell.variant, "seed": cell.seed, "size": cell.size, "hparams": cell.hparams,
+                        "cell_id": cell.cell_id, "slots": list(cell.slots),
+                        "papers": [VARIANTS.entry(p.split("(")[0]).meta.get("paper", "")
+                                   for p in cell.variant.split("+") if p.split("(")[0] in VARIANTS]},
+            )
+        precision = "bf16-mixed" if accel == "cuda" else "32-true"
+        trainer = L.Trainer(
+            accelerator=accel, devices=1, max_steps=cell.budget.steps, max_epochs=-1, logger=logger or False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=log_every,
+            gradient_clip_val=cell.budget.grad_clip or None, precision=precision, deterministic=False,
+            use_distributed_sampler=False,
+        )
+        module.train_started = time.perf_counter()
+        trainer.fit(module, datamodule=make_datamodule(task, cell.seed, cell.budget.batch_size))
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        t_end = time.perf_counter()
+        steps = trainer.global_step
+        module._flush(steps)
+        row.update(status=module.status, failed_step=module.failed_step, error=module.reason, steps=steps,
+                   curve=module.curve)
+        if module.first_step_at is not None:
+            row["startup_s"] = module.first_step_at - t_start
+            row["train_s"] = t_end - module.first_step_at
+            row["tokens_per_s"] = module.tokens / max(row["train_s"], 1e-9)
+        if module.status in ("done", "timeout"):
+            metrics = module.evaluate(steps)
+            row["metrics"] = metrics
+            value = metrics.get(task.primary_metric)
+            row["primary_value"] = value if value is not None and math.isfinite(value) else None
+            if row["primary_value"] is None and module.status == "done":
+                row.update(status="diverged", failed_step=steps, error="final evaluation is not finite")
+        if logger is not None:
+            logger.experiment.summary.update({"status": row["status"], "params": row["params"],
+                                              "tokens_per_s": row["tokens_per_s"], **row["metrics"]})
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+    finally:
+        if logger is not None:
+            try:
+                row["wandb_dir"] = os.path.relpath(logger.experiment.dir, run_dir)
+                import wandb
+
+                wandb.finish(exit_code=0 if row["status"] == "done" else 1)
+            except Exception as exc:  # never lose a cell to a logging problem
+                row["error"] = (row["error"] or "") + f"\n(wandb: {exc})"
+    row["wall_s"] = time.perf_counter() - t_start
+    return row

@@ -1,0 +1,239 @@
+"""The ``modtransfer`` command line.
+
+    modtransfer ls variants [GLOB] [--size S] [--markdown]
+    modtransfer ls tasks [GLOB]
+    modtransfer run PLAN.yaml [--variants LIST] [--tasks LIST] [--seeds N] [--plugin FILE.py] [--dry-run]
+    modtransfer check VARIANT [--plugin FILE.py] [--tasks LIST]
+    modtransfer status runs/<benchmark>
+    modtransfer report runs/<benchmark> [--wandb-report]
+    modtransfer prepare [TASKS]
+
+Errors a user can cause print one line and exit with code 2 before anything trains.
+Imports stay lazy: ``ls`` never imports Lightning or W&B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modtransfer", description="Does this Transformer modification transfer?")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="load variants/components/tasks from a Python file (repeatable)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("ls", help="list variants, tasks or components")
+    ls.add_argument("what", choices=["variants", "tasks", "components"])
+    ls.add_argument("pattern", nargs="?", default=None, help="glob, e.g. '*glu*'")
+    ls.add_argument("--size", default="small", help="size preset for parameter/FLOP counts (default: small)")
+    ls.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
+    ls.add_argument("--no-counts", action="store_true", help="skip parameter and FLOP counts")
+    ls.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+
+    run = sub.add_parser("run", help="run a benchmark plan")
+    run.add_argument("plan", help="plan YAML, e.g. configs/bench/smoke.yaml")
+    run.add_argument("--variants", help="comma-separated names or globs ('*glu,rmsnorm'); baseline always included")
+    run.add_argument("--tasks", help="comma-separated task names or globs")
+    run.add_argument("--seeds", type=int, help="number of paired seeds (0..N-1)")
+    run.add_argument("--name", help="benchmark name (default: the plan's name)")
+    run.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
+    run.add_argument("--executor", choices=["local", "processes", "ray"], help="default: the plan's, else local")
+    run.add_argument("--workers", type=int, help="worker processes / concurrent Ray tasks")
+    run.add_argument("--ray-address", help="address of an existing Ray cluster (default: start a local one)")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--wandb", choices=["offline", "online", "disabled"], help="W&B mode (default: plan's, offline)")
+    run.add_argument("--retry-failed", action="store_true", help="run failed and timed-out cells again")
+    run.add_argument("--dry-run", action="store_true", help="print the cells and train nothing")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+
+    check = sub.add_parser("check", help="run the contract suite on a variant")
+    check.add_argument("variant")
+    check.add_argument("--tasks", help="comma-separated task names (default: all it applies to)")
+    check.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+
+    status = sub.add_parser("status", help="summarise a run folder")
+    status.add_argument("run_dir")
+
+    report = sub.add_parser("report", help="write the transfer report of a run folder")
+    report.add_argument("run_dir")
+    report.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None)
+    report.add_argument("--wandb-report", action="store_true", help="also build a W&B Report")
+    report.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+
+    prep = sub.add_parser("prepare", help="fetch and preprocess task data into the cache")
+    prep.add_argument("tasks", nargs="?", default="*")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _load_plugins(args: argparse.Namespace) -> list[str]:
+    from .plugins import load_plugins, report_problems
+
+    files = list(dict.fromkeys(getattr(args, "plugin", []) or []))
+    load_plugins(files)
+    report_problems()
+    return files
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "ls":
+        _load_plugins(args)
+        from .listing import list_components, list_tasks, list_variants
+
+        if args.what == "variants":
+            print(list_variants(args.pattern, size=args.size, markdown=args.markdown, counts=not args.no_counts))
+        elif args.what == "tasks":
+            print(list_tasks(args.pattern, markdown=args.markdown))
+        else:
+            print(list_components(args.pattern))
+        return 0
+    if args.command == "run":
+        return _run(args)
+    if args.command == "check":
+        plugins = _load_plugins(args)
+        from .contract import format_results, run_contract
+
+        tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+        results = run_contract(args.variant, tasks)
+        print(format_results(results))
+        del plugins
+        return 1 if any(r.status == "failed" for r in results) else 0
+    if args.command == "status":
+        from .status import summarise
+
+        print(summarise(Path(args.run_dir)))
+        return 0
+    if args.command == "report":
+        _load_plugins(args)
+        return _report(Path(args.run_dir), args.wandb, args.wandb_report)
+    if args.command == "prepare":
+        import modtransfer.tasks  # noqa: F401
+
+        from .task import TASKS
+
+        for name in TASKS.select(args.tasks):
+            print(f"preparing {name} ...", flush=True)
+            TASKS.get(name)().prepare()
+        print("done")
+        return 0
+    raise AssertionError(args.command)
+
+
+def _report(run_dir: Path, wandb_mode: str | None, wandb_report: bool) -> int:
+    from .store import Store
+
+    store = Store(run_dir / "results.sqlite")
+    if not store.exists():
+        raise UserError(f"{run_dir} has no results.sqlite; pass a run folder like runs/<benchmark>")
+    try:
+        from modtransfer.reports import build_report
+    except ImportError as exc:
+        raise UserError(f"the report module is not available: {exc}") from None
+    mode = wandb_mode or store.meta().get("plan", {}).get("wandb", {}).get("mode", "offline")
+    index = build_report(run_dir, wandb_mode=mode, wandb_report=wandb_report)
+    print(f"report: {index}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    plugins = [str(Path(p).resolve()) for p in _load_plugins(args)]
+    from .plan import load_plan
+    from .runner import EXECUTORS, Progress, execute, print_table, results_table
+    from .store import Store
+
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    plan = load_plan(args.plan, variants=args.variants, tasks=args.tasks, seeds=args.seeds, name=args.name)
+    if args.wandb:
+        plan.wandb["mode"] = args.wandb
+    executor = args.executor or plan.executor
+    if executor not in EXECUTORS:
+        raise UserError(f"plan.executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    workers = args.workers or plan.workers
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UserError("the ray executor needs Ray: pip install 'modtransfer[ray]'") from None
+    run_dir = Path(args.runs_dir) / plan.name
+    store = Store(run_dir / "results.sqlite")
+    done = store.done_ids()
+    if args.retry_failed and not args.dry_run:
+        failed = {r["cell_id"] for r in store.rows() if r["status"] in ("failed", "timeout")}
+        done -= failed
+    todo = [c for c in plan.cells if c.cell_id not in done]
+
+    if args.dry_run:
+        from .status import estimate_seconds
+
+        print(f"plan {plan.name!r}: {len(plan.cells)} cells "
+              f"({len(plan.variants)} variants x {len(plan.tasks)} tasks x {len(plan.seeds)} seeds"
+              + (f" x {len(plan.cells) // max(1, len(plan.variants) * len(plan.tasks) * len(plan.seeds))} hparams"
+                 if plan.hparams else "") + f"), size {plan.size}; run folder {run_dir}")
+        for c in plan.cells:
+            mark = "done " if c.cell_id in done else "todo "
+            print(f"  {mark} {c.cell_id}  {c.label}  steps={c.budget.steps} batch={c.budget.batch_size}")
+        for s in plan.skipped:
+            print(f"  skip  {s['task']}/{s['variant']}: {s['reason']}")
+        eta = estimate_seconds(store, todo)
+        eta_txt = f"; estimated {eta:.0f} s of training left (from this store's measured speeds)" if eta else ""
+        print(f"{len(todo)} to train, {len(plan.cells) - len(todo)} already done, {len(plan.skipped)} skipped{eta_txt}")
+        return 0
+
+    cache = os.environ.get("MODTRANSFER_CACHE")
+    # prepare every task's data before anything trains (a fetch problem is a user error, exit 2)
+    from .task import TASKS
+
+    for tname in plan.tasks:
+        if any(c.task == tname for c in todo):
+            TASKS.get(tname)(plan.task_config.get(tname, {}), cache).prepare()
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store.set_meta("plan", plan.to_dict())
+    store.set_meta("skipped", plan.skipped)
+    if args.retry_failed:
+        for status in ("failed", "timeout"):
+            store.delete(status)
+    print(f"benchmark {plan.name!r}: {len(todo)} cells to train ({len(plan.cells) - len(todo)} already done), "
+          f"executor {executor}" + (f" x{workers}" if executor != "local" else ""), flush=True)
+    progress = Progress(len(todo))
+    try:
+        execute(plan, run_dir, todo, executor=executor, workers=workers, plugins=plugins, cache_dir=cache,
+                device=args.device, progress=progress, ray_address=args.ray_address)
+    finally:
+        progress.close()
+    header, body = results_table(plan, store)
+    print_table(header, body)
+    for s in plan.skipped:
+        print(f"n/a: {s['variant']} on {s['task']}: {s['reason']}")
+    print(f"results store: {store.path}")
+    if not args.no_report:
+        try:
+            _report(run_dir, None, False)
+        except UserError as exc:
+            print(f"report not written: {exc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Benchmark plans: YAML -> validated cells.
+
+A plan names variants (names, globs, combinations like ``swiglu+rmsnorm``), tasks, seeds
+(paired: every variant and the baseline share them), a size preset, budgets, and optional
+hyper-parameter axes crossed with the variants. Everything is checked before anything trains;
+each problem is one line naming it and the fix (:class:`UserError`, exit code 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError, did_you_mean
+from .sizes import size_preset
+from .spec import ModelSpec
+from .task import TASKS, Budget, Task
+from .variant import BASELINE, VARIANTS, ResolvedVariant, canonical, resolve
+
+PLAN_KEYS = {
+    "name": str, "description": str, "size": str, "seeds": (int, list), "variants": list, "tasks": list,
+    "spec": dict, "budget": dict, "task_budget": dict, "task_config": dict, "hparams": dict, "wandb": dict,
+    "executor": str, "workers": int, "include_baseline": bool,
+}
+WANDB_KEYS = {"mode": str, "project": str, "entity": (str, type(None))}
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (variant, task, seed, hyper-parameters) training run, identified by a stable hash."""
+
+    benchmark: str
+    variant: str
+    task: str
+    seed: int
+    size: str
+    spec: ModelSpec                 # variant applied to the baseline; the task fills vocab etc.
+    task_config: dict[str, Any]
+    budget: Budget
+    hparams: dict[str, Any] = field(default_factory=dict)
+    slots: tuple[str, ...] = ()
+
+    @property
+    def cell_id(self) -> str:
+        blob = json.dumps(
+            {"variant": self.variant, "task": self.task, "seed": self.seed, "spec": self.spec.to_dict(),
+             "task_config": self.task_config, "budget": self.budget.to_dict(), "hparams": self.hparams},
+            sort_keys=True, default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    @property
+    def label(self) -> str:
+        hp = ",".join(f"{k}={v}" for k, v in sorted(self.hparams.items()))
+        return f"{self.task}/{self.variant}/{self.seed}" + (f"[{hp}]" if hp else "")
+
+
+@dataclass
+class Plan:
+    name: str
+    size: str
+    seeds: list[int]
+    variants: list[str]
+    tasks: list[str]
+    base_spec: ModelSpec
+    budget: dict[str, Any]
+    task_budget: dict[str, dict[str, Any]]
+    task_config: dict[str, dict[str, Any]]
+    hparams: dict[str, list[Any]]
+    wandb: dict[str, Any]
+    executor: str
+    workers: int
+    raw: dict[str, Any]
+    source: str = ""
+    cells: list[Cell] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    resolved: dict[str, ResolvedVariant] = field(default_factory=dict)
+
+    def task_budget_for(self, task: Task) -> Budget:
+        base = task.default_budget.replace(**self.budget)
+        return base.replace(**self.task_budget.get(task.name, {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "size": self.size, "seeds": self.seeds, "variants": self.variants,
+            "tasks": self.tasks, "spec": self.base_spec.to_dict(), "budget": self.budget,
+            "task_budget": self.task_budget, "task_config": self.task_config, "hparams": self.hparams,
+            "wandb": self.wandb, "executor": self.executor, "workers": self.workers, "source": self.source,
+        }
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_type_name(x) for x in t)
+    return {str: "a string", int: "an integer", list: "a list", dict: "a mapping", bool: "true/false",
+            type(None): "null"}.get(t, t.__name__)
+
+
+def _check_type(where: str, value: Any, want: Any) -> None:
+    ok = isinstance(value, want) and not (isinstance(value, bool) and want in (int, (int, list)))
+    if not ok:
+        raise UserError(f"{where} must be {_type_name(want)}, got {value!r}")
+
+
+def read_plan_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"plan file {str(p)!r} not found; pass the path of a plan YAML (e.g. configs/bench/smoke.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"plan {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"plan {p} must be a YAML mapping with keys like name, variants, tasks, seeds")
+    return data
+
+
+def load_plan(
+    source: str | Path | dict[str, Any],
+    *,
+    variants: str | None = None,
+    tasks: str | None = None,
+    seeds: int | None = None,
+    name: str | None = None,
+) -> Plan:
+    """Read and validate a plan (a YAML path or a dict) and expand its cells."""
+    raw = dict(source) if isinstance(source, dict) else read_plan_file(source)
+    src = "" if isinstance(source, dict) else str(source)
+    for key, value in raw.items():
+        if key not in PLAN_KEYS:
+            raise UserError(f"plan: unknown key {key!r}{did_you_mean(str(key), PLAN_KEYS)}; keys: {', '.join(PLAN_KEYS)}")
+        _check_type(f"plan.{key}", value, PLAN_KEYS[key])
+
+    plan_name = name or raw.get("name") or (Path(src).stem if src else "")
+    if not plan_name or not all(c.isalnum() or c in "-_." for c in plan_name):
+        raise UserError(f"plan.name {plan_name!r} must be non-empty letters, digits, '-', '_' or '.'")
+    size = raw.get("size", "tiny")
+    base = size_preset(size)
+    if raw.get("spec"):
+        try:
+            base = base.replace(**raw["spec"])
+        except UserError as exc:
+            raise UserError(f"plan.spec: {exc}") from None
+    base.check_components()
+
+    # seeds
+    seed_value: Any = seeds if seeds is not None else raw.get("seeds", 1)
+    if isinstance(seed_value, int):
+        if seed_value < 1:
+            raise UserError(f"plan.seeds must be >= 1, got {seed_value}")
+        seed_list = list(range(seed_value))
+    else:
+        if not seed_value or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_value):
+            raise UserError(f"plan.seeds must be a count or a list of non-negative integers, got {seed_value!r}")
+        if len(set(seed_value)) != len(seed_value):
+            raise UserError(f"plan.seeds lists a seed twice: {seed_value!r}")
+        seed_list = list(seed_value)
+
+    # tasks
+    import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
+
+    task_items = tasks if tasks is not None else raw.get("tasks", TASKS.names())
+    if isinstance(task_items, list) and not all(isinstance(t, str) for t in task_items):
+        raise UserError(f"plan.tasks must be a list of task names, got {task_items!r}")
+    task_names = TASKS.select(task_items)
+    if not task_names:
+        raise UserError("plan selects no task; name at least one in plan.tasks or --tasks")
+
+    # variants
+    var_items = variants if variants is not None else raw.get("variants", [])
+    if isinstance(var_items, list):
+        if not all(isinstance(v, str) for v in var_items):
+            raise UserError(f"plan.variants must be a list of variant names, got {var_items!r}")
+        expanded: list[str] = []
+        for item in var_items:
+            expanded.extend(_expand_variant_item(item))
+    else:
+        expanded = [e for item in var_items.split(",") if item.strip() for e in _expand_variant_item(item.strip())]
+    if raw.get("include_baseline", True) or BASELINE not in expanded:
+        expanded = [BASELINE] + [v for v in expanded if v != BASELINE]
+    variant_names = list(dict.fromkeys(expanded))
+
+    # budgets and task configs
+    budget = raw.get("budget", {}) or {}
+    try:
+        Budget().replace(**budget)
+    except UserError as exc:
+        raise UserError(f"plan.budget: {exc}") from None
+    task_budget = raw.get("task_budget", {}) or {}
+    task_config = raw.get("task_config", {}) or {}
+    for label, mapping in (("task_budget", task_budget), ("task_config", task_config)):
+        for tname, value in mapping.items():
+            TASKS.entry(tname)
+            _check_type(f"plan.{label}.{tname}", value, dict)
+
+    # hyper-parameter axes: budget fields crossed with the variants
+    hparams = raw.get("hparams", {}) or {}
+    budget_fields = set(Budget().to_dict())
+    for key, values in hparams.items():
+        if key not in budget_fields:
+            raise UserError(f"plan.hparams: {key!r} is not a budget field{did_you_mean(key, budget_fields)}; "
+                            f"axes can be {', '.join(sorted(budget_fields))}")
+        if not isinstance(values, list) or not values:
+            raise UserError(f"plan.hparams.{key} must be a non-empty list of values, got {values!r}")
+
+    wandb_cfg = {"mode": "offline", "project": "modtransfer", "entity": None, **(raw.get("wandb") or {})}
+    for key, value in wandb_cfg.items():
+        if key not in WANDB_KEYS:
+            raise UserError(f"plan.wandb: unknown key {key!r}{did_you_mean(key, WANDB_KEYS)}")
+        _check_type(f"plan.wandb.{key}", value, WANDB_KEYS[key])
+    if wandb_cfg["mode"] not in WANDB_MODES:
+        raise UserError(f"plan.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {wandb_cfg['mode']!r}")
+    executor = raw.get("executor", "local")
+    workers = raw.get("workers", 1)
+    if workers < 1:
+        raise UserError(f"plan.workers must be >= 1, got {workers}")
+
+    plan = Plan(
+        name=plan_name, size=size, seeds=seed_list, variants=variant_names, tasks=task_names, base_spec=base,
+        budget=budget, task_budget=task_budget, task_config=task_config, hparams=hparams, wandb=wandb_cfg,
+        executor=executor, workers=workers, raw=raw, source=src,
+    )
+    _expand_cells(plan)
+    return plan
+
+
+def _expand_variant_item(item: str) -> list[str]:
+    item = item.strip()
+    if not item:
+        raise UserError("plan.variants has an empty entry")
+    if any(c in item for c in "*?[") and "+" not in item:
+        return VARIANTS.select(item)
+    return [canonical(item)]
+
+
+def _expand_cells(plan: Plan) -> None:
+    tasks = {}
+    for tname in plan.tasks:
+        cls = TASKS.get(tname)
+        try:
+            tasks[tname] = cls(plan.task_config.get(tname, {}))
+        except UserError as exc:
+            raise UserError(f"plan.task_config.{tname}: {exc}") from None
+    for vname in plan.variants:
+        try:
+            plan.resolved[vname] = resolve(vname, plan.base_spec)
+        except UserError as exc:
+            raise UserError(f"plan variant {vname!r}: {exc}") from None
+    axes = sorted(plan.hparams)
+    combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*(plan.hparams[a] for a in axes))]
+    for tname, task in tasks.items():
+        try:
+            budget = plan.task_budget_for(task)
+        except UserError as exc:
+            raise UserError(f"plan.task_budget.{tname}: {exc}") from None
+        for vname in plan.variants:
+            rv = plan.resolved[vname]
+            reason = rv.missing(task.capabilities)
+            if reason:
+                plan.skipped.append({"variant": vname, "task": tname, "reason": reason})
+                continue
+            for hp in combos:
+                try:
+                    cell_budget = budget.replace(**hp)
+                except UserError as exc:
+                    raise UserError(f"plan.hparams: {exc}") from None
+                for seed in plan.seeds:
+                    plan.cells.append(Cell(
+                        benchmark=plan.name, variant=vname, task=tname, seed=seed, size=plan.size, spec=rv.spec,
+                        task_config=dict(task.config), budget=cell_budget, hparams=hp, slots=tuple(rv.slots),
+                    ))

@@ -1,0 +1,102 @@
+"""Plugins: variants, components and tasks from outside the package.
+
+Two ways in: a Python file passed with ``--plugin path/to/file.py``, and installed packages
+that declare an entry point in the group ``modtransfer.variants`` (or ``modtransfer.tasks``)
+pointing at a module (or a callable) that registers things with the public decorators.
+A plugin that fails to import is reported by name and skipped; it never crashes the CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import traceback
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from .errors import UserError
+
+GROUPS = ("modtransfer.variants", "modtransfer.tasks")
+
+
+@dataclass
+class PluginProblem:
+    name: str
+    error: str
+    detail: str
+
+    def line(self) -> str:
+        return f"plugin {self.name!r} skipped: {self.error}"
+
+
+PROBLEMS: list[PluginProblem] = []
+_loaded_eps = False
+
+
+def load_plugin_file(path: str | Path, *, strict: bool = True) -> str | None:
+    """Import a plugin file by path; returns its module name, or None if it failed to import.
+
+    A missing file is a user error (exit 2) when ``strict``; an import error is recorded in
+    :data:`PROBLEMS` and reported, not raised.
+    """
+    from .components import ensure_builtin_components
+
+    ensure_builtin_components()
+    p = Path(path).expanduser().resolve()
+    if not p.is_file() or p.suffix != ".py":
+        if strict:
+            raise UserError(f"plugin file {str(path)!r} not found or not a .py file; pass --plugin path/to/file.py")
+        return None
+    digest = hashlib.sha1(str(p).encode()).hexdigest()[:8]
+    modname = f"modtransfer_plugin_{p.stem}_{digest}"
+    if modname in sys.modules:
+        return modname
+    spec = importlib.util.spec_from_file_location(modname, p)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a broken plugin must not take the CLI down
+        sys.modules.pop(modname, None)
+        PROBLEMS.append(PluginProblem(str(path), f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        return None
+    return modname
+
+
+def load_entry_points() -> list[str]:
+    """Load every installed entry point of the plugin groups (once); returns their names."""
+    global _loaded_eps
+    if _loaded_eps:
+        return []
+    _loaded_eps = True
+    from .components import ensure_builtin_components
+
+    ensure_builtin_components()
+    names = []
+    for group in GROUPS:
+        for ep in entry_points(group=group):
+            try:
+                obj = ep.load()
+                if callable(obj) and not isinstance(obj, type):
+                    obj()
+                names.append(ep.name)
+            except Exception as exc:
+                PROBLEMS.append(PluginProblem(f"{ep.name} ({ep.value})", f"{type(exc).__name__}: {exc}",
+                                              traceback.format_exc()))
+    return names
+
+
+def load_plugins(files: list[str] | None = None, *, entry_points_too: bool = True) -> None:
+    if entry_points_too:
+        load_entry_points()
+    for f in files or []:
+        load_plugin_file(f)
+
+
+def report_problems(stream=None) -> None:
+    stream = stream or sys.stderr
+    for problem in PROBLEMS:
+        print(f"warning: {problem.line()}", file=stream)

@@ -1,0 +1,68 @@
+"""``modtransfer status``: what a run folder holds, and time estimates from measured speeds."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .store import Store
+
+
+def estimate_seconds(store: Store, cells: list[Any]) -> float | None:
+    """Seconds to train ``cells``: per task, the median measured wall time of finished cells."""
+    rows = [r for r in store.rows() if r["wall_s"]]
+    if not rows or not cells:
+        return None
+    by_task: dict[str, list[float]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r["wall_s"] / max(1, r["steps"] or 1))
+    overall = sorted(x for xs in by_task.values() for x in xs)
+    fallback = overall[len(overall) // 2]
+    total = 0.0
+    for c in cells:
+        xs = sorted(by_task.get(c.task, [])) or [fallback]
+        total += xs[len(xs) // 2] * c.budget.steps
+    return total
+
+
+def summarise(run_dir: Path) -> str:
+    store = Store(run_dir / "results.sqlite")
+    if not store.exists():
+        raise UserError(f"{run_dir} has no results.sqlite; pass a run folder like runs/<benchmark>")
+    meta = store.meta()
+    plan = meta.get("plan", {})
+    rows = store.rows()
+    counts = Counter(r["status"] for r in rows)
+    running = store.running()
+    lines = [f"benchmark {plan.get('name', run_dir.name)!r} at {run_dir}"]
+    expected = None
+    if plan.get("source") and Path(plan["source"]).is_file():
+        try:
+            from .plan import load_plan
+
+            p = load_plan(plan["source"], name=plan.get("name"), seeds=len(plan.get("seeds", [])) or None)
+            ids = {r["cell_id"] for r in rows}
+            expected = len(p.cells)
+            left = [c for c in p.cells if c.cell_id not in ids]
+        except UserError:
+            left = []
+    else:
+        left = []
+    lines.append(
+        f"done {counts['done']}, diverged {counts['diverged']}, failed {counts['failed']}, timeout {counts['timeout']}, "
+        f"running {len(running)}" + (f", left {len(left)} of {expected}" if expected is not None else "")
+    )
+    eta = estimate_seconds(store, left)
+    if eta:
+        lines.append(f"estimated time left: {eta:.0f} s")
+    for r in rows:
+        if r["status"] != "done":
+            first = (r["error"] or "").strip().splitlines()
+            lines.append(f"  {r['status']:<8} {r['task']}/{r['variant']}/{r['seed']}"
+                         + (f" at step {r['failed_step']}" if r["failed_step"] is not None else "")
+                         + (f": {first[0]}" if first else ""))
+    for r in running:
+        lines.append(f"  running  {r['cell_id']} (pid {r['pid']} on {r['host']})")
+    return "\n".join(lines)
