@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -117,7 +118,8 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
             if self._loss_n:
                 mean = float(self._loss_sum) / self._loss_n
                 self.curve.append({"step": step, "train_loss": mean if math.isfinite(mean) else None})
-                self.log("train_loss", mean, on_step=True, prog_bar=False, logger=True)
+                if self.logger is not None:
+                    self.log("train_loss", mean, on_step=True, prog_bar=False, logger=True)
                 self._loss_sum.zero_()
                 self._loss_n = 0
             bad = int(self._bad_step)
@@ -227,7 +229,15 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
             use_distributed_sampler=False,
         )
         module.train_started = time.perf_counter()
-        trainer.fit(module, datamodule=make_datamodule(task, cell.seed, cell.budget.batch_size))
+        sigint = signal.getsignal(signal.SIGINT)
+        try:
+            trainer.fit(module, datamodule=make_datamodule(task, cell.seed, cell.budget.batch_size))
+        except SystemExit:
+            # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT; make it an interruption again
+            if trainer.interrupted:
+                signal.signal(signal.SIGINT, sigint)
+                raise KeyboardInterrupt from None
+            raise
         if trainer.interrupted:
             raise KeyboardInterrupt
         t_end = time.perf_counter()

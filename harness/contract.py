@@ -587,8 +587,7 @@ def _run_pair(expr: str, task_name: str, *, seed: int, cache_dir: str | Path | N
         add("build", ("failed", _error(exc)))
         return out
     try:
-        with torch.no_grad():
-            loss_b = pair.loss(pair.build(seed))
+        loss_b = pair.loss(pair.build(seed)).detach()  # with autograd on, as loss_a: same kernels
         outcomes["determinism"] = _check_determinism(loss_a, loss_b)
     except Exception as exc:
         outcomes["determinism"] = ("failed", _error(exc))
