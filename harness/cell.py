@@ -69,7 +69,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
 
         def configure_optimizers(self):
             decay, no_decay = [], []
-            for n, p in self.model.named_parameters():
+            for p in self.model.parameters():
                 if not p.requires_grad:
                     continue
                 (decay if p.ndim >= 2 and budget.weight_decay > 0 else no_decay).append(p)

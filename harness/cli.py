@@ -109,13 +109,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(args)
     if args.command == "check":
         plugins = _load_plugins(args)
-        from .contract import format_results, run_contract
+        from .contract import failures, format_results, run_contract
 
         tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
         results = run_contract(args.variant, tasks)
         print(format_results(results))
         del plugins
-        return 1 if any(r.status == "failed" for r in results) else 0
+        return 1 if failures(results) else 0
     if args.command == "status":
         from .status import summarise
 

@@ -554,6 +554,10 @@ def _run_pair(expr: str, task_name: str, *, seed: int, cache_dir: str | Path | N
         out.append(CheckResult(expr, task_name, check, outcome[0], outcome[1]))
 
     task = TASKS.get(task_name)(cache_dir=cache_dir)
+    reason = _requirements(expr).missing(task.capabilities)
+    if reason is not None:  # decided from the declarations, before the variant's code runs
+        add("applicable", ("skipped", f"{reason} ('{task_name}' offers {', '.join(sorted(task.capabilities))})"))
+        return out
     ready, data_note = _data_ready(task) if use_data else (False, "synthetic data requested")
     configure, spec_note = _configurer(task, ready)
     try:
@@ -562,10 +566,6 @@ def _run_pair(expr: str, task_name: str, *, seed: int, cache_dir: str | Path | N
         raise
     except Exception as exc:  # a variant that cannot even produce a valid spec
         add("resolve", ("failed", _error(exc)))
-        return out
-    reason = resolved.missing(task.capabilities)
-    if reason is not None:
-        add("applicable", ("skipped", f"{reason} ('{task_name}' offers {', '.join(sorted(task.capabilities))})"))
         return out
 
     batches: Iterator[Any] | None = None
@@ -611,6 +611,19 @@ def _run_pair(expr: str, task_name: str, *, seed: int, cache_dir: str | Path | N
     for check in CHECKS:
         add(check, outcomes[check])
     return out
+
+
+def _requirements(expr: str) -> Any:
+    """The declared requirements of a variant expression, without applying its patches."""
+    from .variant import VARIANTS, ResolvedVariant, parse_variant
+
+    parts = parse_variant(expr)
+    metas = [VARIANTS.entry(p.name).meta for p in parts]
+    return ResolvedVariant(
+        name=expr, spec=CONTRACT_SPEC, parts=parts, slots=[m["slot"] for m in metas],
+        requires=frozenset().union(*(m["requires"] for m in metas)),
+        requires_any=[m["requires_any"] for m in metas if m["requires_any"]],
+    )
 
 
 def _guard(fn: Callable[[], Outcome]) -> Outcome:

@@ -7,6 +7,9 @@ need one, an encoder-decoder; they are never typed by hand.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from .components import COMPONENTS, ensure_builtin_components
@@ -26,20 +29,91 @@ def _topology_for(meta: dict[str, Any]) -> str:
     return "encoder"
 
 
+def _code_fingerprint() -> str:
+    """Changes whenever the code of any registered component (built-in or plugin) changes."""
+    import hashlib
+    import sys
+
+    files = {Path(__file__).with_name("model.py")}
+    for registry in COMPONENTS.values():
+        for entry in registry.list():
+            mod = sys.modules.get(getattr(entry.obj, "__module__", ""), None)
+            path = getattr(mod, "__file__", None) if mod is not None else None
+            if path:
+                files.add(Path(path))
+    h = hashlib.sha256()
+    for f in sorted(files):
+        try:
+            st = f.stat()
+            h.update(f"{f}:{st.st_mtime_ns}:{st.st_size};".encode())
+        except OSError:
+            pass
+    return h.hexdigest()[:16]
+
+
+class _CountCache:
+    """Parameter/FLOP counts keyed by (spec, topology, sequence, code fingerprint), on disk."""
+
+    def __init__(self) -> None:
+        from .task import default_cache_dir
+
+        self.path = default_cache_dir() / "accounting.json"
+        self.data: dict[str, list[float]] = {}
+        self.dirty = False
+        self.fingerprint = _code_fingerprint()
+        try:
+            blob = json.loads(self.path.read_text())
+            if blob.get("fingerprint") == self.fingerprint:
+                self.data = blob["counts"]
+        except (OSError, ValueError, KeyError):
+            pass
+
+    def counts(self, spec: Any, topology: str, seq: int) -> tuple[int, float]:
+        key = f"{spec.digest()}:{topology}:{seq}"
+        if key not in self.data:
+            from .model import count_flops, count_params
+
+            self.data[key] = [count_params(spec, topology), count_flops(spec, topology, seq)]
+            self.dirty = True
+        p, f = self.data[key]
+        return int(p), float(f)
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "counts": self.data}))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+
+_cache: _CountCache | None = None
+
+
 def accounting(name: str, size: str, topology: str | None = None) -> dict[str, Any]:
     """Params and forward FLOPs/token of a variant and of the baseline at a size preset."""
-    from .model import count_flops, count_params
     from .sizes import size_preset
 
+    global _cache
+    if _cache is None:
+        _cache = _CountCache()
     meta = VARIANTS.entry(name.split("(")[0].split("+")[0]).meta
     topo = topology or _topology_for(meta)
     base = size_preset(size).replace(vocab_size=NOMINAL_VOCAB)
     spec = resolve(name, base).spec
     seq = min(NOMINAL_SEQ, base.max_len)
-    p, b = count_params(spec, topo), count_params(base, topo)
-    f, fb = count_flops(spec, topo, seq), count_flops(base, topo, seq)
+    p, f = _cache.counts(spec, topo, seq)
+    b, fb = _cache.counts(base, topo, seq)
     return {"topology": topo, "params": p, "params_base": b, "params_delta": 100.0 * (p - b) / b,
             "flops": f, "flops_base": fb, "flops_delta": 100.0 * (f - fb) / fb}
+
+
+def save_count_cache() -> None:
+    if _cache is not None:
+        _cache.save()
 
 
 def _fmt_count(n: float) -> str:
@@ -69,6 +143,7 @@ def list_variants(pattern: str | None = None, *, size: str = "small", markdown: 
             except Exception as exc:  # a broken plugin variant shows as such, it does not break ls
                 row += [f"error: {type(exc).__name__}", "", "", ""]
         rows.append(row)
+    save_count_cache()
     title = (f"{len(rows)} variants; counts at size {size!r} for a decoder LM with vocabulary {NOMINAL_VOCAB} "
              f"(encoder-decoder where a variant needs one), FLOPs per token at sequence {NOMINAL_SEQ}"
              if counts else f"{len(rows)} variants")

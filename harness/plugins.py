@@ -57,13 +57,34 @@ def load_plugin_file(path: str | Path, *, strict: bool = True) -> str | None:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module
+    before = _snapshot()
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # a broken plugin must not take the CLI down
         sys.modules.pop(modname, None)
+        _rollback(before)
         PROBLEMS.append(PluginProblem(str(path), f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return None
     return modname
+
+
+def _registries() -> list:
+    from .components import COMPONENTS
+    from .task import TASKS
+    from .variant import VARIANTS
+
+    return [*COMPONENTS.values(), VARIANTS, TASKS]
+
+
+def _snapshot() -> list[set[str]]:
+    return [set(r.names()) for r in _registries()]
+
+
+def _rollback(before: list[set[str]]) -> None:
+    """Unregister what a plugin registered before it failed, so nothing half-loaded stays."""
+    for registry, names in zip(_registries(), before, strict=True):
+        for name in set(registry.names()) - names:
+            registry.unregister(name)
 
 
 def load_entry_points() -> list[str]:
@@ -78,12 +99,14 @@ def load_entry_points() -> list[str]:
     names = []
     for group in GROUPS:
         for ep in entry_points(group=group):
+            before = _snapshot()
             try:
                 obj = ep.load()
                 if callable(obj) and not isinstance(obj, type):
                     obj()
                 names.append(ep.name)
             except Exception as exc:
+                _rollback(before)
                 PROBLEMS.append(PluginProblem(f"{ep.name} ({ep.value})", f"{type(exc).__name__}: {exc}",
                                               traceback.format_exc()))
     return names
