@@ -136,6 +136,9 @@ class Transformer(nn.Module):
             if topology in ("decoder", "encoder_decoder") else None
         )
         component("init", spec.init)(self, spec)
+        from modtransfer.variants.init import apply_special_inits
+
+        apply_special_inits(self)  # components' own inits (Fixup, ReZero, DeepNorm, ...) win over the scheme
         self._aux = [m for m in self.modules() if hasattr(m, "aux_loss")]
 
     # -- inputs -------------------------------------------------------------------------

@@ -120,7 +120,10 @@ class ModelSpec:
 
         ensure_builtin_components()
         for slot in SLOTS:
-            COMPONENTS[slot].entry(getattr(self, slot))
+            obj = COMPONENTS[slot].entry(getattr(self, slot)).obj
+            check = getattr(obj, "check_spec", None)
+            if callable(check):  # a component may reject combinations before anything is built
+                check(self)
 
     # -- derived ----------------------------------------------------------------------
     @property

@@ -101,6 +101,9 @@ def _split_plus(expr: str) -> list[str]:
 
 def parse_variant(expr: str) -> list[VariantPart]:
     """``"swiglu+init_normal(std=0.02)"`` -> parts; names are checked against the registry."""
+    from .components import ensure_builtin_components
+
+    ensure_builtin_components()
     if not isinstance(expr, str) or not expr.strip():
         raise UserError(f"a variant must be a non-empty string, got {expr!r}")
     parts: list[VariantPart] = []
