@@ -7,6 +7,7 @@
     modtransfer status runs/<benchmark>
     modtransfer report runs/<benchmark> [--wandb-report]
     modtransfer prepare [TASKS]
+    modtransfer bench speed|overhead|runner [OPTIONS]
 
 Errors a user can cause print one line and exit with code 2 before anything trains.
 Imports stay lazy: ``ls`` never imports Lightning or W&B.
@@ -67,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--wandb-report", action="store_true", help="also build a W&B Report")
     report.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
 
+    bench = sub.add_parser("bench", help="performance benchmarks (bench speed --help)")
+    bench.add_argument("which", choices=["speed", "overhead", "runner"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
+
     prep = sub.add_parser("prepare", help="fetch and preprocess task data into the cache")
     prep.add_argument("tasks", nargs="?", default="*")
     return p
@@ -124,6 +129,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         _load_plugins(args)
         return _report(Path(args.run_dir), args.wandb, args.wandb_report)
+    if args.command == "bench":
+        import importlib
+
+        module = importlib.import_module(f"modtransfer.bench_{args.which}")
+        return module.main(args.rest) or 0
     if args.command == "prepare":
         import modtransfer.tasks  # noqa: F401
 
