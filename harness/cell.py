@@ -214,7 +214,7 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
                 project=wandb_cfg["project"], entity=wandb_cfg.get("entity"), name=cell.label,
                 group=cell.benchmark, job_type=cell.task, tags=sorted(set(tags)), save_dir=str(run_dir / "wandb"),
                 mode=wandb_cfg["mode"], reinit="finish_previous",
-                config={"spec": spec.to_dict(), "task": task.describe(), "budget": cell.budget.to_dict(),
+                config={"spec": spec.to_dict(), "task": cell.task, "task_config": task.describe(), "budget": cell.budget.to_dict(),
                         "variant": cell.variant, "seed": cell.seed, "size": cell.size, "hparams": cell.hparams,
                         "cell_id": cell.cell_id, "slots": list(cell.slots),
                         "papers": [VARIANTS.entry(p.split("(")[0]).meta.get("paper", "")

@@ -80,6 +80,7 @@ class Store:
         con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         try:
             con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes with WAL
             con.execute("PRAGMA busy_timeout=60000")
             con.executescript(SCHEMA)
             con.row_factory = sqlite3.Row

@@ -1,0 +1,111 @@
+"""Do tasks agree on which variants help? Kendall's tau between tasks' rankings of variants.
+
+For every pair of conditions, tau-b (Kendall 1945) between the variants' mean paired
+differences on each. Intervals: a paired bootstrap over seeds (Efron 1979), resampling the
+seeds of each condition once per replicate and using the same draw for every variant, since
+all variants share the baseline's seeds. Overall figures: the mean pairwise tau (with the same
+bootstrap), and leave-one-task-out agreement: how well the mean standardised ranking on the
+other tasks predicts the ranking on the held-out one. With hyper-parameter axes each setting of
+a task is a column; the overall figures then use only pairs of *different* tasks, and the
+leave-one-out prediction leaves out every setting of the held-out task. A variant that is
+unstable on a task is left out of that task's ranking.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import stats
+from .analysis import Comparison, Settings
+
+
+@dataclass
+class Agreement:
+    labels: list[str]
+    tau: np.ndarray                                        # (C, C), NaN where undefined
+    pairs: list[dict] = field(default_factory=list)        # a, b, n_variants, tau, ci, across
+    mean_tau: float = math.nan
+    mean_ci: tuple[float, float] | None = None
+    loo: dict[str, float] = field(default_factory=dict)    # held-out label -> tau
+    loo_mean: float = math.nan
+    seeds_note: str = ""
+
+
+def _diff_matrices(comps: list[Comparison], variants: list[str], labels: list[str]) -> list[np.ndarray]:
+    """Per condition, a (variants, seeds) array of signed differences, NaN where unpaired."""
+    out = []
+    for lab in labels:
+        cs = {c.variant: c for c in comps if c.cond.label == lab}
+        seeds = sorted({s for c in cs.values() for s in c.seeds})
+        col = {s: j for j, s in enumerate(seeds)}
+        m = np.full((len(variants), max(1, len(seeds))), np.nan)
+        for i, v in enumerate(variants):
+            c = cs.get(v)
+            if c is None or c.call == "unstable":
+                continue
+            for s, d in zip(c.seeds, c.diffs, strict=True):
+                m[i, col[s]] = d
+        out.append(m)
+    return out
+
+
+def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis=axis)
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    sd = np.nanstd(x)
+    return (x - np.nanmean(x)) / sd if sd > 0 else np.zeros_like(x)
+
+
+def agreement(comps: list[Comparison], settings: Settings = Settings(), n_boot: int = 2000) -> Agreement:
+    """Pairwise and overall agreement between the conditions in ``comps``."""
+    group = {c.cond.label: c.cond.group for c in comps}
+    labels = sorted(group)
+    variants = sorted({c.variant for c in comps})
+    mats = _diff_matrices(comps, variants, labels)
+    point = np.stack([_nanmean(m, axis=1) for m in mats]) if mats else np.zeros((0, len(variants)))
+    n_c = len(labels)
+    tau = np.full((n_c, n_c), np.nan)
+    for i in range(n_c):
+        tau[i, i] = 1.0
+    result = Agreement(labels, tau)
+    if n_c < 2 or len(variants) < 2:
+        return result
+    rng = settings.rng("agreement")
+    boots = []
+    for m in mats:
+        idx = rng.integers(0, m.shape[1], size=(n_boot, m.shape[1]))
+        boots.append(_nanmean(m[:, idx], axis=2).T)           # (B, V)
+    if max(m.shape[1] for m in mats) < 2:
+        result.seeds_note = "one seed per task: no interval can be given"
+    pair_taus = []
+    for i, j in itertools.combinations(range(n_c), 2):
+        t = stats.kendall_tau(point[i], point[j])
+        tau[i, j] = tau[j, i] = t
+        bt = stats.kendall_tau_batch(boots[i], boots[j])
+        pair_taus.append(bt)
+        common = int(np.sum(np.isfinite(point[i]) & np.isfinite(point[j])))
+        ci = None if result.seeds_note else stats.quantile_interval(bt, settings.level)
+        result.pairs.append({"a": labels[i], "b": labels[j], "n_variants": common, "tau": t, "ci": ci,
+                             "across": group[labels[i]] != group[labels[j]]})
+    use = [k for k, p in enumerate(result.pairs) if p["across"]] or list(range(len(result.pairs)))
+    finite = [result.pairs[k]["tau"] for k in use if math.isfinite(result.pairs[k]["tau"])]
+    result.mean_tau = float(np.mean(finite)) if finite else math.nan
+    if not result.seeds_note:
+        result.mean_ci = stats.quantile_interval(_nanmean(np.stack([pair_taus[k] for k in use]), axis=0),
+                                                 settings.level)
+    z = np.stack([_zscore(p) for p in point])
+    for i, lab in enumerate(labels):
+        rest = [k for k in range(n_c) if group[labels[k]] != group[lab]] or [k for k in range(n_c) if k != i]
+        result.loo[lab] = stats.kendall_tau(_nanmean(z[rest], axis=0), point[i])
+    finite_loo = [t for t in result.loo.values() if math.isfinite(t)]
+    result.loo_mean = float(np.mean(finite_loo)) if finite_loo else math.nan
+    return result

@@ -1,0 +1,328 @@
+"""What the report says: the sections of the document, built from an :class:`Analysis` and its figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from . import stats
+from .analysis import BASELINE
+from .doc import Bullets, Cell, Document, Image, Para, Pre, Section, Table
+from .figures import Figures
+from .reference import RefRow
+from .summary import Analysis, fmt
+from .verdicts import VERDICT_RULE, call_rule
+
+SYMBOLS = {"better": "▲ better", "worse": "▼ worse", "no change": "= no change", "unclear": "? unclear",
+           "varies": "≈ varies", "unstable": "✗ unstable", "missing": "— missing"}
+
+
+def call_cell(call: str, descriptive: bool) -> Cell:
+    return Cell(SYMBOLS.get(call, call) + (" †" if descriptive else ""), f"c-{call.replace(' ', '-')}")
+
+
+def ratio(x: float) -> str:
+    return "—" if not math.isfinite(x) else f"{x:.3g}×"
+
+
+def ci_text(ci: tuple[float, float] | None, n: int) -> str:
+    if ci is None:
+        return "none (1 seed)" if n == 1 else "—"
+    return f"[{ci[0]:+.3g}, {ci[1]:+.3g}]"
+
+
+def build_document(a: Analysis, figs: Figures) -> Document:
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    n_var = len(a.order)
+    settings = f" in {len(a.labels)} settings" if len(a.labels) != len(a.groups) else ""
+    sub = (f"Benchmark `{a.benchmark}` · {len(a.rows)} cells · {n_var} variant(s) against `{BASELINE}` on "
+           f"{len(a.groups)} task(s){settings} · up to {a.seeds()} paired seed(s) · generated {now}")
+    doc = Document(f"Transfer report: {a.benchmark}", sub)
+    doc.sections = [verdict_section(a, figs), effects_section(a, figs), curves_section(figs),
+                    agreement_section(a, figs), cost_section(a), reference_section(a)]
+    if a.sensitivity:
+        doc.sections.append(sensitivity_section(a, figs))
+    doc.sections += [problems_section(a), repro_section(a)]
+    return doc
+
+
+def verdict_section(a: Analysis, figs: Figures) -> Section:
+    s = Section("Verdicts", "verdicts")
+    headers = ["Variant", "Verdict", "Why", f"Overall effect ({a.effect_unit})", *a.groups,
+               "Params ×", "FLOPs/token ×", "Tokens/s ×"]
+    rows = []
+    for v in a.order:
+        verdict, why, desc = a.verdicts[v]
+        cells: list[str | Cell] = [v, Cell(verdict + (" †" if desc else ""), f"v-{verdict}"), Cell(why, "wrap"),
+                                   fmt(a.overall[v], 3, signed=True)]
+        for g in a.groups:
+            tc = a.task_calls[v].get(g)
+            cells.append(call_cell(*tc) if tc else Cell("— not run", "c-missing"))
+        cost = a.costs.get(v, {})
+        cells += [ratio(cost.get("params", math.nan)), ratio(cost.get("flops_per_token", math.nan)),
+                  ratio(cost.get("tokens_per_s", math.nan))]
+        rows.append(cells)
+    s.blocks.append(Table(headers, rows, id="verdict-table", caption="One verdict per variant, best overall first"))
+    s.blocks.append(Para("**Rule per variant.** " + VERDICT_RULE))
+    s.blocks.append(Para("**Rule per task.** " + call_rule(a.settings)))
+    notes = []
+    n_max = a.seeds()
+    k = a.settings.min_test_pairs
+    if n_max == 1:
+        notes.append("Every comparison has a single paired seed: no interval can be given, and every call is the "
+                     "descriptive fallback (†). Run more seeds for intervals and tests.")
+    elif 0 < n_max < k:
+        notes.append(f"With {n_max} paired seeds the exact sign-flip test cannot give p below "
+                     f"{stats.min_sign_flip_p(n_max):.3g}, so no tested call is possible: all calls are descriptive (†). "
+                     f"Run at least {k} seeds for tested calls.")
+    no_base = sorted({c.cond.label for c in a.comps if not c.baseline_values})
+    if no_base:
+        notes.append(f"No usable `{BASELINE}` cell for: {', '.join(no_base)}; nothing there can be compared.")
+    bad_base = {c.cond.label: c.n_baseline_bad for c in a.comps if c.n_baseline_bad}
+    if bad_base:
+        notes.append(f"`{BASELINE}` cells without a usable value (diverged, failed or timed out), whose seeds stay "
+                     "unpaired: " + ", ".join(f"{k}: {n}" for k, n in sorted(bad_base.items())) + ".")
+    timeouts = sum(c.n_timeout for c in a.comps)
+    if timeouts:
+        notes.append(f"{timeouts} variant cell(s) timed out: their seeds are left out of the pairs (not counted as "
+                     "unstable); see Skipped and failed cells.")
+    if not a.order:
+        notes.append(f"The store holds no variant besides `{BASELINE}`: there is nothing to compare.")
+    fam = sum(c.p_adjusted is not None for c in a.comps)
+    corr = "Benjamini-Hochberg" if a.settings.correction == "bh" else "Holm"
+    notes.append(f"Multiple comparisons: {corr} over the {fam} tested variant × task comparison(s).")
+    notes.append("Ordered by overall effect: the mean over tasks of the effect in "
+                 f"{a.effect_unit}" + (" (the baseline's seed-to-seed SD is missing somewhere, so relative change "
+                                       "is used)." if a.kind == "rel" else "."))
+    s.blocks.append(Bullets(notes))
+    if figs.heatmap:
+        s.blocks.append(Image(figs.heatmap, "Transfer heatmap: variants by tasks, colour = effect",
+                              f"Colour: effect in {a.effect_unit} (blue = better). * = better/worse after correction, "
+                              "† = descriptive call, ✗ = unstable."))
+    return s
+
+
+def effects_section(a: Analysis, figs: Figures) -> Section:
+    s = Section("Effects per task", "effects")
+    headers = ["Variant", "Task", "Metric", "n", "Baseline mean ± SD", "Variant mean", "Δ (+ = better)",
+               f"{int(a.settings.level * 100)}% CI of Δ", "Relative %", "Effect (SDs)", "P(improve)", "p",
+               "p adj.", "Call"]
+    rows = []
+    for v in a.order:
+        for lab in a.labels:
+            c = a.comp(v, lab)
+            if c is None:
+                continue
+            rows.append([v, lab, f"{c.cond.metric} ({'↑' if c.cond.higher_is_better else '↓'})", str(c.n),
+                         f"{fmt(c.baseline_mean, 4)} ± {fmt(c.baseline_std, 2)}", fmt(c.variant_mean, 4),
+                         fmt(c.mean_diff, 3, True), ci_text(c.ci, c.n), fmt(c.rel_change, 3, True),
+                         fmt(c.std_effect, 3, True), fmt(c.p_improve, 2), fmt(c.p_value, 2),
+                         fmt(c.p_adjusted, 2), call_cell(c.call, c.descriptive)])
+    s.blocks.append(Table(headers, rows, id="effects-table",
+                          caption="Paired differences with the baseline (same seeds, same hyper-parameters)"))
+    s.blocks.append(Para("Δ is the mean over paired seeds of (variant − baseline), signed so that positive is better "
+                         "(↑: higher is better, ↓: lower is better). Effect (SDs) is Δ over the baseline's "
+                         "seed-to-seed standard deviation. P(improve) is the share of paired seeds where the variant "
+                         "wins. p: exact two-sided paired sign-flip test; p adj.: corrected across tests."))
+    for lab, f in figs.forest.items():
+        s.blocks.append(Image(f, f"Forest plot for {lab}", f"{lab}: mean paired difference and "
+                              f"{int(a.settings.level * 100)}% bootstrap interval; blue = better, vermillion = worse."))
+    return s
+
+
+def curves_section(figs: Figures) -> Section:
+    s = Section("Learning curves", "curves")
+    if not figs.curves:
+        s.blocks.append(Para("No learning curves were recorded."))
+    for lab, f in figs.curves.items():
+        s.blocks.append(Image(f, f"Learning curves for {lab}", f"{lab}: training loss, baseline dashed grey."))
+    return s
+
+
+def agreement_section(a: Analysis, figs: Figures) -> Section:
+    s = Section("Agreement between tasks", "agreement")
+    g = a.agreement
+    if not g.pairs:
+        s.blocks.append(Para("Agreement needs at least two tasks and two variants."))
+        return s
+    if figs.agreement:
+        s.blocks.append(Image(figs.agreement, "Task agreement matrix (Kendall tau)",
+                              "Kendall tau-b between tasks' rankings of the variants by mean paired difference."))
+    rows = [[p["a"], p["b"], str(p["n_variants"]), fmt(p["tau"], 3, True),
+             ci_text(p["ci"], 2) if p["ci"] else (g.seeds_note or "—")] for p in g.pairs]
+    s.blocks.append(Table(["Task A", "Task B", "Variants", "Kendall tau", f"{int(a.settings.level * 100)}% CI"],
+                          rows, id="agreement-table"))
+    mean_ci = f" (bootstrap {int(a.settings.level * 100)}% interval {ci_text(g.mean_ci, 2)})" if g.mean_ci else ""
+    across = any(p["across"] for p in g.pairs) and not all(p["across"] for p in g.pairs)
+    which = " over pairs of different tasks" if across else ""
+    items = [f"Mean pairwise Kendall tau{which}: **{fmt(g.mean_tau, 3, True)}**{mean_ci}.",
+             f"Leave-one-task-out: the mean ranking on the other tasks predicts the held-out task's ranking with "
+             f"mean tau **{fmt(g.loo_mean, 3, True)}** (" +
+             ", ".join(f"{k}: {fmt(t, 2, True)}" for k, t in g.loo.items()) + ")."]
+    if g.seeds_note:
+        items.append(g.seeds_note + ".")
+    items.append("Intervals: paired bootstrap over seeds, the same seed draw for every variant of a task.")
+    s.blocks.append(Bullets(items))
+    return s
+
+
+def cost_section(a: Analysis) -> Section:
+    s = Section("Cost next to benefit", "cost")
+    rows = []
+    for v in a.order:
+        cost = a.costs.get(v, {})
+        verdict, _, desc = a.verdicts[v]
+        rows.append([v, Cell(verdict + (" †" if desc else ""), f"v-{verdict}"), fmt(a.overall[v], 3, True),
+                     ratio(cost.get("params", math.nan)), ratio(cost.get("flops_per_token", math.nan)),
+                     ratio(cost.get("tokens_per_s", math.nan))])
+    s.blocks.append(Table(["Variant", "Verdict", f"Overall effect ({a.effect_unit})", "Params ×", "FLOPs/token ×",
+                           "Tokens/s ×"], rows, id="cost-table",
+                          caption="Cost relative to the baseline (geometric mean over tasks; > 1 = more)"))
+    base = []
+    for lab in a.labels:
+        brows = [r for r in a.rows if r["variant"] == BASELINE and r["status"] == "done" and _lab(a, r) == lab]
+        if brows:
+            base.append(f"{lab}: baseline {_big(_mean(brows, 'params'))} parameters, "
+                        f"{_big(_mean(brows, 'flops_per_token'))} FLOPs/token, "
+                        f"{_big(_mean(brows, 'tokens_per_s'))} tokens/s")
+    if base:
+        s.blocks.append(Bullets(base))
+    return s
+
+
+def _big(x: float) -> str:
+    return f"{x:,.0f}" if math.isfinite(x) else "—"
+
+
+def _mean(rows: list[dict[str, Any]], col: str) -> float:
+    vals = [r[col] for r in rows if isinstance(r.get(col), int | float)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def _lab(a: Analysis, row: dict[str, Any]) -> str | None:
+    hp = json.dumps(row.get("hparams") or {}, sort_keys=True)
+    for c in a.comps:
+        if (c.cond.task, c.cond.size, c.cond.hparams_json) == (row["task"], row["size"], hp):
+            return c.cond.label
+    return None
+
+
+def reference_section(a: Analysis) -> Section:
+    s = Section("Reference study", "reference")
+    s.blocks.append(Para("Narang et al. 2021, \"Do Transformer Modifications Transfer Across Implementations and "
+                         "Applications?\" (EMNLP 2021, arXiv 2102.11972), Table 1: Δ = model − Vanilla Transformer, "
+                         "223M-parameter encoder-decoder. Our `lm` task sits beside their C4 pre-training loss "
+                         "(65k steps, lower is better), our `mt` task beside their WMT'14 En-De BLEU. A different "
+                         "sign at small scale is a finding, not an error."))
+    if not a.reference:
+        s.blocks.append(Para("No variant of this run has a row in the paper's table on a task it measured."))
+        return s
+    rows = []
+    for r in a.reference:
+        agree = {True: "yes", False: "**no**", None: "—"}[r.signs_agree]
+        clear = {True: "yes", False: "no (within noise)", None: "n/a (one run)"}[r.paper_clear]
+        rows.append([r.variant, r.paper_model, r.task, r.paper_measure, fmt(r.paper_delta, 3, True),
+                     "better" if r.paper_better else "worse", clear, r.ours_metric, fmt(r.ours_delta, 3, True),
+                     ci_text(r.ours_ci, 2) if r.ours_ci else "—", call_cell(r.ours_call, r.descriptive), agree,
+                     r.agreement])
+    s.blocks.append(Table(["Variant", "Paper model", "Our task", "Paper measure", "Paper Δ", "Paper", "Paper clear",
+                           "Our metric", "Our Δ", "Our CI", "Our call", "Signs agree", "Calls agree"], rows,
+                          id="reference-table"))
+    s.blocks.append(Para("Paper clear: |Δ| above two standard errors of the difference of two 5-run means "
+                         "(only the pre-training loss has a spread in the paper). Δ is in each metric's own "
+                         "direction (for losses, negative is better)."))
+    dis = [r for r in a.reference if r.signs_agree is False]
+    if dis:
+        s.blocks.append(Para(f"**Disagreements** ({len(dis)} of {len(a.reference)}): the point estimates point the "
+                             "other way."))
+        s.blocks.append(Bullets([_disagreement(r) for r in dis]))
+    else:
+        s.blocks.append(Para("No disagreement in sign between the paper and this run."))
+    return s
+
+
+def _disagreement(r: RefRow) -> str:
+    ours = ("descriptive call" if r.descriptive else "significant after correction") \
+        if r.agreement == "disagree" else "ours not significant"
+    paper = "" if r.paper_clear is not False else "; the paper's own difference is within its noise"
+    return (f"`{r.variant}` on {r.task}: paper {r.paper_measure} Δ {r.paper_delta:+.3g} "
+            f"({'better' if r.paper_better else 'worse'}); ours {r.ours_metric} Δ {r.ours_delta:+.3g}, call "
+            f"{r.ours_call}{' †' if r.descriptive else ''} ({ours}{paper})")
+
+
+def sensitivity_section(a: Analysis, figs: Figures) -> Section:
+    s = Section("Hyper-parameter sensitivity", "sensitivity")
+    rows = [[r["variant"], r["task"], str(r["settings"]), str(r["with_data"]), str(r["beats_baseline"]),
+             fmt(r["share"], 2), str(r["better_calls"]), str(r["worse_calls"])] for r in a.sensitivity]
+    s.blocks.append(Table(["Variant", "Task", "Settings", "With data", "Beats baseline", "Share", "Better calls",
+                           "Worse calls"], rows, id="sensitivity-table",
+                          caption="Each setting compares the variant with the baseline at the same hyper-parameters"))
+    for name, f in figs.sensitivity.items():
+        s.blocks.append(Image(f, f"Sensitivity on {name}", f"{name}: primary metric over the hyper-parameter grid."))
+    return s
+
+
+def _reason(error: str | None) -> str:
+    lines = [ln.strip() for ln in (error or "").splitlines() if ln.strip()]
+    text = lines[-1] if lines else "(no reason recorded)"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def problems_section(a: Analysis) -> Section:
+    s = Section("Skipped and failed cells", "problems")
+    if a.skipped:
+        rows = [[str(x.get("variant", "")), str(x.get("task", "")), Cell(str(x.get("reason", "")), "wrap")]
+                for x in a.skipped]
+        s.blocks.append(Table(["Variant", "Task", "Reason"], rows, id="skipped-table",
+                              caption="Cells a variant cannot run (not trained)"))
+    else:
+        s.blocks.append(Para("No skipped cells."))
+    bad = [r for r in a.rows if r["status"] != "done" or r.get("primary_value") is None
+           or not math.isfinite(r["primary_value"])]
+    if bad:
+        rows = [[r["variant"], r["task"], str(r["seed"]), json.dumps(r.get("hparams") or {}, sort_keys=True),
+                 r["status"], str(r.get("failed_step") if r.get("failed_step") is not None else "—"),
+                 Cell(_reason(r.get("error")), "wrap")] for r in bad]
+        s.blocks.append(Table(["Variant", "Task", "Seed", "Hyper-parameters", "Status", "Step", "Reason"], rows,
+                              id="failed-table", caption="Cells that diverged, failed, timed out or gave no value"))
+    else:
+        s.blocks.append(Para("No failed, diverged or timed-out cells."))
+    return s
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if not isinstance(v, str) else v
+    return out
+
+
+def repro_section(a: Analysis) -> Section:
+    s = Section("Reproducibility", "repro")
+    st = a.settings
+    s.blocks.append(Bullets([
+        f"Statistics: {int(st.level * 100)}% percentile bootstrap over paired seeds ({st.n_boot} resamples, seed "
+        f"{st.seed}); exact paired sign-flip test; correction "
+        f"{'Benjamini-Hochberg 1995 (FDR)' if st.correction == 'bh' else 'Holm 1979 (FWER)'} at {st.alpha}; "
+        f"equivalence margin ±{st.rel_threshold:g}% of the baseline mean.",
+        "Source of every figure: the results store `results.sqlite` of this run (W&B is never read).",
+    ]))
+    envs = [_flatten(r.get("env") or {}) for r in a.rows]
+    keys = sorted({k for e in envs for k in e})
+    rows = []
+    for k in keys:
+        counts = Counter(e.get(k, "—") for e in envs)
+        rows.append([k, "; ".join(f"{v} ({n} cells)" if len(counts) > 1 else v for v, n in counts.most_common())])
+    if rows:
+        s.blocks.append(Table(["Environment", "Value (cells)"], rows, id="env-table",
+                              caption="Versions, git commit and machine, as recorded with the cells"))
+    plan = a.plan
+    s.blocks.append(Para("**Plan** (as stored with the run):"))
+    s.blocks.append(Pre(json.dumps(plan, indent=2, sort_keys=True, default=str) if plan else "(no plan stored)"))
+    return s

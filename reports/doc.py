@@ -1,0 +1,62 @@
+"""A tiny document model, rendered twice: to one self-contained HTML page and to Markdown.
+
+Text uses two bits of Markdown only, ``**bold**`` and ```code```, which both renderers know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Cell:
+    text: str
+    cls: str = ""        # CSS class in HTML (e.g. a verdict's colour)
+    sort: str = ""       # sort key in HTML when the text does not sort well
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str | Cell]]
+    id: str = ""
+    caption: str = ""
+
+
+@dataclass
+class Image:
+    file: str            # name of the PNG next to the page
+    alt: str
+    caption: str = ""
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Pre:
+    text: str
+
+
+Block = Table | Image | Para | Bullets | Pre
+
+
+@dataclass
+class Section:
+    title: str
+    id: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+@dataclass
+class Document:
+    title: str
+    subtitle: str
+    sections: list[Section] = field(default_factory=list)

@@ -1,0 +1,147 @@
+"""All the analysis of one run, in one object: comparisons, verdicts, agreement, costs, reference."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .agreement import Agreement, agreement
+from .analysis import (
+    Comparison,
+    Settings,
+    compare,
+    conditions,
+    effect_kind,
+    load_store,
+    order_variants,
+    overall_effects,
+    sensitivity,
+    variant_costs,
+)
+from .reference import RefRow, compare_reference
+from .verdicts import combine, verdict
+
+UNITS = {"val_bleu": "BLEU points", "val_mse": "MSE", "val_ppl": "perplexity", "val_bpc": "bits/char",
+         "val_acc": "accuracy"}
+
+
+def unit(metric: str, task: str) -> str:
+    """The unit of ``metric`` on ``task``, for axis labels."""
+    if metric in UNITS:
+        return UNITS[metric]
+    if metric.endswith("loss"):
+        return "nats/token" if task.split("_")[0] in ("lm", "mt") else "loss"
+    return metric
+
+
+@dataclass
+class Analysis:
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any]
+    settings: Settings
+    comps: list[Comparison]
+    labels: list[str]
+    kind: str                                   # "std" or "rel"
+    overall: dict[str, float]
+    order: list[str]
+    verdicts: dict[str, tuple[str, str, bool]]
+    groups: list[str]                           # tasks (conditions that differ only in hyper-parameters)
+    task_calls: dict[str, dict[str, tuple[str, bool]]]   # variant -> group -> (call, descriptive)
+    costs: dict[str, dict[str, float]]
+    agreement: Agreement
+    reference: list[RefRow]
+    sensitivity: list[dict[str, Any]]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def benchmark(self) -> str:
+        names = Counter(r["benchmark"] for r in self.rows)
+        return names.most_common(1)[0][0] if names else "modtransfer"
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        plan = self.meta.get("plan")
+        return plan if isinstance(plan, dict) else {}
+
+    @property
+    def effect_unit(self) -> str:
+        return "baseline seed SDs" if self.kind == "std" else "% of baseline"
+
+    def comp(self, variant: str, label: str) -> Comparison | None:
+        for c in self.comps:
+            if c.variant == variant and c.cond.label == label:
+                return c
+        return None
+
+    def seeds(self) -> int:
+        """Most paired seeds any comparison has."""
+        return max((c.n for c in self.comps), default=0)
+
+
+def analyse(rows: list[dict[str, Any]], meta: dict[str, Any], settings: Settings = Settings()) -> Analysis:
+    """Run every analysis on the rows (and meta) of a results store."""
+    comps = compare(rows, settings)
+    labels = [c.label for c in conditions(rows).values()]
+    kind = effect_kind(comps)
+    overall = overall_effects(comps, kind)
+    groups = sorted({c.group for c in conditions(rows).values()})
+    task_calls: dict[str, dict[str, tuple[str, bool]]] = {}
+    verdicts = {}
+    for v in overall:
+        task_calls[v] = {}
+        for g in groups:
+            calls = [(c.call, c.descriptive) for c in comps if c.variant == v and c.cond.group == g]
+            if calls:
+                task_calls[v][g] = combine(calls)
+        verdicts[v] = verdict(list(task_calls[v].values()))
+    skipped = meta.get("skipped") if isinstance(meta.get("skipped"), list) else []
+    return Analysis(rows, meta, settings, comps, labels, kind, overall, order_variants(overall), verdicts, groups,
+                    task_calls, variant_costs(comps), agreement(comps, settings), compare_reference(comps), sensitivity(comps),
+                    skipped)
+
+
+def analyse_run(run_dir: Path, settings: Settings = Settings()) -> Analysis:
+    rows, meta = load_store(run_dir)
+    return analyse(rows, meta, settings)
+
+
+def fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
+    """A number for a table; an em dash when missing."""
+    if x is None or not isinstance(x, int | float) or not math.isfinite(x):
+        return "—"
+    return f"{x:+.{digits}g}" if signed else f"{x:.{digits}g}"
+
+
+TRANSFER_COLUMNS = ["variant", "task", "task_name", "size", "hparams", "metric", "higher_is_better", "n",
+                    "baseline_mean", "baseline_sd", "variant_mean", "diff", "ci_low", "ci_high", "rel_change_pct",
+                    "std_effect", "p_improve", "p", "p_adj", "call", "descriptive", "verdict", "params_ratio",
+                    "flops_per_token_ratio", "tokens_per_s_ratio", "n_failed", "n_timeout"]
+
+
+def _num(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def transfer_table(a: Analysis) -> tuple[list[str], list[list[Any]]]:
+    """The tidy transfer matrix: one row per variant x condition; None for missing numbers.
+
+    ``diff`` and its interval are signed so that > 0 means the variant is better.
+    """
+    out = []
+    for v in a.order:
+        for lab in a.labels:
+            c = a.comp(v, lab)
+            if c is None:
+                continue
+            lo, hi = c.ci or (None, None)
+            out.append([v, lab, c.cond.task, c.cond.size, c.cond.hparams_json, c.cond.metric,
+                        c.cond.higher_is_better, c.n, _num(c.baseline_mean), _num(c.baseline_std),
+                        _num(c.variant_mean), _num(c.mean_diff), _num(lo), _num(hi), _num(c.rel_change),
+                        _num(c.std_effect), _num(c.p_improve), _num(c.p_value), _num(c.p_adjusted), c.call,
+                        c.descriptive, a.verdicts[v][0], _num(c.cost.get("params")),
+                        _num(c.cost.get("flops_per_token")), _num(c.cost.get("tokens_per_s")), c.n_failed,
+                        c.n_timeout])
+    return TRANSFER_COLUMNS, out
