@@ -119,7 +119,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
                 mean = float(self._loss_sum) / self._loss_n
                 self.curve.append({"step": step, "train_loss": mean if math.isfinite(mean) else None})
                 if self.logger is not None:
-                    self.log("train_loss", mean, on_step=True, prog_bar=False, logger=True)
+                    self.logger.log_metrics({"train_loss": mean}, step=step)
                 self._loss_sum.zero_()
                 self._loss_n = 0
             bad = int(self._bad_step)

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--size", default="small", help="size preset for parameter/FLOP counts (default: small)")
     ls.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
     ls.add_argument("--no-counts", action="store_true", help="skip parameter and FLOP counts")
-    ls.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+    ls.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="FILE.py")
 
     run = sub.add_parser("run", help="run a benchmark plan")
     run.add_argument("plan", help="plan YAML, e.g. configs/bench/smoke.yaml")
@@ -52,21 +52,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="run failed and timed-out cells again")
     run.add_argument("--dry-run", action="store_true", help="print the cells and train nothing")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    run.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+    run.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="FILE.py")
 
     check = sub.add_parser("check", help="run the contract suite on a variant")
     check.add_argument("variant")
     check.add_argument("--tasks", help="comma-separated task names (default: all it applies to)")
-    check.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+    check.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="FILE.py")
 
     status = sub.add_parser("status", help="summarise a run folder")
     status.add_argument("run_dir")
+    status.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="FILE.py")
 
     report = sub.add_parser("report", help="write the transfer report of a run folder")
     report.add_argument("run_dir")
     report.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None)
     report.add_argument("--wandb-report", action="store_true", help="also build a W&B Report")
-    report.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+    report.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="FILE.py")
 
     bench = sub.add_parser("bench", help="performance benchmarks (bench speed --help)")
     bench.add_argument("which", choices=["speed", "overhead", "runner"])
@@ -122,6 +123,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         del plugins
         return 1 if failures(results) else 0
     if args.command == "status":
+        _load_plugins(args)
         from .status import summarise
 
         print(summarise(Path(args.run_dir)))
@@ -177,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     executor = args.executor or plan.executor
     if executor not in EXECUTORS:
         raise UserError(f"plan.executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    workers = args.workers or plan.workers
+    workers = args.workers if args.workers is not None else plan.workers
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     if executor == "ray":
@@ -219,7 +221,9 @@ def _run(args: argparse.Namespace) -> int:
             TASKS.get(tname)(plan.task_config.get(tname, {}), cache).prepare()
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    store.set_meta("plan", plan.to_dict())
+    store.set_meta("plan", {**plan.to_dict(), "source": str(Path(args.plan).resolve()),
+                            "selection": {"variants": args.variants, "tasks": args.tasks, "seeds": args.seeds},
+                            "plugins": plugins})
     store.set_meta("skipped", plan.skipped)
     if args.retry_failed:
         for status in ("failed", "timeout"):

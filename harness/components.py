@@ -42,7 +42,7 @@ def component(slot: str, name: str) -> Any:
 
 
 def ensure_builtin_components() -> None:
-    """Import the built-in component and variant modules (once)."""
+    """Import the built-in component, variant and task modules (once)."""
     global _loaded
     if _loaded:
         return
@@ -53,3 +53,4 @@ def ensure_builtin_components() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != f"modtransfer.variants.{mod}":
                 raise
+    importlib.import_module("modtransfer.tasks")  # built-in tasks register with the rest

@@ -38,18 +38,20 @@ def summarise(run_dir: Path) -> str:
     running = store.running()
     lines = [f"benchmark {plan.get('name', run_dir.name)!r} at {run_dir}"]
     expected = None
-    if plan.get("source") and Path(plan["source"]).is_file():
-        try:
-            from .plan import load_plan
+    left: list[Any] = []
+    if plan:
+        from .plan import PLAN_KEYS, load_plan
+        from .plugins import load_plugin_file
 
-            p = load_plan(plan["source"], name=plan.get("name"), seeds=len(plan.get("seeds", [])) or None)
+        for f in plan.get("plugins", []):
+            load_plugin_file(f, strict=False)
+        try:  # rebuild the cells from the stored plan (as narrowed by --variants/--tasks/--seeds)
+            p = load_plan({k: v for k, v in plan.items() if k in PLAN_KEYS})
             ids = {r["cell_id"] for r in rows}
             expected = len(p.cells)
             left = [c for c in p.cells if c.cell_id not in ids]
-        except UserError:
-            left = []
-    else:
-        left = []
+        except UserError as exc:
+            lines.append(f"(cannot rebuild the plan's cells: {exc})")
     lines.append(
         f"done {counts['done']}, diverged {counts['diverged']}, failed {counts['failed']}, timeout {counts['timeout']}, "
         f"running {len(running)}" + (f", left {len(left)} of {expected}" if expected is not None else "")

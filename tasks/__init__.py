@@ -1,0 +1,9 @@
+"""The task registry's built-in tasks: regression (toy), lm (Shakespeare), mt (Bible en->fr).
+
+Importing this package registers them; heavy dependencies (tokenizers, sacrebleu, datasets,
+torchmetrics) are imported only when a task prepares data or evaluates.
+"""
+
+from . import lm, mt, regression
+
+__all__ = ["lm", "mt", "regression"]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from modtransfer.components import COMPONENTS, ensure_builtin_components
 from modtransfer.plugins import load_plugin_file
 from modtransfer.task import TASKS

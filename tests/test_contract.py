@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
+import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
 from modtransfer import ModelSpec, register_component, register_variant
 from modtransfer.components import ensure_builtin_components
 from modtransfer.contract import CHECKS, FALLBACK_VOCAB, GRAD_RETRY_BATCH, CheckResult, format_results, run_contract
@@ -23,7 +25,6 @@ from modtransfer.errors import ConflictError, UserError
 from modtransfer.plugins import PROBLEMS
 from modtransfer.task import TASKS, Task, register_task
 from modtransfer.variant import VARIANTS
-from torch import Tensor, nn
 
 ensure_builtin_components()
 PAIRS = [pytest.param(v, t, id=f"{v}-{t}") for v in VARIANTS.names() for t in TASKS.names()]

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from modtransfer import ModelSpec, register_component, register_variant
 from torch import Tensor, nn
+
+from modtransfer import ModelSpec, register_component, register_variant
 
 
 @register_component("ffn", "dead_gate")

@@ -9,6 +9,7 @@ Other tests rely on the names: component ``activation/squared_relu``, variant ``
 from __future__ import annotations
 
 import torch
+
 from modtransfer import ModelSpec, register_component, register_variant
 
 

