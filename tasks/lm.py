@@ -162,7 +162,7 @@ class LanguageModelling(Task):
     higher_is_better: ClassVar[bool] = False
     has_vocab: ClassVar[bool] = True
     has_padding: ClassVar[bool] = False
-    default_budget: ClassVar[Budget] = Budget(steps=300, batch_size=16, lr=1e-3, eval_batches=8)
+    default_budget: ClassVar[Budget] = Budget(steps=300, batch_size=16, lr=2e-3, schedule="cosine", eval_batches=8)
     default_config: ClassVar[dict[str, Any]] = {
         "tokenizer": "char",
         "seq_len": 128,

@@ -223,7 +223,7 @@ class Translation(Task):
     higher_is_better: ClassVar[bool] = True
     has_vocab: ClassVar[bool] = True
     has_padding: ClassVar[bool] = True
-    default_budget: ClassVar[Budget] = Budget(steps=300, batch_size=32, lr=1e-3, eval_batches=8)
+    default_budget: ClassVar[Budget] = Budget(steps=300, batch_size=32, lr=2e-3, schedule="cosine", eval_batches=8)
     default_config: ClassVar[dict[str, Any]] = {
         "vocab_size": 2000,
         "max_len": 96,

@@ -52,7 +52,7 @@ class Regression(Task):
     higher_is_better: ClassVar[bool] = False
     has_vocab: ClassVar[bool] = False
     has_padding: ClassVar[bool] = False
-    default_budget: ClassVar[Budget] = Budget(steps=300, batch_size=16, lr=1e-3, eval_batches=8)
+    default_budget: ClassVar[Budget] = Budget(steps=400, batch_size=16, lr=1e-3, schedule="constant", eval_batches=8)
     #: The reference settings: batch 16, Adam (no weight decay, no clipping), lr 1e-3 constant,
     #: 1000 steps; use with d_model 256, 4 heads, 6 layers.
     reference_budget: ClassVar[Budget] = Budget(

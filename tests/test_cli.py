@@ -196,3 +196,17 @@ def test_bad_plan_field(tmp_path, capsys):
     assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'variant'" in err and "did you mean 'variants'" in err
+
+
+@pytest.mark.parametrize("plan", sorted((ROOT / "configs" / "bench").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_plans_validate(plan, tmp_path, capsys):
+    assert main(["run", str(plan), "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "to train" in out and not (tmp_path / "runs").exists()
+
+
+def test_readme_variant_table_is_generated_from_the_registry():
+    from modtransfer.readme import README, render
+
+    text = README.read_text()
+    assert render(text) == text, "README.md's variant table is stale: run python -m modtransfer.readme"
