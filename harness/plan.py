@@ -28,6 +28,7 @@ PLAN_KEYS = {
     "spec": dict, "budget": dict, "task_budget": dict, "task_config": dict, "hparams": dict, "wandb": dict,
     "executor": str, "workers": int, "include_baseline": bool,
 }
+INIT_AXIS = "init"  # a hyper-parameter axis over initialisation schemes (init_* variants)
 WANDB_KEYS = {"mode": str, "project": str, "entity": (str, type(None))}
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -205,12 +206,20 @@ def load_plan(
     # hyper-parameter axes: budget fields crossed with the variants
     hparams = raw.get("hparams", {}) or {}
     budget_fields = set(Budget().to_dict())
+    axes_allowed = budget_fields | {INIT_AXIS}
     for key, values in hparams.items():
-        if key not in budget_fields:
-            raise UserError(f"plan.hparams: {key!r} is not a budget field{did_you_mean(key, budget_fields)}; "
-                            f"axes can be {', '.join(sorted(budget_fields))}")
+        if key not in axes_allowed:
+            raise UserError(f"plan.hparams: {key!r} is not a budget field or 'init'{did_you_mean(key, axes_allowed)}; "
+                            f"axes can be {', '.join(sorted(axes_allowed))}")
         if not isinstance(values, list) or not values:
             raise UserError(f"plan.hparams.{key} must be a non-empty list of values, got {values!r}")
+        if key == INIT_AXIS:
+            for value in values:
+                if not isinstance(value, str):
+                    raise UserError(f"plan.hparams.init values are init scheme names like xavier_uniform or "
+                                    f"'normal(std=0.02)', got {value!r}")
+                if value != "default":
+                    canonical(_init_expr(value))
 
     wandb_cfg = {"mode": "offline", "project": "modtransfer", "entity": None, **(raw.get("wandb") or {})}
     for key, value in wandb_cfg.items():
@@ -270,11 +279,24 @@ def _expand_cells(plan: Plan) -> None:
                 continue
             for hp in combos:
                 try:
-                    cell_budget = budget.replace(**hp)
+                    cell_budget = budget.replace(**{k: v for k, v in hp.items() if k != INIT_AXIS})
                 except UserError as exc:
                     raise UserError(f"plan.hparams: {exc}") from None
+                spec = rv.spec
+                init = hp.get(INIT_AXIS, "default")
+                if init != "default":
+                    if rv.spec.init != plan.base_spec.init or rv.spec.init_scale != plan.base_spec.init_scale:
+                        plan.skipped.append({"variant": vname, "task": tname,
+                                             "reason": f"sets its own initialisation (hparams init={init})"})
+                        continue
+                    spec = resolve(_init_expr(init), rv.spec).spec
                 for seed in plan.seeds:
                     plan.cells.append(Cell(
-                        benchmark=plan.name, variant=vname, task=tname, seed=seed, size=plan.size, spec=rv.spec,
+                        benchmark=plan.name, variant=vname, task=tname, seed=seed, size=plan.size, spec=spec,
                         task_config=dict(task.config), budget=cell_budget, hparams=hp, slots=tuple(rv.slots),
                     ))
+
+
+def _init_expr(value: str) -> str:
+    """``xavier_uniform`` or ``init_xavier_uniform`` -> the init variant expression."""
+    return value if value.startswith("init_") else f"init_{value}"

@@ -210,3 +210,18 @@ def test_readme_variant_table_is_generated_from_the_registry():
 
     text = README.read_text()
     assert render(text) == text, "README.md's variant table is stale: run python -m modtransfer.readme"
+
+
+def test_hparam_axes_cross_variants_including_init(tmp_path, capsys):
+    plan = write_plan(tmp_path, variants=["swiglu"], hparams={"lr": [0.001, 0.002],
+                                                             "init": ["default", "normal(std=0.01)"]})
+    assert main(["run", str(plan), "--dry-run", "--runs-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "8 to train" in out  # (baseline + swiglu) x 2 lr x 2 init x 1 seed
+    assert "regression/swiglu/0[init=normal(std=0.01),lr=0.002]" in out
+    from modtransfer.plan import load_plan
+
+    cells = load_plan(str(plan)).cells
+    inits = {(c.variant, c.hparams["init"]): (c.spec.init, c.spec.init_scale) for c in cells}
+    assert inits[("baseline", "normal(std=0.01)")] == ("normal", 0.01)
+    assert inits[("swiglu", "default")] == ("default", 0.0)
