@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list variants, tasks or components")
     ls.add_argument("what", choices=["variants", "tasks", "components"])
     ls.add_argument("pattern", nargs="?", default=None, help="glob, e.g. '*glu*'")
-    ls.add_argument("--size", default="small", help="size preset for parameter/FLOP counts (default: small)")
+    ls.add_argument("--size", default="small", help="size preset for parameter/FLOP counts, or 'all' (default: small)")
     ls.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
     ls.add_argument("--no-counts", action="store_true", help="skip parameter and FLOP counts")
     ls.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="FILE.py")
@@ -105,7 +105,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .listing import list_components, list_tasks, list_variants
 
         if args.what == "variants":
-            print(list_variants(args.pattern, size=args.size, markdown=args.markdown, counts=not args.no_counts))
+            from .sizes import size_names
+
+            sizes = size_names() if args.size == "all" else [args.size]
+            print("\n\n".join(list_variants(args.pattern, size=s, markdown=args.markdown, counts=not args.no_counts)
+                              for s in sizes))
         elif args.what == "tasks":
             print(list_tasks(args.pattern, markdown=args.markdown))
         else:
