@@ -3,9 +3,11 @@
     python -m modtransfer.bench_overhead [--task lm] [--size tiny] [--steps 200] [--repeats 3]
 
 Both train the same model (same seed, same initial weights) on the same batches with the
-same optimiser, schedule and gradient clipping; the plain loop has no Lightning, no logging
-and no evaluation. Prints tokens per second for both (medians over repeats, alternating
-the order) and their ratio, measured in one run.
+same optimiser (the cell's ``configure_optimizers``), schedule and gradient clipping; the
+plain loop has no Lightning, no logging and no evaluation. Prints tokens per second for both
+(medians over repeats, alternating the order) and their ratio, measured in one run.
+``modtransfer bench speed`` is the fuller benchmark (step-by-step interleaving,
+x-transformers, MFU, memory, start-up).
 """
 
 from __future__ import annotations
@@ -19,15 +21,21 @@ from pathlib import Path
 import torch
 
 
-def plain_loop(task, spec, budget, seed: int) -> float:
+def plain_loop(task, spec, budget, seed: int, cell=None) -> float:
     """Tokens per second of a bare training loop over the task's batches."""
     from .model import build
     from .schedule import lr_lambda
 
     torch.manual_seed(seed)
     model = build(spec, task.topology)
-    opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, betas=budget.betas, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(budget.schedule, budget.steps, budget.warmup))
+    if cell is not None:  # the cell's own optimiser (AdamW groups, fused kernel where there is one)
+        from .cell import make_module
+
+        config = make_module(model, task, cell, [], 1, time.perf_counter()).configure_optimizers()
+        opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, betas=budget.betas, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(budget.schedule, budget.steps, budget.warmup))
     batches = task.train_batches(seed, budget.batch_size)
     model.train()
     tokens = 0
@@ -85,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             order = [("harness", ours), ("plain", plain)] if r % 2 == 0 else [("plain", plain), ("harness", ours)]
             for name, sink in order:
                 sink.append(harness_cell(plan, Path(tmp)) if name == "harness" else
-                            plain_loop(task, spec, cell.budget, cell.seed))
+                            plain_loop(task, spec, cell.budget, cell.seed, cell))
     h, p = statistics.median(ours), statistics.median(plain)
     print(f"task {args.task}, size {args.size}, {args.steps} steps x batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads, {args.repeats} repeats (medians)")

@@ -8,6 +8,7 @@ steps and at the end). The result is a row for the results store; nothing is wri
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -40,6 +41,15 @@ def _lightning():
 
 class CellStop(Exception):
     pass
+
+
+def fused_adamw_supported(device: torch.device) -> bool:
+    """Whether AdamW has a fused kernel here: CUDA, and CPU from torch 2.4 (one pass over each
+    parameter instead of about eight elementwise passes; the same update up to float rounding)."""
+    if device.type == "cuda":
+        return True
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return device.type == "cpu" and (major, minor) >= (2, 4)
 
 
 def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list[Any], log_every: int,
@@ -75,8 +85,8 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
                 (decay if p.ndim >= 2 and budget.weight_decay > 0 else no_decay).append(p)
             groups = [{"params": decay, "weight_decay": budget.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
             groups = [g for g in groups if g["params"]]
-            fused = self.device.type == "cuda"
-            opt = torch.optim.AdamW(groups, lr=budget.lr, betas=budget.betas, fused=fused or None)
+            opt = torch.optim.AdamW(groups, lr=budget.lr, betas=budget.betas,
+                                    fused=True if fused_adamw_supported(self.device) else None)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(budget.schedule, budget.steps, budget.warmup))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -99,6 +109,15 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
                 bad = bad | (det > budget.diverge_factor * self.initial_loss)
             self._bad_step = torch.where(bad & (self._bad_step < 0), self.global_step, self._bad_step)
             return total
+
+        def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                        gradient_clip_algorithm: str | None = None) -> None:
+            # the gradient norm, clipped here as Lightning's fp32 plugin does it: its bf16-mixed
+            # plugin refuses to clip for fused optimizers (they unscale a GradScaler's gradients
+            # inside step(), and cells use no GradScaler), which would fail every CUDA cell
+            if gradient_clip_val:
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
         def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
             step = self.global_step  # optimiser steps taken so far
@@ -166,6 +185,28 @@ def make_datamodule(task: Any, seed: int, batch_size: int):
     return TaskDataModule()
 
 
+def make_trainer(budget: Any, accel: str, logger: Any, log_every: int, callbacks: list[Any] | None = None):
+    """The Lightning Trainer of a cell: ``budget.steps`` optimiser steps, no checkpoints, no sanity
+    or Lightning validation (the cell evaluates itself), bf16 autocast on CUDA, fp32 elsewhere."""
+    L = _lightning()
+    precision = "bf16-mixed" if accel == "cuda" else "32-true"
+    return L.Trainer(
+        accelerator=accel, devices=1, max_steps=budget.steps, max_epochs=-1, logger=logger or False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=log_every,
+        gradient_clip_val=budget.grad_clip or None, precision=precision, deterministic=False,
+        use_distributed_sampler=False, callbacks=callbacks,
+    )
+
+
+@functools.cache
+def matmul_peak(device: str) -> float:
+    """This machine's measured matmul peak in the cell's precision (FLOP/s), once per process."""
+    from .bench_speed import matmul_peak_flops
+
+    return matmul_peak_flops(device)
+
+
 def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = None, cache_dir: Path | None = None,
              device: str = "auto") -> dict[str, Any]:
     """Train and evaluate one cell; always returns a row (status failed with a traceback on errors)."""
@@ -180,7 +221,7 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
         "cell_id": cell.cell_id, "benchmark": cell.benchmark, "variant": cell.variant, "task": cell.task,
         "seed": cell.seed, "size": cell.size, "hparams": cell.hparams, "status": "failed",
         "primary_metric": "", "higher_is_better": 0, "primary_value": None, "metrics": {}, "curve": [],
-        "params": None, "flops_per_token": None, "tokens_per_s": None, "train_s": None, "wall_s": None,
+        "params": None, "flops_per_token": None, "tokens_per_s": None, "mfu": None, "train_s": None, "wall_s": None,
         "startup_s": None, "steps": 0, "failed_step": None, "error": None, "spec": cell.spec.to_dict(),
         "task_config": cell.task_config, "budget": cell.budget.to_dict(), "env": {}, "wandb_dir": None,
     }
@@ -220,14 +261,7 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
                         "papers": [VARIANTS.entry(p.split("(")[0]).meta.get("paper", "")
                                    for p in cell.variant.split("+") if p.split("(")[0] in VARIANTS]},
             )
-        precision = "bf16-mixed" if accel == "cuda" else "32-true"
-        trainer = L.Trainer(
-            accelerator=accel, devices=1, max_steps=cell.budget.steps, max_epochs=-1, logger=logger or False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=log_every,
-            gradient_clip_val=cell.budget.grad_clip or None, precision=precision, deterministic=False,
-            use_distributed_sampler=False,
-        )
+        trainer = make_trainer(cell.budget, accel, logger, log_every)
         module.train_started = time.perf_counter()
         sigint = signal.getsignal(signal.SIGINT)
         try:
@@ -249,6 +283,8 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
             row["startup_s"] = module.first_step_at - t_start
             row["train_s"] = t_end - module.first_step_at
             row["tokens_per_s"] = module.tokens / max(row["train_s"], 1e-9)
+            if row["flops_per_token"]:
+                row["mfu"] = 3.0 * row["flops_per_token"] * row["tokens_per_s"] / matmul_peak(accel)
         if module.status in ("done", "timeout"):
             metrics = module.evaluate(steps)
             row["metrics"] = metrics

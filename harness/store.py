@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS cells (
     params          INTEGER,
     flops_per_token REAL,
     tokens_per_s    REAL,
+    mfu             REAL,               -- model-FLOP utilisation: 3 x FLOPs/token x tokens/s / matmul peak
     train_s         REAL,               -- seconds inside the training loop
     wall_s          REAL,               -- seconds from cell start to row
     startup_s       REAL,               -- seconds from cell start to the first training step

@@ -85,6 +85,7 @@ def test_run_then_resume_trains_nothing_new(tmp_path, capsys):
     assert sorted(r["variant"] for r in rows) == ["baseline", "gelu"]
     assert all(r["status"] == "done" and r["primary_value"] > 0 and r["params"] > 0 for r in rows)
     assert all(r["env"]["torch"] and r["env"]["lightning"] and r["env"]["commit"] for r in rows)
+    assert all(0 < r["mfu"] < 2 and r["tokens_per_s"] > 0 and r["flops_per_token"] > 0 for r in rows)
     assert all(r["curve"] and r["curve"][-1]["step"] == 6 and "val_mse" in r["curve"][-1] for r in rows)
     stamps = {r["cell_id"]: r["finished_at"] for r in rows}
     assert main(["run", str(plan), "--runs-dir", str(runs), "--no-report"]) == 0

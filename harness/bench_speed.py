@@ -1,0 +1,662 @@
+"""Training speed: harness vs plain loop vs x-transformers, MFU, memory and start-up, one table.
+
+    modtransfer bench speed [--device cpu|cuda] [--size tiny|small|base] [--steps N] [--repeats R]
+                            [--variants LIST] [--compile] [--batch-size B] [--warmup W] [--threads T]
+                            [--task lm] [--json FILE]
+
+For the baseline decoder LM cell and a few representative variants (a gated FFN, RoPE, the
+adaptive softmax, a Switch mixture of experts), all measured in one run:
+
+* **harness tok/s**: the cell's LightningModule (``make_module``) under the cell's Trainer
+  (``make_trainer``), exactly what ``run_cell`` fits, W&B off. **plain tok/s**: the same model
+  (same seed, so the same initial weights), the same batches, AdamW parameter groups, schedule and
+  gradient clipping (taken from the cell's own ``configure_optimizers``) in a bare PyTorch loop.
+* **x-transformers** (baseline row only): ``TransformerWrapper`` + ``Decoder`` of equal width,
+  depth, heads, sequence length, batch and vocabulary, ``ff_mult = d_ff / d_model`` with ReLU and
+  no biases, tied embedding, sinusoidal positions, trained in the same plain loop, once with its
+  default attention (explicit attention matrix) and once with ``attn_flash=True`` (PyTorch SDPA).
+* **MFU**: 3 x forward FLOPs per token (``modtransfer.model.count_flops``) x harness tok/s over the
+  matrix-multiply peak of the machine, measured in the same iterations (fp32 ``torch.mm`` on CPU,
+  bf16 on CUDA).
+* **peak memory** of one cell: ``run_cell`` in a fresh process, peak RSS growth on CPU,
+  ``torch.cuda.max_memory_allocated`` growth on CUDA.
+* **start-up**: ``startup_s`` of real ``run_cell`` rows (cell start to first step) in this warm
+  process, the cold first cell in the header; and the wall time of ``modtransfer ls variants`` in
+  a subprocess with the accounting cache warm.
+
+The paths advance in lockstep, so the load other processes put on a shared machine hits both
+sides of every ratio alike: each iteration is one harness step, then (inside a Trainer callback,
+whose time is subtracted from the harness step) one step of each plain loop, their order
+alternating, then the matmul probe. Ratios and MFU are taken per iteration; the table shows
+medians over the iterations after the warm-up, then medians over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEFAULT_VARIANTS = "baseline,swiglu,rope,adaptive_softmax,switch"
+#: targets at the default size on a 2-core CPU (printed next to the measurements, never asserted)
+TARGETS = {"harness/plain": 0.97, "ours/x-tf": 1.15, "mfu": 0.60, "ls_s": 1.0, "startup_s": 1.0}
+PEAK_N = {"cpu": 1024, "cuda": 8192}
+PEAK_REPS = 3
+MIB = 2**20
+
+Batch = dict[str, Any]
+
+
+# -- timing ---------------------------------------------------------------------------------------
+class Clock:
+    """Time marks: ``perf_counter`` on CPU; CUDA events on GPU, read once at the end (no host sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start: Any, end: Any) -> float:
+        """Seconds between two marks (after :meth:`synchronize` on CUDA)."""
+        if self.cuda:
+            return start.elapsed_time(end) / 1e3
+        return end - start
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+class MatmulPeak:
+    """Samples of the machine's matmul peak: FLOP/s of an n x n ``torch.mm`` in the training precision."""
+
+    def __init__(self, device: torch.device, clock: Clock, n: int | None = None) -> None:
+        self.n = n or PEAK_N.get(device.type, 1024)
+        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.randn(self.n, self.n, generator=gen).to(device, self.dtype)
+        self.b = torch.randn(self.n, self.n, generator=gen).to(device, self.dtype)
+        self.c = torch.empty(self.n, self.n, device=device, dtype=self.dtype)
+        self.clock = clock
+        self.samples: list[list[tuple[Any, Any]]] = []
+        torch.mm(self.a, self.b, out=self.c)  # first-call set-up (threads, kernels) outside every sample
+
+    def sample(self) -> None:
+        marks = []
+        for _ in range(PEAK_REPS):
+            start = self.clock.mark()
+            torch.mm(self.a, self.b, out=self.c)
+            marks.append((start, self.clock.mark()))
+        self.samples.append(marks)
+
+    def flops_per_s(self, i: int) -> float:
+        """Median FLOP/s of sample ``i`` (after the clock is synchronised)."""
+        flops = 2.0 * self.n**3
+        return statistics.median(flops / max(self.clock.seconds(s, e), 1e-12) for s, e in self.samples[i])
+
+
+def matmul_peak_flops(device: torch.device | str = "cpu", samples: int = 5) -> float:
+    """The matmul peak (FLOP/s, median of ``samples`` probes) in a cell's training precision.
+
+    What an ``mfu`` entry of a run_cell row could divide by (about 0.3 s on a 2-core CPU).
+    """
+    device = torch.device(device)
+    clock = Clock(device)
+    probe = MatmulPeak(device, clock)
+    for _ in range(samples):
+        probe.sample()
+    clock.synchronize()
+    return statistics.median(probe.flops_per_s(i) for i in range(samples))
+
+
+# -- training paths -------------------------------------------------------------------------------
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+class PlainLoop:
+    """A bare PyTorch training loop advanced one step at a time.
+
+    forward + loss (bf16 autocast on CUDA, as the cell's ``bf16-mixed``), backward, gradient-norm
+    clipping, AdamW step, LR schedule step: what a cell's Trainer does, without Lightning.
+    """
+
+    def __init__(self, name: str, model: nn.Module, loss_fn: Callable[[nn.Module, Batch], Tensor],
+                 optimizer: torch.optim.Optimizer, scheduler: Any, batches: Iterator[Batch], grad_clip: float,
+                 device: torch.device, clock: Clock, count_tokens: Callable[[Batch], int]) -> None:
+        self.name, self.model, self.loss_fn = name, model, loss_fn
+        self.optimizer, self.scheduler, self.batches = optimizer, scheduler, batches
+        self.grad_clip, self.device, self.clock, self.count_tokens = grad_clip, device, clock, count_tokens
+        self.marks: list[tuple[Any, Any]] = []
+        self.tokens: list[int] = []
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def step(self) -> None:
+        start = self.clock.mark()
+        batch = _to_device(next(self.batches), self.device)
+        with self.autocast():
+            loss = self.loss_fn(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.marks.append((start, self.clock.mark()))
+        self.tokens.append(self.count_tokens(batch))
+
+    def seconds(self) -> list[float]:
+        return [self.clock.seconds(s, e) for s, e in self.marks]
+
+
+def cell_loss(task: Any) -> Callable[[nn.Module, Batch], Tensor]:
+    """The loss a cell's ``training_step`` optimises: the task loss plus the model's auxiliary loss."""
+
+    def loss_fn(model: nn.Module, batch: Batch) -> Tensor:
+        loss = task.loss(model, batch)
+        aux = model.aux_loss()
+        return loss + aux if isinstance(aux, Tensor) else loss
+
+    return loss_fn
+
+
+def xtf_loss(model: nn.Module, batch: Batch) -> Tensor:
+    logits = model(batch["x"])
+    return F.cross_entropy(logits.flatten(0, -2).float(), batch["y"].flatten())
+
+
+def xtransformers_version() -> str | None:
+    """The installed x-transformers version, or None when it cannot be imported."""
+    try:
+        import x_transformers  # noqa: F401
+    except ImportError:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("x-transformers")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_xtransformers(spec: Any, flash: bool) -> nn.Module:
+    """x-transformers' decoder LM at the spec's shape (the baseline's components, nothing extra)."""
+    from x_transformers import Decoder, TransformerWrapper
+
+    return TransformerWrapper(
+        num_tokens=spec.vocab_size, max_seq_len=spec.max_len, tie_embedding=True, scaled_sinu_pos_emb=True,
+        attn_layers=Decoder(
+            dim=spec.d_model, depth=spec.n_layers, heads=spec.n_heads, attn_dim_head=spec.head_dim,
+            ff_mult=spec.d_ff / spec.d_model, ff_no_bias=True, ff_custom_activation=nn.ReLU(),
+            attn_flash=flash,
+        ),
+    )
+
+
+def compile_stacks(model: nn.Module) -> None:
+    """torch.compile each Transformer stack in place (regional: embedding and head stay eager)."""
+    for stack in (getattr(model, "encoder", None), getattr(model, "decoder", None)):
+        if stack is not None:
+            stack.compile()
+
+
+# -- one lockstep fit -----------------------------------------------------------------------------
+@dataclasses.dataclass
+class FitTimes:
+    """Per-iteration seconds of each path, tokens per step and matmul-peak FLOP/s."""
+
+    harness: list[float]
+    plain: dict[str, list[float]]
+    tokens: list[int]
+    peak: list[float]
+
+
+def lockstep_fit(cell: Any, task: Any, device: torch.device, *, iterations: int, xtf: list[str],
+                 compile_model: bool, peak: MatmulPeak, clock: Clock) -> FitTimes:
+    """One Lightning fit of ``cell`` with the plain loops and the matmul probe run between its steps."""
+    import lightning as L
+
+    from .cell import LOG_EVERY, make_datamodule, make_module, make_trainer
+    from .model import build
+
+    budget = cell.budget.replace(steps=iterations)
+    cell = dataclasses.replace(cell, budget=budget)
+    spec = task.configure_spec(cell.spec)
+    log_every = max(1, min(LOG_EVERY, budget.steps // 10 or 1))
+
+    def fresh_model() -> nn.Module:
+        L.seed_everything(cell.seed, workers=False, verbose=False)  # as run_cell: same initial weights
+        return build(spec, task.topology)
+
+    def optimiser(model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        # the cell's own configure_optimizers (AdamW groups, fused kernel where supported, LR schedule)
+        config = make_module(model, task, cell, [], log_every, time.perf_counter()).to(device).configure_optimizers()
+        return config["optimizer"], config["lr_scheduler"]["scheduler"]
+
+    loops: list[PlainLoop] = []
+    paths: list[tuple[str, nn.Module, Callable[[nn.Module, Batch], Tensor]]] = [("plain", fresh_model(), cell_loss(task))]
+    for name in xtf:
+        torch.manual_seed(cell.seed)
+        paths.append((name, build_xtransformers(spec, flash=name.endswith("flash")), xtf_loss))
+    for name, model, loss_fn in paths:
+        model.to(device)
+        if compile_model:
+            if name == "plain":
+                compile_stacks(model)
+            else:
+                model.compile()
+        opt, sched = optimiser(model)
+        loops.append(PlainLoop(name, model, loss_fn, opt, sched, task.train_batches(cell.seed, budget.batch_size),
+                               budget.grad_clip, device, clock, task.count_tokens))
+
+    model = fresh_model()
+    if compile_model:
+        compile_stacks(model)
+    module = make_module(model, task, cell, [], log_every, time.perf_counter())
+    starts: list[Any] = []
+    inserted: list[tuple[Any, Any]] = []
+
+    class Lockstep(L.Callback):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            starts.append(clock.mark())
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            begin = clock.mark()
+            for loop in loops if len(starts) % 2 else loops[::-1]:
+                loop.step()
+            peak.sample()
+            inserted.append((begin, clock.mark()))
+
+    first_peak = len(peak.samples)
+    trainer = make_trainer(budget, device.type, None, log_every, callbacks=[Lockstep()])
+    trainer.fit(module, datamodule=make_datamodule(task, cell.seed, budget.batch_size))
+    clock.synchronize()
+    if module.status != "done":
+        raise RuntimeError(f"the harness fit of {cell.variant} ended {module.status}: {module.reason}")
+    n = len(starts) - 1  # the last harness step has no closing mark
+    harness = [clock.seconds(starts[i], starts[i + 1]) - clock.seconds(*inserted[i]) for i in range(n)]
+    return FitTimes(
+        harness=harness, plain={loop.name: loop.seconds()[:n] for loop in loops}, tokens=loops[0].tokens[:n],
+        peak=[peak.flops_per_s(first_peak + i) for i in range(n)],
+    )
+
+
+# -- memory and start-up --------------------------------------------------------------------------
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux ``clear_refs``); False if unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def memory_probe(args: argparse.Namespace) -> int:
+    """(In a fresh process) run one short cell and print its peak memory growth as JSON."""
+    from .cell import _lightning, run_cell
+    from .envinfo import environment
+
+    device = resolve_device(args.device)
+    environment(device.type)  # the imports a first cell pays (Lightning, W&B versions) before the reading
+    _lightning()
+    import modtransfer.model  # noqa: F401
+    import modtransfer.tasks  # noqa: F401
+
+    torch.mm(torch.ones(64, 64, device=device), torch.ones(64, 64, device=device))
+    plan = make_plan(args, [args.memory_probe], steps=2)
+    cell = plan.cells[-1]  # the variant's cell (the plan puts the baseline first)
+    method = "cuda max_memory_allocated"
+    with tempfile.TemporaryDirectory() as tmp:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            row = run_cell(cell, Path(tmp), wandb_cfg={"mode": "disabled"}, cache_dir=args.cache_dir, device="cuda")
+            peak = torch.cuda.max_memory_allocated() - before
+        else:
+            rss = _proc_status_kib("VmRSS")
+            if rss is not None and _reset_peak_rss():
+                method = "peak RSS growth (VmHWM)"
+                row = run_cell(cell, Path(tmp), wandb_cfg={"mode": "disabled"}, cache_dir=args.cache_dir, device="cpu")
+                peak = ((_proc_status_kib("VmHWM") or rss) - rss) * 1024
+            else:
+                import resource
+
+                method = "ru_maxrss growth (lower bound)"
+                unit = 1 if sys.platform == "darwin" else 1024
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+                row = run_cell(cell, Path(tmp), wandb_cfg={"mode": "disabled"}, cache_dir=args.cache_dir, device="cpu")
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit - before
+    print(json.dumps({"peak_bytes": int(peak), "method": method, "status": row["status"],
+                      "error": (row["error"] or "").splitlines()[:1]}))
+    return 0
+
+
+def cell_memory(args: argparse.Namespace, variant: str) -> tuple[float | None, str]:
+    """Peak memory (MiB) of a short cell of ``variant`` in a fresh process, and how it was measured."""
+    cmd = [sys.executable, "-m", "modtransfer.bench_speed", "--memory-probe", variant, "--size", args.size,
+           "--device", args.device, "--task", args.task]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.cache_dir:
+        cmd += ["--cache-dir", str(args.cache_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return None, f"probe failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    out = json.loads(lines[-1])
+    if out["status"] != "done":
+        return None, f"probe cell {out['status']}: {out['error']}"
+    return out["peak_bytes"] / MIB, out["method"]
+
+
+def ls_command() -> list[str]:
+    script = Path(sys.executable).with_name("modtransfer")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "modtransfer"]
+
+
+def ls_wall_seconds(repeats: int) -> list[float]:
+    """Wall seconds of ``modtransfer ls variants`` (a first untimed run warms the accounting cache)."""
+    cmd = [*ls_command(), "ls", "variants"]
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-300:]}")
+        if i:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+# -- the benchmark --------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        from .errors import UserError
+
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def make_plan(args: argparse.Namespace, variants: list[str], steps: int) -> Any:
+    from .plan import load_plan
+
+    budget: dict[str, Any] = {"steps": steps, "eval_batches": 1}
+    if args.batch_size:
+        budget["batch_size"] = args.batch_size
+    return load_plan({"name": "bench-speed", "size": args.size, "tasks": [args.task], "variants": variants,
+                      "budget": budget, "wandb": {"mode": "disabled"}})
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="modtransfer bench speed", description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--size", default="small", help="size preset (tiny, small, base)")
+    ap.add_argument("--task", default="lm", help="task of the cells (default: lm, the decoder LM)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per fit (after the warm-up)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every fit")
+    ap.add_argument("--repeats", type=int, default=3, help="fits per variant (medians over them)")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated (default: {DEFAULT_VARIANTS})")
+    ap.add_argument("--batch-size", type=int, default=0, help="default: the task's budget")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the stacks (x-transformers: whole model)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (one process each)")
+    ap.add_argument("--no-ls", action="store_true", help="skip timing `modtransfer ls variants`")
+    ap.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    ap.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    ap.add_argument("--cache-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        return memory_probe(args)
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
+        from .errors import UserError
+
+        raise UserError("--steps and --repeats must be >= 1 and --warmup >= 0")
+    device = resolve_device(args.device)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    results = run_benchmark(args, device, variants)
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def run_benchmark(args: argparse.Namespace, device: torch.device, variants: list[str]) -> dict[str, Any]:
+    """Measure every column for every variant; returns the numbers the table prints."""
+    from .cell import run_cell
+    from .model import count_flops, count_params
+    from .task import TASKS
+
+    iterations = args.warmup + args.steps + 1
+    plan = make_plan(args, variants, steps=iterations)
+    if plan.skipped:
+        from .errors import UserError
+
+        raise UserError("; ".join(f"variant {s['variant']} does not apply to task {s['task']}: {s['reason']}"
+                                  for s in plan.skipped))
+    variants = list(plan.variants)  # canonical names, baseline first
+    cells = {c.variant: c for c in plan.cells}
+    task = TASKS.get(args.task)(cells["baseline"].task_config, args.cache_dir)
+    task.prepare()
+    xtf_version = xtransformers_version()
+    xtf_paths: list[str] = []
+    if task.topology == "decoder" and task.has_vocab:
+        xtf_paths = ["x-tf", "x-tf flash"] if xtf_version else []
+        if xtf_version:
+            xtf_params = sum(p.numel() for p in build_xtransformers(task.configure_spec(cells["baseline"].spec),
+                                                                    flash=True).parameters())
+            xtf_note = f"x-transformers {xtf_version} ({xtf_params / 1e6:.2f}M params at the baseline's shape)"
+        else:
+            xtf_note = "x-transformers not installed (pip install x-transformers): its columns are skipped"
+    else:
+        xtf_note = f"x-transformers columns only for a decoder LM task, not {args.task!r}"
+
+    clock = Clock(device)
+    peak = MatmulPeak(device, clock)
+    seq = int(task.config.get("seq_len") or task.config.get("max_len") or cells["baseline"].spec.max_len)
+    rows: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        spec = task.configure_spec(cells[v].spec)
+        rows[v] = {"params": count_params(spec, task.topology), "flops_per_token": count_flops(spec, task.topology, seq),
+                   "repeats": []}
+
+    startup_cell = dataclasses.replace(cells["baseline"], budget=cells["baseline"].budget.replace(steps=2))
+    with tempfile.TemporaryDirectory() as tmp:
+        cold = run_cell(startup_cell, Path(tmp), wandb_cfg={"mode": "disabled"}, cache_dir=args.cache_dir,
+                        device=device.type)
+        if cold["status"] != "done":
+            raise RuntimeError(f"the start-up cell failed: {cold['error']}")
+        for r in range(args.repeats):
+            for v in variants if r % 2 == 0 else variants[::-1]:
+                warm_cell = dataclasses.replace(cells[v], budget=cells[v].budget.replace(steps=2))
+                warm = run_cell(warm_cell, Path(tmp), wandb_cfg={"mode": "disabled"}, cache_dir=args.cache_dir,
+                                device=device.type)
+                times = lockstep_fit(cells[v], task, device, iterations=iterations,
+                                     xtf=xtf_paths if v == "baseline" else [], compile_model=args.compile,
+                                     peak=peak, clock=clock)
+                rows[v]["repeats"].append(summarise_fit(times, rows[v]["flops_per_token"], args.warmup,
+                                                        args.steps, warm["startup_s"]))
+    for v in variants:
+        rows[v].update(aggregate(rows[v]["repeats"]))
+        if not args.no_memory:
+            rows[v]["peak_mib"], rows[v]["memory_method"] = cell_memory(args, v)
+    ls_times = [] if args.no_ls else ls_wall_seconds(args.repeats)
+    spec = task.configure_spec(cells["baseline"].spec)
+    return {
+        "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "size": args.size, "task": args.task, "batch_size": cells["baseline"].budget.batch_size,
+        "seq_len": seq, "shape": {"d_model": spec.d_model, "n_layers": spec.n_layers, "n_heads": spec.n_heads,
+                                  "d_ff": spec.d_ff, "vocab_size": spec.vocab_size},
+        "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "compile": args.compile,
+        "peak_flops": _median([p for v in variants for rep in rows[v]["repeats"] for p in rep["peak"]]),
+        "peak_n": peak.n, "peak_dtype": str(peak.dtype).replace("torch.", ""),
+        "xtf_note": xtf_note, "cold_startup_s": cold["startup_s"],
+        "ls_s": _median(ls_times), "ls_runs": ls_times, "rows": rows,
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def summarise_fit(t: FitTimes, flops_per_token: float, warmup: int, steps: int, startup_s: float | None) -> dict[str, Any]:
+    """One fit's medians over its timed iterations (per-iteration ratios, so load drifts cancel)."""
+    window = range(warmup, min(warmup + steps, len(t.harness)))
+    if not window:
+        raise RuntimeError("no timed iterations: increase --steps")
+    tok = [t.tokens[i] for i in window]
+    out: dict[str, Any] = {
+        "harness_tok_s": statistics.median(tok[k] / t.harness[i] for k, i in enumerate(window)),
+        "mfu": statistics.median(3 * flops_per_token * t.tokens[i] / t.harness[i] / t.peak[i] for i in window),
+        "peak": [t.peak[i] for i in window], "startup_s": startup_s,
+    }
+    for name, secs in t.plain.items():
+        key = name.replace(" ", "_").replace("-", "")
+        out[f"{key}_tok_s"] = statistics.median(tok[k] / secs[i] for k, i in enumerate(window))
+    out["harness_over_plain"] = statistics.median(t.plain["plain"][i] / t.harness[i] for i in window)
+    for name in ("x-tf", "x-tf flash"):
+        if name in t.plain:
+            key = name.replace(" ", "_").replace("-", "")
+            out[f"ours_over_{key}"] = statistics.median(t.plain[name][i] / t.plain["plain"][i] for i in window)
+    return out
+
+
+def aggregate(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeats of every per-fit number."""
+    keys = [k for k in repeats[0] if k != "peak"]
+    return {k: _median([rep.get(k) for rep in repeats]) for k in keys}
+
+
+# -- the table ------------------------------------------------------------------------------------
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def format_table(res: dict[str, Any]) -> str:
+    """The one table (plus its header lines and the targets) that ``bench speed`` prints."""
+    shape = res["shape"]
+    header = ["variant", "params", "GFLOP/tok", "harness tok/s", "plain tok/s", "harness/plain",
+              "x-tf tok/s", "ours/x-tf", "x-tf flash tok/s", "ours/x-tf flash", "MFU", "peak MiB", "start-up s"]
+    body = []
+    for name, r in res["rows"].items():
+        body.append([
+            name, f"{r['params'] / 1e6:.2f}M", f"{3 * r['flops_per_token'] / 1e9:.4f}",
+            _fmt(r.get("harness_tok_s"), ".0f"), _fmt(r.get("plain_tok_s"), ".0f"), _fmt(r.get("harness_over_plain"), ".3f"),
+            _fmt(r.get("xtf_tok_s"), ".0f"), _fmt(r.get("ours_over_xtf"), ".3f"),
+            _fmt(r.get("xtf_flash_tok_s"), ".0f"), _fmt(r.get("ours_over_xtf_flash"), ".3f"),
+            _fmt(None if r.get("mfu") is None else 100 * r["mfu"], ".1f") + ("%" if r.get("mfu") is not None else ""),
+            _fmt(r.get("peak_mib"), ".0f"), _fmt(r.get("startup_s"), ".3f"),
+        ])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    peak = res["peak_flops"]
+    methods = sorted({r.get("memory_method") for r in res["rows"].values() if r.get("memory_method")})
+    out = [
+        f"bench speed: task {res['task']}, size {res['size']} (d_model {shape['d_model']}, {shape['n_layers']} layers, "
+        f"{shape['n_heads']} heads, d_ff {shape['d_ff']}, vocab {shape['vocab_size']}), batch {res['batch_size']} x "
+        f"seq {res['seq_len']}; {res['device']} ({res['device_name']}), {res['threads']} threads, torch {res['torch']}"
+        + (", torch.compile" if res["compile"] else ""),
+        f"{res['steps']} timed steps after {res['warmup']} warm-up, {res['repeats']} repeats; medians of per-iteration "
+        "values over steps, then over repeats; paths interleaved step by step",
+        f"matmul peak: {_fmt(None if peak is None else peak / 1e9, '.1f')} GFLOP/s ({res['peak_dtype']} torch.mm "
+        f"{res['peak_n']}^3, median); MFU = 3 x forward FLOPs/token x harness tok/s / peak, per iteration",
+        f"{res['xtf_note']}; ours/x-tf = our plain loop / x-transformers in the same loop (baseline only; "
+        "'flash' = attn_flash=True)",
+        "",
+        line(header), line(["-" * w for w in widths]), *(line(b) for b in body), "",
+        f"peak MiB: one cell in a fresh process, {', '.join(methods) or 'not measured'}; start-up s: run_cell "
+        f"startup_s in a warm process (cold first cell: {_fmt(res['cold_startup_s'], '.3f')} s)",
+        f"`modtransfer ls variants` (accounting cache warm): {_fmt(res['ls_s'], '.3f')} s wall (median)"
+        if res["ls_s"] is not None else "`modtransfer ls variants`: not timed (--no-ls)",
+    ]
+    out.append(targets_line(res))
+    return "\n".join(out)
+
+
+def targets_line(res: dict[str, Any]) -> str:
+    """Each target against the baseline row (informative; nothing here fails)."""
+    base = res["rows"].get("baseline", {})
+    worst_ratio = _min([r.get("harness_over_plain") for r in res["rows"].values()])
+    checks = [
+        ("harness/plain (worst row)", worst_ratio, TARGETS["harness/plain"], ">=", ".3f"),
+        ("ours/x-tf", base.get("ours_over_xtf"), TARGETS["ours/x-tf"], ">=", ".3f"),
+        ("ours/x-tf flash", base.get("ours_over_xtf_flash"), TARGETS["ours/x-tf"], ">=", ".3f"),
+        ("MFU (baseline)", base.get("mfu"), TARGETS["mfu"], ">=", ".3f"),
+        ("ls variants s", res.get("ls_s"), TARGETS["ls_s"], "<", ".2f"),
+        ("warm start-up s (worst row)", _max([r.get("startup_s") for r in res["rows"].values()]), TARGETS["startup_s"],
+         "<", ".3f"),
+    ]
+    parts = []
+    for label, value, target, op, spec in checks:
+        if value is None:
+            parts.append(f"{label} n/a")
+            continue
+        ok = value >= target if op == ">=" else value < target
+        parts.append(f"{label} {format(value, spec)} {op} {target:g}: {'met' if ok else 'MISSED'}")
+    return "targets: " + "; ".join(parts)
+
+
+def _min(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return min(xs) if xs else None
+
+
+def _max(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return max(xs) if xs else None
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
