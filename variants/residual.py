@@ -86,17 +86,10 @@ class PreNorm(nn.Module):
 
 
 @register_component("residual", "post", paper="Vaswani et al. 2017, arXiv 1706.03762")
-class PostNorm(nn.Module):
+class PostNorm(PreNorm):
     """norm(x + F(x))."""
 
     final_norm = False
-
-    def __init__(self, spec: ModelSpec, sublayer: nn.Module, norm: NormFactory,
-                 index: int = 0, n_sublayers: int = 1) -> None:
-        super().__init__()
-        self.norm = norm(spec.d_model, spec.norm_eps)
-        self.sublayer = sublayer
-        self.drop = nn.Dropout(spec.dropout)
 
     def forward(self, x: Tensor, **kw: Any) -> Tensor:
         return self.norm(x + self.drop(self.sublayer(x, **kw)))
