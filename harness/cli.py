@@ -101,20 +101,7 @@ def _load_plugins(args: argparse.Namespace) -> list[str]:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "ls":
-        _load_plugins(args)
-        from .listing import list_components, list_tasks, list_variants
-
-        if args.what == "variants":
-            from .sizes import size_names
-
-            sizes = size_names() if args.size == "all" else [args.size]
-            print("\n\n".join(list_variants(args.pattern, size=s, markdown=args.markdown, counts=not args.no_counts)
-                              for s in sizes))
-        elif args.what == "tasks":
-            print(list_tasks(args.pattern, markdown=args.markdown))
-        else:
-            print(list_components(args.pattern))
-        return 0
+        return _ls(args)
     if args.command == "run":
         return _run(args)
     if args.command == "check":
@@ -151,6 +138,40 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("done")
         return 0
     raise AssertionError(args.command)
+
+
+def _ls(args: argparse.Namespace) -> int:
+    """List from the cache when nothing it depends on changed (no torch import), else build it."""
+    import io
+    from contextlib import redirect_stderr
+
+    from . import lscache
+
+    plugins = list(dict.fromkeys(getattr(args, "plugin", []) or []))
+    key = lscache.listing_key({k: v for k, v in vars(args).items() if k != "plugin"}, plugins)
+    hit = lscache.lookup(key)
+    if hit is None:
+        err = io.StringIO()
+        with redirect_stderr(err):
+            _load_plugins(args)
+        from .listing import list_components, list_tasks, list_variants
+
+        if args.what == "variants":
+            from .sizes import size_names
+
+            sizes = size_names() if args.size == "all" else [args.size]
+            out = "\n\n".join(list_variants(args.pattern, size=s, markdown=args.markdown, counts=not args.no_counts)
+                               for s in sizes)
+        elif args.what == "tasks":
+            out = list_tasks(args.pattern, markdown=args.markdown)
+        else:
+            out = list_components(args.pattern)
+        hit = {"out": out, "err": err.getvalue()}
+        lscache.save(key, hit["out"], hit["err"])
+    if hit["err"]:
+        sys.stderr.write(hit["err"])
+    print(hit["out"])
+    return 0
 
 
 def _report(run_dir: Path, wandb_mode: str | None, wandb_report: bool) -> int:
