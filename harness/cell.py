@@ -39,10 +39,6 @@ def _lightning():
     return L
 
 
-class CellStop(Exception):
-    pass
-
-
 def fused_adamw_supported(device: torch.device) -> bool:
     """Whether AdamW has a fused kernel here: CUDA, and CPU from torch 2.4 (one pass over each
     parameter instead of about eight elementwise passes; the same update up to float rounding)."""
@@ -70,7 +66,6 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
             self.reason: str | None = None
             self.tokens = 0
             self.first_step_at: float | None = None
-            self.train_started: float | None = None
             self.initial_loss: float | None = None
             self._loss_sum = torch.zeros(())
             self._loss_n = 0
@@ -262,7 +257,6 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
                                    for p in cell.variant.split("+") if p.split("(")[0] in VARIANTS]},
             )
         trainer = make_trainer(cell.budget, accel, logger, log_every)
-        module.train_started = time.perf_counter()
         sigint = signal.getsignal(signal.SIGINT)
         try:
             trainer.fit(module, datamodule=make_datamodule(task, cell.seed, cell.budget.batch_size))

@@ -105,13 +105,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "check":
-        plugins = _load_plugins(args)
+        _load_plugins(args)
         from .contract import failures, format_results, run_contract
 
         tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
         results = run_contract(args.variant, tasks)
         print(format_results(results))
-        del plugins
         return 1 if failures(results) else 0
     if args.command == "status":
         _load_plugins(args)

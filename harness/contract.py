@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConflictError, UserError
+from .model import IGNORE_INDEX
 from .spec import ModelSpec
 
 Status = Literal["passed", "failed", "skipped"]
@@ -60,7 +61,6 @@ TGT_LEN = 9           # differs from SRC_LEN so cross-attention shape bugs show
 GRAD_RETRIES = 3      # extra batches given to parameters without a gradient
 GRAD_RETRY_BATCH = 16
 MATCH_TOLERANCE = 0.02
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from .components import COMPONENTS, ensure_builtin_components
 from .spec import SLOTS
-from .variant import BASELINE, VARIANTS, resolve
+from .variant import VARIANTS, resolve
 
 NOMINAL_VOCAB = 256
 NOMINAL_SEQ = 128
@@ -31,8 +31,9 @@ def _topology_for(meta: dict[str, Any]) -> str:
 
 def _code_fingerprint() -> str:
     """Changes whenever the code of any registered component (built-in or plugin) changes."""
-    import hashlib
     import sys
+
+    from .lscache import stat_digest
 
     files = {Path(__file__).with_name("model.py")}
     for registry in COMPONENTS.values():
@@ -41,14 +42,7 @@ def _code_fingerprint() -> str:
             path = getattr(mod, "__file__", None) if mod is not None else None
             if path:
                 files.add(Path(path))
-    h = hashlib.sha256()
-    for f in sorted(files):
-        try:
-            st = f.stat()
-            h.update(f"{f}:{st.st_mtime_ns}:{st.st_size};".encode())
-        except OSError:
-            pass
-    return h.hexdigest()[:16]
+    return stat_digest(files).hexdigest()[:16]
 
 
 class _CountCache:
@@ -188,4 +182,4 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool, title: str)
     return "\n".join([title, fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-__all__ = ["BASELINE", "accounting", "list_components", "list_tasks", "list_variants"]
+__all__ = ["accounting", "list_components", "list_tasks", "list_variants"]

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,21 @@ def _package_files() -> list[Path]:
     return files
 
 
-def listing_key(args: dict[str, Any], plugins: list[str]) -> str:
-    h = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode())
-    for f in sorted({*_package_files(), *(Path(p).resolve() for p in plugins)}):
+def stat_digest(files: Iterable[Path], h: Any = None) -> Any:
+    """Fold each file's path, size and modification time into a sha256 (cheap: no reading)."""
+    h = h or hashlib.sha256()
+    for f in sorted(set(files)):
         try:
             st = f.stat()
             h.update(f"{f}:{st.st_mtime_ns}:{st.st_size};".encode())
         except OSError:
             h.update(f"{f}:missing;".encode())
+    return h
+
+
+def listing_key(args: dict[str, Any], plugins: list[str]) -> str:
+    h = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode())
+    stat_digest([*_package_files(), *(Path(p).resolve() for p in plugins)], h)
     for group in ("modtransfer.variants", "modtransfer.tasks"):
         for ep in entry_points(group=group):
             dist = getattr(ep, "dist", None)

@@ -34,8 +34,6 @@ Slot interfaces (what a plugin's component must provide):
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
@@ -237,7 +235,3 @@ def count_flops(spec: ModelSpec, topology: str, seq_len: int | None = None) -> f
             else:
                 model.project(h)
     return counter.get_total_flops() / n
-
-
-def describe(model: nn.Module) -> dict[str, Any]:
-    return {"params": count_params(model)}

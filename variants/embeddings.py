@@ -93,23 +93,11 @@ class UntiedEmbedding(nn.Module):
 
 
 @register_component("embedding", "tied_input", paper="Narang et al. 2021, arXiv 2102.11972")
-class TiedInputEmbedding(nn.Module):
+class TiedInputEmbedding(TiedEmbedding):
     """Encoder and decoder inputs share one matrix; the output layer owns its own."""
-
-    def __init__(self, spec: ModelSpec, topology: str) -> None:
-        super().__init__()
-        self.weight = embedding_matrix(spec.vocab_size, spec.d_model)
-        self.scale = math.sqrt(spec.d_model)
-        self.output_dim = spec.d_model
-
-    def embed(self, tokens: Tensor, stack: str) -> Tensor:
-        return F.embedding(tokens, self.weight) * self.scale
 
     def output_weight(self) -> Tensor | None:
         return None
-
-    def to_output(self, h: Tensor) -> Tensor:
-        return h
 
 
 @register_component("embedding", "tied_decoder", paper="Press & Wolf 2017, arXiv 1608.05859")

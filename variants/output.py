@@ -33,10 +33,9 @@ from torch import Tensor, nn
 
 from modtransfer.components import register_component
 from modtransfer.errors import UserError
+from modtransfer.model import IGNORE_INDEX
 from modtransfer.spec import ModelSpec
 from modtransfer.variant import register_variant
-
-IGNORE_INDEX = -100
 
 
 def masked_nll(log_probs: Tensor, targets: Tensor) -> Tensor:
