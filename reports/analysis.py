@@ -1,17 +1,21 @@
 """Paired comparisons of every variant with the baseline, per task condition, and their calls.
 
-A *condition* is a task at one size and one hyper-parameter setting; a variant is only ever
-compared with the baseline under the same condition and on the same seeds (paired design,
-the seeds being the shared source of randomness: init, data order, dropout).
+A *condition* is a task at one size, one hyper-parameter setting and one budget; a variant is
+only ever compared with the baseline under the same condition and on the same seeds (paired
+design, the seeds being the shared source of randomness: init, data order, dropout). Cells
+trained with another budget or task configuration form another condition and are never paired.
 
 For a variant v and condition c with paired seeds s, the signed difference is
 ``d_s = sign * (v_s - b_s)`` with ``sign = +1`` when higher is better, else ``-1``, so d > 0
-always means "v is better". Reported: mean d, its percentile-bootstrap interval (Efron 1979),
-the relative change ``100 * mean(d) / |mean(b)|``, the standardised effect ``mean(d) / sd(b)``
-(in units of the baseline's seed-to-seed standard deviation, as Narang et al. 2021 report
-the spread of their 5 baseline runs), the probability of improvement (share of paired seeds
-with d > 0), and an exact sign-flip p-value (Fisher 1935), adjusted across all tests.
-The decision rules are in :mod:`modtransfer.reports.verdicts`.
+always means "v is better". Reported: mean d with its paired t interval (Student 1908), the
+paired t test (primary), the TOST equivalence test against the task's smallest effect of
+interest (Schuirmann 1987), an exact sign-flip p (Fisher 1935) as a robustness column, the
+standardised effect ``mean(d) / sd(b)`` (in units of the baseline's seed-to-seed standard
+deviation, as Narang et al. 2021 report the spread of their baseline runs), and the
+probability of improvement. Tests are corrected across the benchmark (Benjamini & Hochberg
+1995 by default). With adaptive seeds the p-values are sequential (see
+:func:`modtransfer.reports.stats.sequential_p`). The decision rules are in
+:mod:`modtransfer.reports.verdicts`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from . import stats
 
 BASELINE = "baseline"
 UNSTABLE_STATUSES = ("diverged", "failed")
+#: Relative spread (coefficient of variation across paired seeds) above which a throughput ratio is marked noisy.
+NOISY_THROUGHPUT_CV = 0.10
 
 
 @dataclass(frozen=True)
@@ -37,22 +43,39 @@ class Settings:
 
     alpha: float = 0.05            # error rate of the corrected tests (FDR for "bh", FWER for "holm")
     correction: str = "bh"         # Benjamini & Hochberg 1995; "holm" for Holm 1979
-    rel_threshold: float = 1.0     # percent: equivalence margin, and the few-seeds fallback threshold
-    level: float = 0.95            # bootstrap interval level
-    n_boot: int = 10_000
+    level: float = 0.95            # interval level
+    min_seeds: int = 3             # fewest paired seeds for a better / worse / no change call
+    margins: dict[str, float] = field(default_factory=dict)     # task -> smallest effect of interest (plan's)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> declared gate info (margin, noise, trivial)
+    looks: tuple[int, ...] | None = None   # adaptive seeds: paired seeds at each look; None = one fixed look
+    n_boot: int = 10_000           # resamples of the rank-agreement bootstrap
     seed: int = 0                  # base seed of every bootstrap draw
-
-    @property
-    def min_test_pairs(self) -> int:
-        """Fewest paired seeds with which the exact sign-flip test can reach p <= alpha."""
-        n = 1
-        while stats.min_sign_flip_p(n) > self.alpha:
-            n += 1
-        return n
 
     def rng(self, *key: str) -> np.random.Generator:
         """A generator seeded from ``seed`` and ``key``: the same draws whatever the order of work."""
         return np.random.default_rng([self.seed, zlib.crc32("|".join(key).encode())])
+
+    def margin(self, task: str) -> tuple[float, str]:
+        """(smallest effect of interest, where it comes from) for ``task``; NaN when nobody declared one."""
+        if task in self.margins:
+            return float(self.margins[task]), "plan"
+        info = self.tasks.get(task) or {}
+        m = info.get("margin")
+        if isinstance(m, int | float) and m > 0:
+            return float(m), "task"
+        return math.nan, "none"
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], **overrides: Any) -> Settings:
+        """Settings for a store: task declarations, the plan's margins and its look schedule."""
+        plan = meta.get("plan") if isinstance(meta.get("plan"), dict) else {}
+        tasks = meta.get("tasks") if isinstance(meta.get("tasks"), dict) else {}
+        margins = plan.get("margins") if isinstance(plan.get("margins"), dict) else {}
+        looks = plan.get("looks")
+        kw: dict[str, Any] = {"tasks": tasks, "margins": margins,
+                              "looks": tuple(looks) if isinstance(looks, list) and len(looks) > 1 else None}
+        kw.update(overrides)
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -62,12 +85,22 @@ class Condition:
     hparams_json: str
     metric: str
     higher_is_better: bool
-    label: str          # task [@size] [hyper-parameters]: one condition
-    group: str = ""     # task [@size]: the conditions of one task that differ only in hyper-parameters
+    label: str          # task [@size] [hyper-parameters] [budget]: one condition
+    group: str = ""     # task [@size] [budget]: the conditions of one task that differ only in hyper-parameters
+    config_json: str = "{}"   # budget and task configuration shared by every cell of the condition
 
     @property
     def hparams(self) -> dict[str, Any]:
         return json.loads(self.hparams_json)
+
+
+@dataclass
+class Gate:
+    """Did the baseline learn this condition? (its score against the task's trivial score)."""
+
+    status: str                 # "learned", "not learned" or "unchecked"
+    text: str
+    trivial: float = math.nan
 
 
 @dataclass
@@ -81,15 +114,27 @@ class Comparison:
     paired_baseline: list[float] = field(default_factory=list)
     baseline_values: list[float] = field(default_factory=list)
     variant_values: list[float] = field(default_factory=list)
-    ci: tuple[float, float] | None = None
-    p_value: float = math.nan
+    ci: tuple[float, float] | None = None      # t interval of mean(d) over the seeds used
+    n_used: int = 0                 # paired seeds the test used (the last complete look)
+    p_value: float = math.nan       # paired t (sequential over the looks with adaptive seeds)
     p_adjusted: float | None = None
+    p_equiv: float = math.nan       # TOST against +-margin
+    p_equiv_adjusted: float | None = None
+    p_signflip: float = math.nan    # exact sign-flip test, robustness column
+    margin: float = math.nan
+    margin_source: str = "none"
+    noise_sd: float = math.nan      # the baseline's seed SD here (measured, else declared)
+    noise_source: str = "none"
+    gate: Gate = field(default_factory=lambda: Gate("unchecked", "no trivial score declared"))
     n_failed: int = 0              # variant cells diverged or failed
+    n_diverged: int = 0
+    n_variant_cells: int = 0
     n_timeout: int = 0
     n_baseline_bad: int = 0        # baseline cells without a usable value
+    n_baseline_cells: int = 0
     cost: dict[str, float] = field(default_factory=dict)
+    cost_noisy: dict[str, bool] = field(default_factory=dict)
     call: str = "missing"
-    descriptive: bool = False
 
     @property
     def n(self) -> int:
@@ -97,7 +142,7 @@ class Comparison:
 
     @property
     def mean_diff(self) -> float:
-        return float(np.mean(self.diffs)) if self.diffs else math.nan
+        return float(np.mean(self.diffs[: self.n_used or self.n])) if self.diffs else math.nan
 
     @property
     def raw_diff(self) -> float:
@@ -118,7 +163,7 @@ class Comparison:
 
     @property
     def rel_change(self) -> float:
-        """Signed relative change in percent of the paired baseline mean (> 0 = better)."""
+        """Signed relative change in percent of the paired baseline mean (> 0 = better); descriptive only."""
         if not self.diffs:
             return math.nan
         base = abs(float(np.mean(self.paired_baseline)))
@@ -126,12 +171,18 @@ class Comparison:
 
     @property
     def std_effect(self) -> float:
-        sd = self.baseline_std
+        """Mean paired difference over the baseline's seed SD (measured here, else the task's declared noise)."""
+        sd = self.noise_sd
         return self.mean_diff / sd if self.diffs and sd > 0 else math.nan
 
     @property
     def p_improve(self) -> float:
         return float(np.mean(np.asarray(self.diffs) > 0)) if self.diffs else math.nan
+
+    @property
+    def diverged_rate(self) -> float:
+        """Share of the variant's cells here that diverged (a failure rate, never averaged into a mean)."""
+        return self.n_diverged / self.n_variant_cells if self.n_variant_cells else math.nan
 
 
 def usable(row: dict[str, Any]) -> bool:
@@ -140,26 +191,52 @@ def usable(row: dict[str, Any]) -> bool:
     return row["status"] == "done" and v is not None and math.isfinite(v)
 
 
-def conditions(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], Condition]:
-    """The task conditions present in ``rows``, keyed by (task, size, hparams JSON)."""
+def _config_json(row: dict[str, Any]) -> str:
+    """Budget and task configuration of a row, minus the fields that hyper-parameter axes vary."""
+    budget = dict(row.get("budget") or {})
+    for k in (row.get("hparams") or {}):
+        budget.pop(k, None)
+    return json.dumps({"budget": budget, "task_config": row.get("task_config") or {}}, sort_keys=True)
+
+
+def _cond_key(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    return row["task"], row["size"], json.dumps(row.get("hparams") or {}, sort_keys=True), _config_json(row)
+
+
+def _config_diff(configs: list[str]) -> dict[str, str]:
+    """A short name per configuration JSON: the budget / task fields on which they differ."""
+    if len(configs) < 2:
+        return {c: "" for c in configs}
+    flat = [{**{f"budget.{k}": v for k, v in json.loads(c)["budget"].items()},
+             **{f"task.{k}": v for k, v in json.loads(c)["task_config"].items()}} for c in configs]
+    keys = sorted({k for f in flat for k in f})
+    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+    return {c: ", ".join(f"{k.split('.', 1)[1]}={f.get(k)}" for k in differ) for c, f in zip(configs, flat, strict=True)}
+
+
+def conditions(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], Condition]:
+    """The task conditions present in ``rows``, keyed by (task, size, hparams JSON, config JSON)."""
     sizes = {r["size"] for r in rows}
-    out: dict[tuple[str, str, str], Condition] = {}
+    configs_per_task: dict[str, list[str]] = {}
     for r in rows:
-        hp = json.dumps(r.get("hparams") or {}, sort_keys=True)
-        key = (r["task"], r["size"], hp)
+        cfg = _config_json(r)
+        lst = configs_per_task.setdefault(r["task"], [])
+        if cfg not in lst:
+            lst.append(cfg)
+    names = {t: _config_diff(cfgs) for t, cfgs in configs_per_task.items()}
+    out: dict[tuple[str, str, str, str], Condition] = {}
+    for r in rows:
+        key = _cond_key(r)
         if key in out:
             continue
-        group = r["task"] + (f"@{r['size']}" if len(sizes) > 1 else "")
+        cfg_name = names[r["task"]][key[3]]
+        group = r["task"] + (f"@{r['size']}" if len(sizes) > 1 else "") + (f" {{{cfg_name}}}" if cfg_name else "")
         label = group
         if r.get("hparams"):
             label += " [" + ", ".join(f"{k}={v}" for k, v in sorted(r["hparams"].items())) + "]"
-        out[key] = Condition(r["task"], r["size"], hp, r["primary_metric"], bool(r["higher_is_better"]), label,
-                             group)
+        out[key] = Condition(r["task"], r["size"], key[2], r["primary_metric"], bool(r["higher_is_better"]), label,
+                             group, key[3])
     return dict(sorted(out.items()))
-
-
-def _cond_key(row: dict[str, Any]) -> tuple[str, str, str]:
-    return row["task"], row["size"], json.dumps(row.get("hparams") or {}, sort_keys=True)
 
 
 def _by_seed(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -173,25 +250,69 @@ def _ratio(num: list[float], den: list[float]) -> float:
     return float(np.mean(num) / np.mean(den)) if num and den else math.nan
 
 
+def learn_gate(cond: Condition, baseline: list[float], settings: Settings) -> Gate:
+    """Whether the baseline is clearly better than the task's trivial score under ``cond``.
+
+    Clearly better: by more than the task's margin, and with two or more seeds the one-sided
+    ``1 - alpha`` t lower bound of the improvement over the trivial score is above the margin.
+    """
+    info = settings.tasks.get(cond.task) or {}
+    trivial = info.get("trivial")
+    if not isinstance(trivial, int | float) or not math.isfinite(trivial):
+        return Gate("unchecked", "the task declares no trivial score")
+    if not baseline:
+        return Gate("unchecked", "no usable baseline cell", float(trivial))
+    margin, _ = settings.margin(cond.task)
+    margin = margin if math.isfinite(margin) else 0.0
+    sign = 1.0 if cond.higher_is_better else -1.0
+    gain = [sign * (b - trivial) for b in baseline]
+    what = info.get("trivial_name") or "trivial system"
+    mean = float(np.mean(gain))
+    if len(gain) >= 2:
+        sd = float(np.std(gain, ddof=1))
+        from scipy import stats as sps
+
+        lower = mean - float(sps.t.ppf(1 - settings.alpha, len(gain) - 1)) * sd / math.sqrt(len(gain))
+    else:
+        lower = mean - margin  # one seed: ask for twice the margin
+    ok = lower > margin
+    text = (f"baseline {float(np.mean(baseline)):.4g} vs {what} {trivial:.4g} "
+            f"(gain {mean:+.3g}, margin {margin:.3g})")
+    return Gate("learned" if ok else "not learned", text, float(trivial))
+
+
 def compare(rows: list[dict[str, Any]], settings: Settings = Settings()) -> list[Comparison]:
     """Every (variant, condition) comparison with the baseline, with p-values adjusted and calls made."""
     from .verdicts import call
 
     conds = conditions(rows)
-    grouped: dict[tuple[tuple[str, str, str], str], list[dict[str, Any]]] = {}
+    grouped: dict[tuple[tuple[str, str, str, str], str], list[dict[str, Any]]] = {}
     for r in rows:
         grouped.setdefault((_cond_key(r), r["variant"]), []).append(r)
     comps: list[Comparison] = []
     for ckey, cond in conds.items():
         base = _by_seed(grouped.get((ckey, BASELINE), []))
         base_ok = {s: r for s, r in base.items() if usable(r)}
+        base_values = [float(base_ok[s]["primary_value"]) for s in sorted(base_ok)]
+        gate = learn_gate(cond, base_values, settings)
+        margin, margin_src = settings.margin(cond.task)
+        declared = (settings.tasks.get(cond.task) or {}).get("noise_sd")
+        if len(base_values) >= 2:
+            noise, noise_src = stats.sample_std(base_values), f"measured, {len(base_values)} seeds"
+        elif isinstance(declared, int | float) and declared > 0:
+            noise, noise_src = float(declared), "declared by the task"
+        else:
+            noise, noise_src = math.nan, "none"
         variants = sorted({v for (k, v) in grouped if k == ckey and v != BASELINE})
         for v in variants:
             cells = _by_seed(grouped[(ckey, v)])
-            c = Comparison(v, cond)
+            c = Comparison(v, cond, gate=gate, margin=margin, margin_source=margin_src, noise_sd=noise,
+                           noise_source=noise_src)
             sign = 1.0 if cond.higher_is_better else -1.0
+            tps: list[float] = []
             for s in sorted(cells):
                 r = cells[s]
+                c.n_variant_cells += 1
                 if usable(r):
                     c.variant_values.append(float(r["primary_value"]))
                     if s in base_ok:
@@ -199,50 +320,63 @@ def compare(rows: list[dict[str, Any]], settings: Settings = Settings()) -> list
                         c.seeds.append(s)
                         c.paired_baseline.append(b)
                         c.diffs.append(sign * (float(r["primary_value"]) - b))
+                        bt, vt = base_ok[s].get("tokens_per_s"), r.get("tokens_per_s")
+                        if bt and vt and bt > 0 and vt > 0:
+                            tps.append(vt / bt)
                 elif r["status"] == "timeout":
                     c.n_timeout += 1
                 else:
                     c.n_failed += 1
-            c.baseline_values = [float(r["primary_value"]) for r in base_ok.values()]
+                    c.n_diverged += r["status"] == "diverged"
+            c.baseline_values = base_values
             c.n_baseline_bad = len(base) - len(base_ok)
+            c.n_baseline_cells = len(base)
             vrows = [r for r in cells.values() if r["status"] == "done"]
             brows = list(base_ok.values())
             for col in ("params", "flops_per_token", "tokens_per_s"):
                 c.cost[col] = _ratio([r.get(col) for r in vrows], [r.get(col) for r in brows])
-            rng = settings.rng(v, cond.label)
-            c.ci = stats.bootstrap_ci(c.diffs, rng, level=settings.level, n_boot=settings.n_boot)
+            c.cost_noisy["tokens_per_s"] = (len(tps) >= 2 and float(np.std(tps, ddof=1) / np.mean(tps))
+                                            > NOISY_THROUGHPUT_CV)
             if c.diffs:
-                c.p_value = stats.sign_flip_pvalue(c.diffs, rng)
+                d = np.asarray(c.diffs)
+                p_diff, p_eq, used = stats.sequential_p(d, settings.looks, margin if math.isfinite(margin) else None)
+                c.n_used = used
+                if used >= 2:
+                    c.p_value, c.p_equiv = float(p_diff), float(p_eq)
+                    c.ci = stats.t_interval(d[:used], settings.level)
+                c.p_signflip = stats.sign_flip_pvalue(d[: used or len(d)], settings.rng(v, cond.label))
             comps.append(c)
-    family = [c for c in comps if c.n >= settings.min_test_pairs]
+    family = [c for c in comps if tested(c, settings)]
     if family:
         adjusted = stats.adjust([c.p_value for c in family], settings.correction)
         for c, q in zip(family, adjusted, strict=True):
             c.p_adjusted = float(q)
+        eq = [c for c in family if math.isfinite(c.p_equiv)]
+        if eq:
+            adjusted = stats.adjust([c.p_equiv for c in eq], settings.correction)
+            for c, q in zip(eq, adjusted, strict=True):
+                c.p_equiv_adjusted = float(q)
     for c in comps:
-        c.call, c.descriptive = call(c, settings)
+        c.call = call(c, settings)
     return comps
 
 
-def effect_kind(comps: list[Comparison]) -> str:
-    """"std" when every comparison with data has a standardised effect, else "rel" (percent)."""
-    with_data = [c for c in comps if c.n]
-    if with_data and all(math.isfinite(c.std_effect) for c in with_data):
-        return "std"
-    return "rel"
+def tested(c: Comparison, settings: Settings) -> bool:
+    """Whether a comparison enters the corrected family of tests."""
+    return (c.n_used >= settings.min_seeds and not c.n_failed and c.gate.status != "not learned"
+            and math.isfinite(c.p_value))
 
 
-def effect(c: Comparison, kind: str) -> float:
-    return c.std_effect if kind == "std" else c.rel_change
+def overall_effects(comps: list[Comparison]) -> dict[str, float]:
+    """Mean standardised effect (baseline seed SDs) of each variant over the conditions its baseline learned.
 
-
-def overall_effects(comps: list[Comparison], kind: str) -> dict[str, float]:
-    """Mean effect of each variant over its conditions (NaN when it has none)."""
+    One unit for every task, so MSE, nats and BLEU are never averaged together (NaN when none).
+    """
     per: dict[str, list[float]] = {}
     for c in comps:
         per.setdefault(c.variant, [])
-        e = effect(c, kind)
-        if math.isfinite(e):
+        e = c.std_effect
+        if math.isfinite(e) and c.gate.status != "not learned":
             per[c.variant].append(e)
     return {v: float(np.mean(e)) if e else math.nan for v, e in per.items()}
 

@@ -8,7 +8,6 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from . import stats
 from .analysis import BASELINE
 from .doc import Bullets, Cell, Document, Image, Para, Pre, Section, Table
 from .figures import Figures
@@ -17,11 +16,12 @@ from .summary import Analysis, fmt
 from .verdicts import VERDICT_RULE, call_rule
 
 SYMBOLS = {"better": "▲ better", "worse": "▼ worse", "no change": "= no change", "unclear": "? unclear",
-           "varies": "≈ varies", "unstable": "✗ unstable", "missing": "— missing"}
+           "varies": "≈ varies", "unstable": "✗ unstable", "missing": "— missing", "too few seeds": "… too few seeds",
+           "not learned": "○ baseline did not learn"}
 
 
-def call_cell(call: str, descriptive: bool) -> Cell:
-    return Cell(SYMBOLS.get(call, call) + (" †" if descriptive else ""), f"c-{call.replace(' ', '-')}")
+def call_cell(call: str) -> Cell:
+    return Cell(SYMBOLS.get(call, call), f"c-{call.replace(' ', '-')}")
 
 
 def ratio(x: float) -> str:
@@ -41,12 +41,54 @@ def build_document(a: Analysis, figs: Figures) -> Document:
     sub = (f"Benchmark `{a.benchmark}` · {len(a.rows)} cells · {n_var} variant(s) against `{BASELINE}` on "
            f"{len(a.groups)} task(s){settings} · up to {a.seeds()} paired seed(s) · generated {now}")
     doc = Document(f"Transfer report: {a.benchmark}", sub)
-    doc.sections = [verdict_section(a, figs), effects_section(a, figs), curves_section(figs),
+    doc.sections = [*warning_sections(a), verdict_section(a, figs), noise_section(a), effects_section(a, figs), curves_section(figs),
                     agreement_section(a, figs), cost_section(a), reference_section(a)]
     if a.sensitivity:
         doc.sections.append(sensitivity_section(a, figs))
     doc.sections += [problems_section(a), repro_section(a)]
     return doc
+
+
+def warning_sections(a: Analysis) -> list[Section]:
+    """Loud notices at the top of the page: too few seeds, tasks the baseline did not learn."""
+    out = []
+    if a.too_few_seeds():
+        k = a.settings.min_seeds
+        s = Section("⚠ Too few seeds", "too-few-seeds")
+        s.blocks.append(Para(f"**Too few seeds: some comparisons have only {a.min_seeds()} paired seed(s); at least "
+                             f"{k} are needed for any better / worse / no change call.** Their numbers are shown, "
+                             f"but they say nothing reliable about the variant: one seed's change can be the "
+                             f"baseline's own seed-to-seed noise. Run the plan with `seeds: {max(k, 6)}` (or "
+                             f"`seeds: {{min: {k}, max: 12}}` for adaptive seeds)."))
+        out.append(s)
+    bad = sorted({c.cond.label: c.gate.text for c in a.comps if c.gate.status == "not learned"}.items())
+    if bad:
+        s = Section("⚠ Baseline did not learn", "not-learned")
+        s.blocks.append(Para("**On these tasks the baseline is not clearly better than a trivial system, so no call "
+                             "is made there and they are left out of every overall verdict and ranking** (greyed "
+                             "out below). Train longer or with a better learning rate before reading them."))
+        s.blocks.append(Bullets([f"{lab}: {text}" for lab, text in bad]))
+        out.append(s)
+    return out
+
+
+def noise_section(a: Analysis) -> Section:
+    """Per condition: the margin each call was judged against and the baseline's seed noise."""
+    s = Section("Noise floor and margins", "noise")
+    rows = []
+    for r in a.noise_floor():
+        rows.append([r["condition"], r["metric"], f"{fmt(r['margin'], 3)} ({r['margin_source']})",
+                     f"{fmt(r['noise_sd'], 3)} ({r['noise_source']})", str(r["baseline_seeds"]),
+                     call_cell("not learned") if r["gate"] == "not learned" else r["gate"],
+                     Cell(r["gate_text"], "wrap")])
+    s.blocks.append(Table(["Task", "Metric", "Margin (smallest effect of interest)", "Baseline seed SD",
+                           "Baseline seeds", "Baseline learned?", "Against the trivial score"], rows,
+                          id="noise-table", caption="What a call is judged against, in each metric's own units"))
+    s.blocks.append(Para("The margin is declared by the task (or set in the plan under `margins:`) in the metric's "
+                         "units; **no change** means the interval of Δ is shown to lie inside ± margin. The seed SD "
+                         "is measured from this store's baseline cells when it has two or more, otherwise the "
+                         "figure the task declares for its default budget."))
+    return s
 
 
 def verdict_section(a: Analysis, figs: Figures) -> Section:
@@ -55,29 +97,24 @@ def verdict_section(a: Analysis, figs: Figures) -> Section:
                "Params ×", "FLOPs/token ×", "Tokens/s ×"]
     rows = []
     for v in a.order:
-        verdict, why, desc = a.verdicts[v]
-        cells: list[str | Cell] = [v, Cell(verdict + (" †" if desc else ""), f"v-{verdict}"), Cell(why, "wrap"),
+        verdict, why = a.verdicts[v]
+        cells: list[str | Cell] = [v, Cell(verdict, f"v-{verdict}"), Cell(why, "wrap"),
                                    fmt(a.overall[v], 3, signed=True)]
         for g in a.groups:
             tc = a.task_calls[v].get(g)
-            cells.append(call_cell(*tc) if tc else Cell("— not run", "c-missing"))
+            cells.append(call_cell(tc) if tc else Cell("— not run", "c-missing"))
         cost = a.costs.get(v, {})
+        noisy = any(c.cost_noisy.get("tokens_per_s") for c in a.comps if c.variant == v)
         cells += [ratio(cost.get("params", math.nan)), ratio(cost.get("flops_per_token", math.nan)),
-                  ratio(cost.get("tokens_per_s", math.nan))]
+                  ratio(cost.get("tokens_per_s", math.nan)) + (" (noisy)" if noisy else "")]
         rows.append(cells)
     s.blocks.append(Table(headers, rows, id="verdict-table", caption="One verdict per variant, best overall first"))
     s.blocks.append(Para("**Rule per variant.** " + VERDICT_RULE))
     s.blocks.append(Para("**Rule per task.** " + call_rule(a.settings)))
     notes = []
     n_max = a.seeds()
-    k = a.settings.min_test_pairs
-    if n_max == 1:
-        notes.append("Every comparison has a single paired seed: no interval can be given, and every call is the "
-                     "descriptive fallback (†). Run more seeds for intervals and tests.")
-    elif 0 < n_max < k:
-        notes.append(f"With {n_max} paired seeds the exact sign-flip test cannot give p below "
-                     f"{stats.min_sign_flip_p(n_max):.3g}, so no tested call is possible: all calls are descriptive (†). "
-                     f"Run at least {k} seeds for tested calls.")
+    if 0 < n_max < a.settings.min_seeds:
+        notes.append(f"Every comparison has at most {n_max} paired seed(s): no call is made (see the warning above).")
     no_base = sorted({c.cond.label for c in a.comps if not c.baseline_values})
     if no_base:
         notes.append(f"No usable `{BASELINE}` cell for: {', '.join(no_base)}; nothing there can be compared.")
@@ -93,43 +130,52 @@ def verdict_section(a: Analysis, figs: Figures) -> Section:
         notes.append(f"The store holds no variant besides `{BASELINE}`: there is nothing to compare.")
     fam = sum(c.p_adjusted is not None for c in a.comps)
     corr = "Benjamini-Hochberg" if a.settings.correction == "bh" else "Holm"
-    notes.append(f"Multiple comparisons: {corr} over the {fam} tested variant × task comparison(s).")
-    notes.append("Ordered by overall effect: the mean over tasks of the effect in "
-                 f"{a.effect_unit}" + (" (the baseline's seed-to-seed SD is missing somewhere, so relative change "
-                                       "is used)." if a.kind == "rel" else "."))
+    notes.append(f"Multiple comparisons: {corr} over the {fam} tested variant × task comparison(s) (and separately "
+                 "over their equivalence tests).")
+    if any(c.cost_noisy.get("tokens_per_s") for c in a.comps):
+        notes.append("Tokens/s × marked (noisy): the per-seed throughput ratio varies by more than "
+                     "10% across seeds (machine load), so read it as a rough figure.")
+    notes.append(f"Ordered by overall effect: the mean over the tasks whose baseline learned of Δ in {a.effect_unit} "
+                 "(each task's own seed noise), one unit for every metric.")
     s.blocks.append(Bullets(notes))
     if figs.heatmap:
         s.blocks.append(Image(figs.heatmap, "Transfer heatmap: variants by tasks, colour = effect",
                               f"Colour: effect in {a.effect_unit} (blue = better). * = better/worse after correction, "
-                              "† = descriptive call, ✗ = unstable."))
+                              "= = no change, ✗ = unstable, ○ = baseline did not learn."))
     return s
 
 
 def effects_section(a: Analysis, figs: Figures) -> Section:
     s = Section("Effects per task", "effects")
     headers = ["Variant", "Task", "Metric", "n", "Baseline mean ± SD", "Variant mean", "Δ (+ = better)",
-               f"{int(a.settings.level * 100)}% CI of Δ", "Relative %", "Effect (SDs)", "P(improve)", "p",
-               "p adj.", "Call"]
+               f"{int(a.settings.level * 100)}% CI of Δ", "Margin", "Effect (SDs)", "P(improve)", "p (t)",
+               "p adj.", "p equiv. adj.", "p sign-flip", "Diverged", "Call"]
     rows = []
     for v in a.order:
         for lab in a.labels:
             c = a.comp(v, lab)
             if c is None:
                 continue
-            rows.append([v, lab, f"{c.cond.metric} ({'↑' if c.cond.higher_is_better else '↓'})", str(c.n),
+            n = str(c.n) if c.n_used in (0, c.n) else f"{c.n_used} of {c.n}"
+            rows.append([v, lab, f"{c.cond.metric} ({'↑' if c.cond.higher_is_better else '↓'})", n,
                          f"{fmt(c.baseline_mean, 4)} ± {fmt(c.baseline_std, 2)}", fmt(c.variant_mean, 4),
-                         fmt(c.mean_diff, 3, True), ci_text(c.ci, c.n), fmt(c.rel_change, 3, True),
+                         fmt(c.mean_diff, 3, True), ci_text(c.ci, c.n), "±" + fmt(c.margin, 3),
                          fmt(c.std_effect, 3, True), fmt(c.p_improve, 2), fmt(c.p_value, 2),
-                         fmt(c.p_adjusted, 2), call_cell(c.call, c.descriptive)])
+                         fmt(c.p_adjusted, 2), fmt(c.p_equiv_adjusted, 2), fmt(c.p_signflip, 2),
+                         f"{c.n_diverged}/{c.n_variant_cells}" if c.n_diverged else "0", call_cell(c.call)])
     s.blocks.append(Table(headers, rows, id="effects-table",
                           caption="Paired differences with the baseline (same seeds, same hyper-parameters)"))
     s.blocks.append(Para("Δ is the mean over paired seeds of (variant − baseline), signed so that positive is better "
                          "(↑: higher is better, ↓: lower is better). Effect (SDs) is Δ over the baseline's "
                          "seed-to-seed standard deviation. P(improve) is the share of paired seeds where the variant "
-                         "wins. p: exact two-sided paired sign-flip test; p adj.: corrected across tests."))
+                         "wins. p (t): two-sided paired t test (sequential over the looks with adaptive seeds); p adj.: corrected "
+                         "across tests; p equiv. adj.: TOST against ± margin, corrected; p sign-flip: exact "
+                         "sign-flip test, a distribution-free check (not used for calls). n: paired seeds (used of "
+                         "available when a round of adaptive seeds is incomplete). Diverged: diverged cells of the "
+                         "variant, a failure rate never averaged into a mean."))
     for lab, f in figs.forest.items():
         s.blocks.append(Image(f, f"Forest plot for {lab}", f"{lab}: mean paired difference and "
-                              f"{int(a.settings.level * 100)}% bootstrap interval; blue = better, vermillion = worse."))
+                              f"{int(a.settings.level * 100)}% paired t interval; blue = better, vermillion = worse."))
     return s
 
 
@@ -174,8 +220,8 @@ def cost_section(a: Analysis) -> Section:
     rows = []
     for v in a.order:
         cost = a.costs.get(v, {})
-        verdict, _, desc = a.verdicts[v]
-        rows.append([v, Cell(verdict + (" †" if desc else ""), f"v-{verdict}"), fmt(a.overall[v], 3, True),
+        verdict, _ = a.verdicts[v]
+        rows.append([v, Cell(verdict, f"v-{verdict}"), fmt(a.overall[v], 3, True),
                      ratio(cost.get("params", math.nan)), ratio(cost.get("flops_per_token", math.nan)),
                      ratio(cost.get("tokens_per_s", math.nan))])
     s.blocks.append(Table(["Variant", "Verdict", f"Overall effect ({a.effect_unit})", "Params ×", "FLOPs/token ×",
@@ -226,7 +272,7 @@ def reference_section(a: Analysis) -> Section:
         clear = {True: "yes", False: "no (within noise)", None: "n/a (one run)"}[r.paper_clear]
         rows.append([r.variant, r.paper_model, r.task, r.paper_measure, fmt(r.paper_delta, 3, True),
                      "better" if r.paper_better else "worse", clear, r.ours_metric, fmt(r.ours_delta, 3, True),
-                     ci_text(r.ours_ci, 2) if r.ours_ci else "—", call_cell(r.ours_call, r.descriptive), agree,
+                     ci_text(r.ours_ci, 2) if r.ours_ci else "—", call_cell(r.ours_call), agree,
                      r.agreement])
     s.blocks.append(Table(["Variant", "Paper model", "Our task", "Paper measure", "Paper Δ", "Paper", "Paper clear",
                            "Our metric", "Our Δ", "Our CI", "Our call", "Signs agree", "Calls agree"], rows,
@@ -245,12 +291,11 @@ def reference_section(a: Analysis) -> Section:
 
 
 def _disagreement(r: RefRow) -> str:
-    ours = ("descriptive call" if r.descriptive else "significant after correction") \
-        if r.agreement == "disagree" else "ours not significant"
+    ours = "significant after correction" if r.agreement == "disagree" else "ours not significant"
     paper = "" if r.paper_clear is not False else "; the paper's own difference is within its noise"
     return (f"`{r.variant}` on {r.task}: paper {r.paper_measure} Δ {r.paper_delta:+.3g} "
             f"({'better' if r.paper_better else 'worse'}); ours {r.ours_metric} Δ {r.ours_delta:+.3g}, call "
-            f"{r.ours_call}{' †' if r.descriptive else ''} ({ours}{paper})")
+            f"{r.ours_call} ({ours}{paper})")
 
 
 def sensitivity_section(a: Analysis, figs: Figures) -> Section:
@@ -307,10 +352,12 @@ def repro_section(a: Analysis) -> Section:
     s = Section("Reproducibility", "repro")
     st = a.settings
     s.blocks.append(Bullets([
-        f"Statistics: {int(st.level * 100)}% percentile bootstrap over paired seeds ({st.n_boot} resamples, seed "
-        f"{st.seed}); exact paired sign-flip test; correction "
+        f"Statistics: paired t test and {int(st.level * 100)}% t interval (scipy); TOST equivalence against each "
+        f"task's margin; exact sign-flip test as a robustness column; correction "
         f"{'Benjamini-Hochberg 1995 (FDR)' if st.correction == 'bh' else 'Holm 1979 (FWER)'} at {st.alpha}; "
-        f"equivalence margin ±{st.rel_threshold:g}% of the baseline mean.",
+        f"at least {st.min_seeds} paired seeds per call"
+        + (f"; adaptive seeds with looks at {', '.join(map(str, st.looks))}" if st.looks else "")
+        + f"; rank-agreement bootstrap {st.n_boot} resamples, seed {st.seed}.",
         "Source of every figure: the results store `results.sqlite` of this run (W&B is never read).",
     ]))
     envs = [_flatten(r.get("env") or {}) for r in a.rows]
@@ -322,7 +369,11 @@ def repro_section(a: Analysis) -> Section:
     if rows:
         s.blocks.append(Table(["Environment", "Value (cells)"], rows, id="env-table",
                               caption="Versions, git commit and machine, as recorded with the cells"))
-    plan = a.plan
-    s.blocks.append(Para("**Plan** (as stored with the run):"))
-    s.blocks.append(Pre(json.dumps(plan, indent=2, sort_keys=True, default=str) if plan else "(no plan stored)"))
+    plans = a.meta.get("plans") if isinstance(a.meta.get("plans"), list) else []
+    if not plans and a.plan:
+        plans = [a.plan]
+    s.blocks.append(Para(f"**Plans** that wrote to this store ({len(plans)}; oldest first):" if plans
+                         else "**Plan**: (no plan stored)"))
+    for plan in plans:
+        s.blocks.append(Pre(json.dumps(plan, indent=2, sort_keys=True, default=str)))
     return s

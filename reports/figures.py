@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .analysis import BASELINE, effect, usable
+from .analysis import BASELINE, usable
 from .summary import Analysis, unit
 
-MARKS = {"better": "*", "worse": "*", "unstable": "✗", "missing": "", "no change": "", "unclear": ""}
+MARKS = {"better": "*", "worse": "*", "unstable": "✗", "missing": "", "no change": "=", "unclear": "",
+         "not learned": "○", "too few seeds": ""}
 
 
 @dataclass
@@ -34,9 +35,8 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "x"
 
 
-def mark(call: str, descriptive: bool) -> str:
-    m = MARKS.get(call, "")
-    return "†" if m == "*" and descriptive else m
+def mark(call: str) -> str:
+    return MARKS.get(call, "")
 
 
 def draw(a: Analysis, folder: Path) -> Figures:
@@ -51,8 +51,8 @@ def draw(a: Analysis, folder: Path) -> Figures:
         for j, lab in enumerate(a.labels):
             c = a.comp(v, lab)
             if c is not None:
-                values[i, j] = effect(c, a.kind)
-                marks[i][j] = mark(c.call, c.descriptive)
+                values[i, j] = c.std_effect
+                marks[i][j] = mark(c.call)
     figs.heatmap = plots.heatmap(folder / "heatmap.png", variants, a.labels, values, marks, a.effect_unit).name
     for lab in a.labels:
         cs = [a.comp(v, lab) for v in variants]

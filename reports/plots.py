@@ -44,7 +44,7 @@ def heatmap(path: Path, variants: Sequence[str], labels: Sequence[str], values: 
     ax.set_ylabel("variant (best overall at top)")
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
     cb.set_label(f"effect vs baseline ({unit}); > 0 = better")
-    ax.set_title("Transfer matrix  (* = significant after correction, † = descriptive, ✗ = unstable)", fontsize=10)
+    ax.set_title("Transfer matrix  (* = better/worse after correction, = no change, ✗ = unstable, ○ = baseline did not learn)", fontsize=10)
     return _save(fig, path)
 
 

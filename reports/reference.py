@@ -53,7 +53,6 @@ class RefRow:
     ours_delta: float          # ours: variant - baseline, in our metric's units
     ours_ci: tuple[float, float] | None
     ours_call: str
-    descriptive: bool
     higher_is_better: bool
     paper_clear: bool | None = None   # |paper Δ| > 2 standard errors; None where the paper gives one run
 
@@ -114,5 +113,5 @@ def compare_reference(comps: list[Comparison], table: dict[str, dict[str, str]] 
             lo, hi = c.ci if hib else (-c.ci[1], -c.ci[0])
             ci = (lo, hi)
         out.append(RefRow(c.variant, model, c.cond.label, measure, delta, delta > 0 if hib else delta < 0,
-                          c.cond.metric, c.raw_diff, ci, c.call, c.descriptive, hib, clear))
+                          c.cond.metric, c.raw_diff, ci, c.call, hib, clear))
     return out

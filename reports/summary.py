@@ -14,7 +14,6 @@ from .analysis import (
     Settings,
     compare,
     conditions,
-    effect_kind,
     load_store,
     order_variants,
     overall_effects,
@@ -44,12 +43,11 @@ class Analysis:
     settings: Settings
     comps: list[Comparison]
     labels: list[str]
-    kind: str                                   # "std" or "rel"
-    overall: dict[str, float]
+    overall: dict[str, float]                   # variant -> mean standardised effect (baseline seed SDs)
     order: list[str]
-    verdicts: dict[str, tuple[str, str, bool]]
+    verdicts: dict[str, tuple[str, str]]        # variant -> (verdict, reason)
     groups: list[str]                           # tasks (conditions that differ only in hyper-parameters)
-    task_calls: dict[str, dict[str, tuple[str, bool]]]   # variant -> group -> (call, descriptive)
+    task_calls: dict[str, dict[str, str]]       # variant -> group -> call
     costs: dict[str, dict[str, float]]
     agreement: Agreement
     reference: list[RefRow]
@@ -66,9 +64,7 @@ class Analysis:
         plan = self.meta.get("plan")
         return plan if isinstance(plan, dict) else {}
 
-    @property
-    def effect_unit(self) -> str:
-        return "baseline seed SDs" if self.kind == "std" else "% of baseline"
+    effect_unit: str = "baseline seed SDs"
 
     def comp(self, variant: str, label: str) -> Comparison | None:
         for c in self.comps:
@@ -80,30 +76,70 @@ class Analysis:
         """Most paired seeds any comparison has."""
         return max((c.n for c in self.comps), default=0)
 
+    def min_seeds(self) -> int:
+        """Fewest paired seeds of any comparison with data."""
+        return min((c.n for c in self.comps if c.n), default=0)
 
-def analyse(rows: list[dict[str, Any]], meta: dict[str, Any], settings: Settings = Settings()) -> Analysis:
+    def too_few_seeds(self) -> bool:
+        """True when some comparison has data but fewer paired seeds than a call needs."""
+        return any(0 < c.n < self.settings.min_seeds for c in self.comps)
+
+    def gates(self) -> dict[str, Any]:
+        """Condition label -> the baseline-learned gate of that condition."""
+        return {c.cond.label: c.gate for c in self.comps}
+
+    def noise_floor(self) -> list[dict[str, Any]]:
+        """Per condition: margin, baseline seed noise and the gate, for the report and the dry run."""
+        out, seen = [], set()
+        for c in self.comps:
+            if c.cond.label in seen:
+                continue
+            seen.add(c.cond.label)
+            out.append({"condition": c.cond.label, "task": c.cond.task, "metric": c.cond.metric,
+                        "margin": c.margin, "margin_source": c.margin_source, "noise_sd": c.noise_sd,
+                        "noise_source": c.noise_source, "baseline_seeds": len(c.baseline_values),
+                        "gate": c.gate.status, "gate_text": c.gate.text})
+        return out
+
+
+def with_meta(settings: Settings | None, meta: dict[str, Any]) -> Settings:
+    """``settings`` (statistical knobs) completed with the store's task declarations, margins and looks.
+
+    What a caller sets explicitly wins; what it leaves empty comes from the store's meta.
+    """
+    import dataclasses
+
+    stored = Settings.from_meta(meta)
+    if settings is None:
+        return stored
+    return dataclasses.replace(settings, tasks=settings.tasks or stored.tasks,
+                               margins=settings.margins or stored.margins,
+                               looks=settings.looks if settings.looks is not None else stored.looks)
+
+
+def analyse(rows: list[dict[str, Any]], meta: dict[str, Any], settings: Settings | None = None) -> Analysis:
     """Run every analysis on the rows (and meta) of a results store."""
+    settings = with_meta(settings, meta)
     comps = compare(rows, settings)
     labels = [c.label for c in conditions(rows).values()]
-    kind = effect_kind(comps)
-    overall = overall_effects(comps, kind)
+    overall = overall_effects(comps)
     groups = sorted({c.group for c in conditions(rows).values()})
-    task_calls: dict[str, dict[str, tuple[str, bool]]] = {}
+    task_calls: dict[str, dict[str, str]] = {}
     verdicts = {}
     for v in overall:
         task_calls[v] = {}
         for g in groups:
-            calls = [(c.call, c.descriptive) for c in comps if c.variant == v and c.cond.group == g]
+            calls = [c.call for c in comps if c.variant == v and c.cond.group == g]
             if calls:
                 task_calls[v][g] = combine(calls)
         verdicts[v] = verdict(list(task_calls[v].values()))
     skipped = meta.get("skipped") if isinstance(meta.get("skipped"), list) else []
-    return Analysis(rows, meta, settings, comps, labels, kind, overall, order_variants(overall), verdicts, groups,
+    return Analysis(rows, meta, settings, comps, labels, overall, order_variants(overall), verdicts, groups,
                     task_calls, variant_costs(comps), agreement(comps, settings), compare_reference(comps), sensitivity(comps),
                     skipped)
 
 
-def analyse_run(run_dir: Path, settings: Settings = Settings()) -> Analysis:
+def analyse_run(run_dir: Path, settings: Settings | None = None) -> Analysis:
     rows, meta = load_store(run_dir)
     return analyse(rows, meta, settings)
 
@@ -115,10 +151,12 @@ def fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
     return f"{x:+.{digits}g}" if signed else f"{x:.{digits}g}"
 
 
-TRANSFER_COLUMNS = ["variant", "task", "task_name", "size", "hparams", "metric", "higher_is_better", "n",
-                    "baseline_mean", "baseline_sd", "variant_mean", "diff", "ci_low", "ci_high", "rel_change_pct",
-                    "std_effect", "p_improve", "p", "p_adj", "call", "descriptive", "verdict", "params_ratio",
-                    "flops_per_token_ratio", "tokens_per_s_ratio", "n_failed", "n_timeout"]
+TRANSFER_COLUMNS = ["variant", "task", "task_name", "size", "hparams", "metric", "higher_is_better", "n", "n_used",
+                    "baseline_mean", "baseline_sd", "noise_sd", "noise_source", "margin", "margin_source",
+                    "variant_mean", "diff", "ci_low", "ci_high", "rel_change_pct", "std_effect", "p_improve",
+                    "p_t", "p_t_adj", "p_equiv", "p_equiv_adj", "p_signflip", "baseline_learned", "trivial_score",
+                    "call", "verdict", "params_ratio", "flops_per_token_ratio", "tokens_per_s_ratio",
+                    "tokens_per_s_noisy", "n_failed", "n_diverged", "diverged_rate", "n_timeout"]
 
 
 def _num(x: float | None) -> float | None:
@@ -138,10 +176,13 @@ def transfer_table(a: Analysis) -> tuple[list[str], list[list[Any]]]:
                 continue
             lo, hi = c.ci or (None, None)
             out.append([v, lab, c.cond.task, c.cond.size, c.cond.hparams_json, c.cond.metric,
-                        c.cond.higher_is_better, c.n, _num(c.baseline_mean), _num(c.baseline_std),
+                        c.cond.higher_is_better, c.n, c.n_used, _num(c.baseline_mean), _num(c.baseline_std),
+                        _num(c.noise_sd), c.noise_source, _num(c.margin), c.margin_source,
                         _num(c.variant_mean), _num(c.mean_diff), _num(lo), _num(hi), _num(c.rel_change),
-                        _num(c.std_effect), _num(c.p_improve), _num(c.p_value), _num(c.p_adjusted), c.call,
-                        c.descriptive, a.verdicts[v][0], _num(c.cost.get("params")),
-                        _num(c.cost.get("flops_per_token")), _num(c.cost.get("tokens_per_s")), c.n_failed,
+                        _num(c.std_effect), _num(c.p_improve), _num(c.p_value), _num(c.p_adjusted),
+                        _num(c.p_equiv), _num(c.p_equiv_adjusted), _num(c.p_signflip), c.gate.status,
+                        _num(c.gate.trivial), c.call, a.verdicts[v][0], _num(c.cost.get("params")),
+                        _num(c.cost.get("flops_per_token")), _num(c.cost.get("tokens_per_s")),
+                        c.cost_noisy.get("tokens_per_s", False), c.n_failed, c.n_diverged, _num(c.diverged_rate),
                         c.n_timeout])
     return TRANSFER_COLUMNS, out

@@ -65,13 +65,14 @@ def log_run(a: Analysis, folder: Path, figs: Figures, run_dir: Path, mode: str) 
                                   silent=True)
         run = wandb.init(project=project, entity=entity, group=a.benchmark, job_type="report",
                          name=f"report-{a.benchmark}", mode=mode, dir=str(root), settings=settings,
-                         config={"benchmark": a.benchmark, "stats": vars(a.settings), "plan": a.plan},
+                         config={"benchmark": a.benchmark, "stats": {k: v for k, v in vars(a.settings).items() if k != "tasks"},
+                                 "tasks": a.settings.tasks, "plan": a.plan},
                          reinit="create_new")
         columns, records = transfer_table(a)
         try:
             payload: dict[str, Any] = {
                 "transfer_matrix": wandb.Table(columns=columns, data=records),
-                "verdicts": wandb.Table(columns=["variant", "verdict", "why", "descriptive", "overall_effect"],
+                "verdicts": wandb.Table(columns=["variant", "verdict", "why", "overall_effect_sd"],
                                         data=[[v, *a.verdicts[v], a.overall[v] if math.isfinite(a.overall[v])
                                                else None] for v in a.order]),
             }
@@ -96,8 +97,8 @@ def report_definition(a: Analysis, figs: Figures, project: str, entity: str | No
                      "filters": f"JobType = 'report' and Group = '{bench}'"}
     lines = ["| variant | verdict | why | overall effect |", "|---|---|---|---|"]
     for v in a.order:
-        verdict, why, desc = a.verdicts[v]
-        lines.append(f"| {v} | {verdict}{' †' if desc else ''} | {why} | {fmt(a.overall[v], 3, True)} |")
+        verdict, why = a.verdicts[v]
+        lines.append(f"| {v} | {verdict} | {why} | {fmt(a.overall[v], 3, True)} |")
     from .verdicts import VERDICT_RULE, call_rule
 
     blocks: list[dict[str, Any]] = [

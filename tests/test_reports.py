@@ -27,6 +27,9 @@ from modtransfer.reports.verdicts import VERDICTS, call, combine, verdict
 from modtransfer.store import Store
 
 TASKS = {"lm": ("val_loss", False, 2.0, 0.02), "mt": ("val_bleu", True, 20.0, 0.3)}
+#: Declared gate info per synthetic task: margin 1 SD, trivial scores far from the baseline.
+TASK_INFO = {"lm": {"margin": 0.02, "noise_sd": 0.02, "trivial": 3.5, "trivial_name": "bigram"},
+             "mt": {"margin": 0.3, "noise_sd": 0.3, "trivial": 1.0, "trivial_name": "copy"}}
 
 
 def make_row(variant: str, task: str, seed: int, value: float | None, *, status: str = "done",
@@ -84,12 +87,15 @@ def write_store(run_dir: Path, effects: dict[tuple[str, str], float], seeds: int
                     else:
                         store.record(make_row(v, task, s, value, hparams=hp, params=110_000, benchmark=benchmark))
     store.set_meta("plan", {"name": benchmark, "variants": variants, "tasks": list(TASKS), "seeds": seeds})
+    store.set_meta("tasks", TASK_INFO)
     store.set_meta("skipped", skipped or [])
     return store
 
 
-def comps_of(run_dir: Path, settings: Settings = Settings(n_boot=2000)) -> dict[tuple[str, str], Comparison]:
-    return {(c.variant, c.cond.task): c for c in compare(Store(run_dir / "results.sqlite").rows(), settings)}
+def comps_of(run_dir: Path, settings: Settings | None = None) -> dict[tuple[str, str], Comparison]:
+    store = Store(run_dir / "results.sqlite")
+    settings = settings or Settings.from_meta(store.meta(), n_boot=2000)
+    return {(c.variant, c.cond.task): c for c in compare(store.rows(), settings)}
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -136,7 +142,6 @@ def test_sign_flip_exact_pvalues() -> None:
     assert stats.sign_flip_pvalue([0.0, 0.0]) == 1.0
     mc = stats.sign_flip_pvalue([1.0] * 20, np.random.default_rng(0), n_perm=2000)
     assert 0 < mc <= 3 / 2001
-    assert Settings().min_test_pairs == 6
 
 
 def test_holm_and_bh_against_hand_computed_example() -> None:
@@ -175,29 +180,40 @@ def test_task_agreement_same_and_reversed_rankings(tmp_path: Path) -> None:
 
 
 # -- calls and verdicts ------------------------------------------------------------------------
-def _comp(diffs: list[float], base: float = 2.0, failed: int = 0, p_adj: float | None = None) -> Comparison:
+def _comp(diffs: list[float], base: float = 2.0, failed: int = 0, margin: float = 0.02,
+          gate: str = "learned") -> Comparison:
+    """One comparison with its p-values computed as a one-test family (no correction)."""
+    from modtransfer.reports.analysis import Gate
+
     cond = Condition("lm", "tiny", "{}", "val_loss", False, "lm")
     c = Comparison("v", cond, seeds=list(range(len(diffs))), diffs=diffs, paired_baseline=[base] * len(diffs),
-                   baseline_values=[base + 0.01 * i for i in range(len(diffs))], n_failed=failed)
-    settings = Settings(n_boot=2000)
-    c.ci = stats.bootstrap_ci(diffs, settings.rng("t"), n_boot=2000) if len(diffs) > 1 else None
-    c.p_value = stats.sign_flip_pvalue(diffs) if diffs else math.nan
-    c.p_adjusted = p_adj if p_adj is not None else (c.p_value if len(diffs) >= settings.min_test_pairs else None)
+                   baseline_values=[base + 0.01 * i for i in range(len(diffs))], n_failed=failed, margin=margin,
+                   gate=Gate(gate, ""))
+    c.n_used = len(diffs)
+    if len(diffs) >= 2:
+        c.ci = stats.t_interval(diffs)
+        p, peq, _ = stats.sequential_p(np.asarray(diffs), None, margin)
+        c.p_value, c.p_equiv = float(p), float(peq)
+        c.p_adjusted, c.p_equiv_adjusted = c.p_value, c.p_equiv
     return c
 
 
 def test_calls_on_constructed_comparisons() -> None:
     s = Settings(n_boot=2000)
-    assert call(_comp([0.1] * 8), s) == ("better", False)
-    assert call(_comp([-0.1] * 8), s) == ("worse", False)
-    assert call(_comp([0.001, -0.001] * 4), s) == ("no change", False)
-    assert call(_comp([0.5, -0.4] * 4), s) == ("unclear", False)
-    assert call(_comp([0.1] * 8, p_adj=0.2), s) == ("unclear", False)   # consistent, but not after correction
-    assert call(_comp([0.1] * 8, failed=1), s) == ("unstable", False)
-    assert call(_comp([]), s) == ("missing", False)
-    assert call(_comp([0.1]), s) == ("better", True)                      # one seed: 5% > 1% threshold
-    assert call(_comp([0.01]), s) == ("no change", True)                  # 0.5% < 1%
-    assert call(_comp([0.1, 0.1, -0.01]), s) == ("unclear", True)         # few seeds that disagree
+    wob = [0.1, 0.12, 0.09, 0.11, 0.1, 0.095, 0.105, 0.1]
+    assert call(_comp(wob), s) == "better"
+    assert call(_comp([-x for x in wob]), s) == "worse"
+    assert call(_comp([0.001, -0.001] * 4), s) == "no change"          # inside +-0.02, tightly
+    assert call(_comp([0.001, -0.001] * 4, margin=math.nan), s) == "unclear"  # no margin: never "no change"
+    assert call(_comp([0.5, -0.4] * 4), s) == "unclear"
+    assert call(_comp(wob, failed=1), s) == "unstable"
+    assert call(_comp([]), s) == "missing"
+    assert call(_comp([0.1]), s) == "too few seeds"                    # no call below 3 paired seeds
+    assert call(_comp([0.1, 0.11]), s) == "too few seeds"
+    assert call(_comp(wob, gate="not learned"), s) == "not learned"
+    c = _comp(wob)
+    c.p_adjusted = 0.2                                                 # consistent, but not after correction
+    assert call(c, s) == "unclear"
 
 
 @pytest.mark.parametrize(("calls", "expected"), [
@@ -212,17 +228,21 @@ def test_calls_on_constructed_comparisons() -> None:
     (["unclear", "no change"], "inconclusive"),
     (["missing", "missing"], "inconclusive"),
     (["better", "better", "missing"], "transfers"),
+    (["better", "better", "not learned"], "transfers"),     # a task the baseline did not learn is left out
+    (["worse", "not learned"], "hurts"),
+    (["too few seeds", "too few seeds"], "inconclusive"),
+    (["not learned", "not learned"], "inconclusive"),
 ])
 def test_verdict_rules(calls: list[str], expected: str) -> None:
-    assert verdict([(c, False) for c in calls])[0] == expected
+    assert verdict(calls)[0] == expected
 
 
 def test_settings_of_a_task_combine_into_one_call() -> None:
-    assert combine([("better", False), ("better", True)]) == ("better", True)
-    assert combine([("better", False), ("no change", False)]) == ("varies", False)
-    assert combine([("better", False), ("unstable", False)]) == ("unstable", False)
-    assert combine([("missing", False), ("worse", False)]) == ("worse", False)
-    assert verdict([("better", False), combine([("better", False), ("unclear", False)])])[0] == "task-specific"
+    assert combine(["better", "better"]) == "better"
+    assert combine(["better", "no change"]) == "varies"
+    assert combine(["better", "unstable"]) == "unstable"
+    assert combine(["missing", "worse"]) == "worse"
+    assert verdict(["better", combine(["better", "unclear"])])[0] == "task-specific"
 
 
 def test_every_verdict_reachable_end_to_end(tmp_path: Path) -> None:
@@ -246,14 +266,15 @@ def test_every_verdict_reachable_end_to_end(tmp_path: Path) -> None:
     assert set(a.order[:2]) == {"xfer", "wobbly"} and a.order.index("bad") > a.order.index("flat")
 
 
-def test_single_seed_uses_descriptive_fallback(tmp_path: Path) -> None:
+def test_single_seed_gives_no_call_and_says_too_few_seeds(tmp_path: Path) -> None:
     write_store(tmp_path, {("v", "lm"): 10.0, ("v", "mt"): 10.0}, seeds=1)
     c = comps_of(tmp_path)[("v", "lm")]
     assert c.n == 1 and c.ci is None and c.p_adjusted is None
-    assert (c.call, c.descriptive) == ("better", True)
-    a = analyse(Store(tmp_path / "results.sqlite").rows(), {}, Settings(n_boot=500))
-    assert a.verdicts["v"] == ("transfers", a.verdicts["v"][1], True)
-    assert a.kind == "rel"  # no seed-to-seed SD with one seed
+    assert c.call == "too few seeds"
+    store = Store(tmp_path / "results.sqlite")
+    a = analyse(store.rows(), store.meta(), Settings(n_boot=500))
+    assert a.verdicts["v"][0] == "inconclusive" and a.too_few_seeds()
+    assert math.isfinite(a.overall["v"])  # the declared noise gives the effect a unit even with one seed
 
 
 def test_hparams_compared_at_the_same_setting_and_sensitivity(tmp_path: Path) -> None:
