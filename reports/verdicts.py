@@ -65,6 +65,20 @@ def combine(calls: list[str]) -> str:
     return "varies"
 
 
+def decide(mean_diff: float, p_adjusted: float | None, p_equiv_adjusted: float | None, alpha: float) -> str:
+    """The call of a tested comparison from its corrected p-values (> 0 mean = better)."""
+    if p_adjusted is not None and p_adjusted < alpha and math.isfinite(mean_diff) and mean_diff != 0:
+        return "better" if mean_diff > 0 else "worse"
+    if p_equiv_adjusted is not None and p_equiv_adjusted < alpha:
+        return "no change"
+    return "unclear"
+
+
+def undecided(call_: str) -> bool:
+    """Whether adaptive seeds should add a round to a comparison with this call."""
+    return call_ == "unclear"
+
+
 def call(c: Comparison, settings: Settings) -> str:
     """The call of one comparison (its p-values already adjusted across the family)."""
     if c.n_failed:
@@ -75,11 +89,7 @@ def call(c: Comparison, settings: Settings) -> str:
         return "not learned"
     if c.n_used < settings.min_seeds:
         return "too few seeds"
-    if c.p_adjusted is not None and c.p_adjusted < settings.alpha and math.isfinite(c.mean_diff) and c.mean_diff != 0:
-        return "better" if c.mean_diff > 0 else "worse"
-    if c.p_equiv_adjusted is not None and c.p_equiv_adjusted < settings.alpha:
-        return "no change"
-    return "unclear"
+    return decide(c.mean_diff, c.p_adjusted, c.p_equiv_adjusted, settings.alpha)
 
 
 def verdict(calls: list[str]) -> tuple[str, str]:
