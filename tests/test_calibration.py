@@ -133,8 +133,9 @@ def test_no_change_is_rarely_called_when_the_effect_is_on_the_margin(looks: list
     if looks is None:
         calls = family_calls(d, None, margin)
         # the equivalence test alone is exact at the boundary: its rejection rate is alpha, not far below
-        _, peq, _ = stats.sequential_p(d[:, 0], None, margin)
-        assert 0.03 <= np.mean(peq < ALPHA) <= _mc_bound(ALPHA)
+        # (with a narrow interval, so that the far side of the margin plays no part)
+        _, peq, _ = stats.sequential_p(rng.normal(margin, 0.2, size=(REPS, 12)), None, margin)
+        assert 0.035 <= np.mean(peq < ALPHA) <= _mc_bound(ALPHA)
     else:
         calls, _ = adaptive_calls(d, looks, margin)
     assert np.mean(calls == "no change") <= _mc_bound(ALPHA)
