@@ -19,8 +19,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .plan import Plan
+    from .store import Store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -222,18 +227,26 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from .status import estimate_seconds
 
+        n_seeds = len(plan.seeds)
+        seeds_txt = (f"adaptive seeds, looks at {', '.join(map(str, plan.looks))}" if plan.adaptive
+                     else f"{n_seeds} seeds")
         print(f"plan {plan.name!r}: {len(plan.cells)} cells "
-              f"({len(plan.variants)} variants x {len(plan.tasks)} tasks x {len(plan.seeds)} seeds"
-              + (f" x {len(plan.cells) // max(1, len(plan.variants) * len(plan.tasks) * len(plan.seeds))} hparams"
+              f"({len(plan.variants)} variants x {len(plan.tasks)} tasks x {seeds_txt}"
+              + (f" x {len(plan.all_cells) // max(1, len(plan.variants) * len(plan.tasks) * n_seeds)} hparams"
                  if plan.hparams else "") + f"), size {plan.size}; run folder {run_dir}")
         for c in plan.cells:
             mark = "done " if c.cell_id in done else "todo "
             print(f"  {mark} {c.cell_id}  {c.label}  steps={c.budget.steps} batch={c.budget.batch_size}")
         for s in plan.skipped:
             print(f"  skip  {s['task']}/{s['variant']}: {s['reason']}")
+        if plan.adaptive:
+            more = len([c for c in plan.all_cells if c.cell_id not in done]) - len(todo)
+            print(f"  + up to {more} more cells in later rounds, only for variant x task pairs still undecided")
         eta = estimate_seconds(store, todo)
         eta_txt = f"; estimated {eta:.0f} s of training left (from this store's measured speeds)" if eta else ""
         print(f"{len(todo)} to train, {len(plan.cells) - len(todo)} already done, {len(plan.skipped)} skipped{eta_txt}")
+        for line in _power(plan, store):
+            print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
         return 0
 
     cache = os.environ.get("MODTRANSFER_CACHE")
@@ -244,22 +257,38 @@ def _run(args: argparse.Namespace) -> int:
         if any(c.task == tname for c in todo):
             TASKS.get(tname)(plan.task_config.get(tname, {}), cache).prepare()
 
+    task_info = _task_info(plan, cache)
     run_dir.mkdir(parents=True, exist_ok=True)
-    store.set_meta("plan", {**plan.to_dict(), "source": str(Path(args.plan).resolve()),
-                            "selection": {"variants": args.variants, "tasks": args.tasks, "seeds": args.seeds},
-                            "plugins": plugins})
+    _store_plan(store, {**plan.to_dict(), "source": str(Path(args.plan).resolve()),
+                        "selection": {"variants": args.variants, "tasks": args.tasks, "seeds": args.seeds},
+                        "plugins": plugins})
+    store.set_meta("tasks", {**(store.meta().get("tasks") or {}), **task_info})
     store.set_meta("skipped", plan.skipped)
     if args.retry_failed:
         for status in ("failed", "timeout"):
             store.delete(status)
     print(f"benchmark {plan.name!r}: {len(todo)} cells to train ({len(plan.cells) - len(todo)} already done), "
-          f"executor {executor}" + (f" x{workers}" if executor != "local" else ""), flush=True)
-    progress = Progress(len(todo))
-    try:
-        execute(plan, run_dir, todo, executor=executor, workers=workers, plugins=plugins, cache_dir=cache,
-                device=args.device, progress=progress, ray_address=args.ray_address)
-    finally:
-        progress.close()
+          f"executor {executor}" + (f" x{workers}" if executor != "local" else "")
+          + (f"; adaptive seeds, looks at {', '.join(map(str, plan.looks))}" if plan.adaptive else ""), flush=True)
+    look = 0
+    while True:
+        progress = Progress(len(todo))
+        try:
+            execute(plan, run_dir, todo, executor=executor, workers=workers, plugins=plugins, cache_dir=cache,
+                    device=args.device, progress=progress, ray_address=args.ray_address)
+        finally:
+            progress.close()
+        look += 1
+        if not plan.adaptive or look >= len(plan.looks):
+            break
+        pairs = _undecided(plan, store, plan.looks[look - 1])
+        if not pairs:
+            print(f"adaptive seeds: every pair decided at {plan.looks[look - 1]} seeds", flush=True)
+            break
+        done = store.done_ids()
+        todo = [c for c in plan.cells_through(plan.looks[look], pairs) if c.cell_id not in done]
+        print(f"adaptive seeds: {len(pairs)} undecided variant x task pair(s); round {look + 1} up to "
+              f"{plan.looks[look]} seeds: {len(todo)} cells", flush=True)
     header, body = results_table(plan, store)
     print_table(header, body)
     for s in plan.skipped:
@@ -271,6 +300,81 @@ def _run(args: argparse.Namespace) -> int:
         except UserError as exc:
             print(f"report not written: {exc}", file=sys.stderr)
     return 0
+
+
+def _store_plan(store: Store, plan: dict) -> None:
+    """Keep every plan that wrote to a store (``plans``, oldest first); ``plan`` is the latest."""
+    import json
+
+    meta = store.meta()
+    plans = meta.get("plans") if isinstance(meta.get("plans"), list) else []
+    if not plans and isinstance(meta.get("plan"), dict):
+        plans = [meta["plan"]]
+    same = [p for p in plans if json.dumps(p, sort_keys=True, default=str) == json.dumps(plan, sort_keys=True, default=str)]
+    if not same:
+        plans.append(plan)
+    store.set_meta("plans", plans)
+    store.set_meta("plan", plan)
+
+
+def _declared(plan: Plan) -> dict[str, dict]:
+    """What each task of the plan declares for the statistics (margin, seed noise), without touching data."""
+    from .task import TASKS
+
+    out = {}
+    for name in plan.tasks:
+        cls = TASKS.get(name)
+        out[name] = {k: getattr(cls, k) for k in ("margin", "noise_sd", "trivial_name") if hasattr(cls, k)}
+    return out
+
+
+def _task_info(plan: Plan, cache: str | None) -> dict[str, dict]:
+    """Declarations plus the trivial score of each task, computed from its prepared data."""
+    from .task import TASKS
+
+    out = _declared(plan)
+    for name in plan.tasks:
+        task = TASKS.get(name)(plan.task_config.get(name, {}), cache)
+        if hasattr(task, "gate_info"):
+            try:
+                out[name].update(task.gate_info())
+            except NotImplementedError:
+                pass
+    return out
+
+
+def _power(plan: Plan, store: Store) -> list[str]:
+    """The dry run's power lines: smallest callable effect per task and the warnings."""
+    from modtransfer.reports.power import plan_power, power_lines
+
+    from .task import TASKS
+
+    ids = {c.cell_id for c in plan.all_cells}
+    rows = [r for r in store.rows() if r["cell_id"] in ids]
+    declared = _declared(plan)
+    stored = store.meta().get("tasks") or {}
+    for name in declared:
+        declared[name] = {**declared[name], **(stored.get(name) or {})}
+    tests: dict[str, int] = {}
+    for c in plan.all_cells:
+        if c.variant != "baseline" and c.seed == plan.seeds[0]:
+            tests[c.task] = tests.get(c.task, 0) + 1
+    metrics = {t: (TASKS.get(t).primary_metric, TASKS.get(t).higher_is_better) for t in plan.tasks}
+    n = plan.looks[-1] if plan.adaptive else len(plan.seeds)
+    power = plan_power(plan.tasks, metrics, n, tests, declared, plan.margins, rows)
+    return power_lines(power)
+
+
+def _undecided(plan: Plan, store: Store, look: int) -> set[tuple[str, str, str]]:
+    """(variant, task, hparams JSON) pairs whose call is still undecided after ``look`` seeds."""
+    from modtransfer.reports.analysis import Settings, compare
+    from modtransfer.reports.verdicts import undecided
+
+    keep = set(plan.seeds[:look])
+    ids = {c.cell_id for c in plan.all_cells if c.seed in keep}
+    rows = [r for r in store.rows() if r["cell_id"] in ids]
+    settings = Settings.from_meta(store.meta())
+    return {(c.variant, c.cond.task, c.cond.hparams_json) for c in compare(rows, settings) if undecided(c.call)}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,11 @@
 """Benchmark plans: YAML -> validated cells.
 
 A plan names variants (names, globs, combinations like ``swiglu+rmsnorm``), tasks, seeds
-(paired: every variant and the baseline share them), a size preset, budgets, and optional
-hyper-parameter axes crossed with the variants. Everything is checked before anything trains;
+(paired: every variant and the baseline share them; a count, a list, or ``{min, max, step}``
+for adaptive seeds), a size preset, budgets, smallest effects of interest per task
+(``margins``), and optional hyper-parameter axes crossed with the variants. Cells are ordered
+seed-major with the variants interleaved (rotated each seed), so a drift in machine load is
+spread over every variant instead of falling on whichever ran last. Everything is checked before anything trains;
 each problem is one line naming it and the fix (:class:`UserError`, exit code 2).
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +28,12 @@ from .task import TASKS, Budget, Task
 from .variant import BASELINE, VARIANTS, ResolvedVariant, canonical, resolve
 
 PLAN_KEYS = {
-    "name": str, "description": str, "size": str, "seeds": (int, list), "variants": list, "tasks": list,
+    "name": str, "description": str, "size": str, "seeds": (int, list, dict), "variants": list, "tasks": list,
     "spec": dict, "budget": dict, "task_budget": dict, "task_config": dict, "hparams": dict, "wandb": dict,
-    "executor": str, "workers": int, "include_baseline": bool,
+    "executor": str, "workers": int, "include_baseline": bool, "margins": dict,
 }
+SEED_KEYS = ("min", "max", "step")
+MAX_SEEDS = 1000
 INIT_AXIS = "init"  # a hyper-parameter axis over initialisation schemes (init_* variants)
 WANDB_KEYS = {"mode": str, "project": str, "entity": (str, type(None))}
 WANDB_MODES = ("offline", "online", "disabled")
@@ -80,7 +86,10 @@ class Plan:
     workers: int
     raw: dict[str, Any]
     source: str = ""
-    cells: list[Cell] = field(default_factory=list)
+    margins: dict[str, float] = field(default_factory=dict)
+    looks: list[int] = field(default_factory=list)   # adaptive seeds: paired seeds at each look; [] = fixed
+    cells: list[Cell] = field(default_factory=list)  # the cells to run now (first look when adaptive)
+    all_cells: list[Cell] = field(default_factory=list)  # every cell up to the largest look
     skipped: list[dict[str, str]] = field(default_factory=list)
     resolved: dict[str, ResolvedVariant] = field(default_factory=dict)
 
@@ -94,7 +103,27 @@ class Plan:
             "tasks": self.tasks, "spec": self.base_spec.to_dict(), "budget": self.budget,
             "task_budget": self.task_budget, "task_config": self.task_config, "hparams": self.hparams,
             "wandb": self.wandb, "executor": self.executor, "workers": self.workers, "source": self.source,
+            "margins": self.margins, "looks": self.looks,
         }
+
+    @property
+    def adaptive(self) -> bool:
+        return len(self.looks) > 1
+
+    def cells_through(self, look: int, pairs: set[tuple[str, str, str]] | None = None) -> list[Cell]:
+        """Cells of the first ``look`` seeds; with ``pairs`` only (variant, task, hparams JSON) in it + their baselines."""
+        keep = set(self.seeds[:look])
+        out = []
+        for c in self.all_cells:
+            if c.seed not in keep:
+                continue
+            if pairs is not None:
+                hp = json.dumps(c.hparams, sort_keys=True)
+                base_needed = any(t == c.task and h == hp for _, t, h in pairs)
+                if (c.variant, c.task, hp) not in pairs and not (c.variant == BASELINE and base_needed):
+                    continue
+            out.append(c)
+        return out
 
 
 def _type_name(t: Any) -> str:
@@ -155,9 +184,15 @@ def load_plan(
 
     # seeds
     seed_value: Any = seeds if seeds is not None else raw.get("seeds", 1)
-    if isinstance(seed_value, int):
+    looks: list[int] = []
+    if isinstance(seed_value, dict):
+        seed_list, looks = _adaptive_seeds(seed_value)
+    elif isinstance(seed_value, int):
         if seed_value < 1:
             raise UserError(f"plan.seeds must be >= 1, got {seed_value}")
+        if seed_value > MAX_SEEDS:
+            raise UserError(f"plan.seeds is {seed_value}, more than {MAX_SEEDS}; use fewer seeds "
+                            "(or seeds: {min: 3, max: 12} to add seeds only where needed)")
         seed_list = list(range(seed_value))
     else:
         if not seed_value or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_value):
@@ -186,8 +221,10 @@ def load_plan(
             expanded.extend(_expand_variant_item(item))
     else:
         expanded = [e for item in var_items.split(",") if item.strip() for e in _expand_variant_item(item.strip())]
-    if raw.get("include_baseline", True) or BASELINE not in expanded:
-        expanded = [BASELINE] + [v for v in expanded if v != BASELINE]
+    if raw.get("include_baseline", True) is False:
+        raise UserError("plan.include_baseline: false is not supported: every comparison is paired with the "
+                        "baseline on the same seeds; remove the key (the baseline is always run)")
+    expanded = [BASELINE] + [v for v in expanded if v != BASELINE]
     variant_names = list(dict.fromkeys(expanded))
 
     # budgets and task configs
@@ -228,6 +265,7 @@ def load_plan(
         _check_type(f"plan.wandb.{key}", value, WANDB_KEYS[key])
     if wandb_cfg["mode"] not in WANDB_MODES:
         raise UserError(f"plan.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {wandb_cfg['mode']!r}")
+    margins = _margins(raw.get("margins") or {}, task_names)
     executor = raw.get("executor", "local")
     workers = raw.get("workers", 1)
     if workers < 1:
@@ -236,10 +274,56 @@ def load_plan(
     plan = Plan(
         name=plan_name, size=size, seeds=seed_list, variants=variant_names, tasks=task_names, base_spec=base,
         budget=budget, task_budget=task_budget, task_config=task_config, hparams=hparams, wandb=wandb_cfg,
-        executor=executor, workers=workers, raw=raw, source=src,
+        executor=executor, workers=workers, raw=raw, source=src, margins=margins, looks=looks,
     )
     _expand_cells(plan)
     return plan
+
+
+def _adaptive_seeds(value: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """``{min, max, step}`` -> (seeds 0..max-1, the looks min, min+step, ..., max)."""
+    for key in value:
+        if key not in SEED_KEYS:
+            raise UserError(f"plan.seeds: unknown key {key!r}{did_you_mean(str(key), SEED_KEYS)}; adaptive seeds are "
+                            "written seeds: {min: 3, max: 12} (optional step, default min)")
+    for key in ("min", "max"):
+        if key not in value:
+            raise UserError("plan.seeds needs both min and max for adaptive seeds, e.g. seeds: {min: 3, max: 12}")
+    lo, hi, step = value["min"], value["max"], value.get("step", value["min"])
+    for key, v in (("min", lo), ("max", hi), ("step", step)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UserError(f"plan.seeds.{key} must be a positive integer, got {v!r}")
+    if lo < 3:
+        raise UserError(f"plan.seeds.min must be >= 3 (no call is made from fewer paired seeds), got {lo}")
+    if hi < lo:
+        raise UserError(f"plan.seeds.max ({hi}) must be >= plan.seeds.min ({lo})")
+    if hi > MAX_SEEDS:
+        raise UserError(f"plan.seeds.max is {hi}, more than {MAX_SEEDS}; use a smaller max")
+    return list(range(hi)), look_schedule(lo, hi, step)
+
+
+def look_schedule(min_seeds: int, max_seeds: int, step: int | None = None) -> list[int]:
+    """Numbers of paired seeds at which an adaptive design looks: min, min + step, ..., max."""
+    step = step or min_seeds
+    looks = list(range(min_seeds, max_seeds + 1, step))
+    if looks[-1] != max_seeds:
+        looks.append(max_seeds)
+    return looks
+
+
+def _margins(value: dict[str, Any], task_names: list[str]) -> dict[str, float]:
+    """``margins: {task: smallest effect of interest}`` in each task's primary-metric units."""
+    out = {}
+    for task, m in value.items():
+        if task not in task_names:
+            raise UserError(f"plan.margins.{task}: not a task of this plan{did_you_mean(str(task), task_names)}; "
+                            f"tasks: {', '.join(task_names)}")
+        if isinstance(m, str):
+            raise UserError(f"plan.margins.{task} is the string {m!r}: YAML reads 1e-3 as text, write 1.0e-3")
+        if isinstance(m, bool) or not isinstance(m, int | float) or not math.isfinite(m) or m <= 0:
+            raise UserError(f"plan.margins.{task} must be a positive number in the task's metric units, got {m!r}")
+        out[task] = float(m)
+    return out
 
 
 def _expand_variant_item(item: str) -> list[str]:
@@ -291,10 +375,29 @@ def _expand_cells(plan: Plan) -> None:
                         continue
                     spec = resolve(_init_expr(init), rv.spec).spec
                 for seed in plan.seeds:
-                    plan.cells.append(Cell(
+                    plan.all_cells.append(Cell(
                         benchmark=plan.name, variant=vname, task=tname, seed=seed, size=plan.size, spec=spec,
                         task_config=dict(task.config), budget=cell_budget, hparams=hp, slots=tuple(rv.slots),
                     ))
+    plan.all_cells = seed_major(plan.all_cells, plan.variants, plan.seeds)
+    plan.cells = plan.cells_through(plan.looks[0]) if plan.adaptive else list(plan.all_cells)
+
+
+def seed_major(cells: list[Cell], variants: list[str], seeds: list[int]) -> list[Cell]:
+    """Seed by seed; within a seed task by task; the variants' order rotated by one each seed.
+
+    A change in machine load during a benchmark then touches every variant alike instead of
+    being confounded with whichever variant ran last.
+    """
+    vpos = {v: i for i, v in enumerate(variants)}
+    spos = {s: i for i, s in enumerate(seeds)}
+    nv = max(1, len(variants))
+
+    def key(c: Cell) -> tuple[int, str, str, int]:
+        k = spos[c.seed]
+        return k, c.task, json.dumps(c.hparams, sort_keys=True), (vpos[c.variant] - k) % nv
+
+    return sorted(cells, key=key)
 
 
 def _init_expr(value: str) -> str:

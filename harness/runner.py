@@ -171,38 +171,46 @@ def execute(
 
 
 def results_table(plan: Plan, store: Store) -> tuple[list[str], list[list[str]]]:
-    """Variants x tasks: the mean primary metric over seeds (and hyper-parameters), or the status."""
-    ids = {c.cell_id for c in plan.cells}
+    """Variants (one row per hyper-parameter setting) x tasks: mean ± SD of the primary metric over seeds."""
+    import json
+
+    ids = {c.cell_id for c in plan.all_cells}
     rows = [r for r in store.rows() if r["cell_id"] in ids]
-    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    by: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        by.setdefault((r["variant"], r["task"]), []).append(r)
+        by.setdefault((r["variant"], json.dumps(r.get("hparams") or {}, sort_keys=True), r["task"]), []).append(r)
     metric = {t: next((r["primary_metric"] + (" ^" if r["higher_is_better"] else " v")
                        for r in rows if r["task"] == t), t) for t in plan.tasks}
     header = ["variant"] + [f"{t} {metric[t]}" for t in plan.tasks]
+    settings = list(dict.fromkeys(json.dumps(c.hparams, sort_keys=True) for c in plan.all_cells)) or ["{}"]
     body = []
     for v in plan.variants:
-        line = [v]
-        for t in plan.tasks:
-            rs = by.get((v, t), [])
-            vals = [r["primary_value"] for r in rs if r["status"] == "done" and r["primary_value"] is not None]
-            if not rs:
-                skip = next((s for s in plan.skipped if s["variant"] == v and s["task"] == t), None)
-                line.append("n/a" if skip else "-")
-            elif vals:
-                mean = sum(vals) / len(vals)
-                if len(vals) > 1:
-                    sd = (sum((x - mean) ** 2 for x in vals) / (len(vals) - 1)) ** 0.5
-                    line.append(f"{mean:.4f} ± {sd:.4f}")
-                else:
-                    line.append(f"{mean:.4f}")
-                bad = Counter(r["status"] for r in rs if r["status"] != "done")
-                if bad:
-                    line[-1] += " (" + ", ".join(f"{n} {s}" for s, n in bad.items()) + ")"
-            else:
-                line.append(", ".join(sorted({r["status"] for r in rs})))
-        body.append(line)
+        for hp in settings:
+            hp_dict = json.loads(hp)
+            label = v + (" [" + ", ".join(f"{k}={x}" for k, x in sorted(hp_dict.items())) + "]" if hp_dict else "")
+            line = [label]
+            for t in plan.tasks:
+                line.append(_table_cell(plan, by.get((v, hp, t), []), v, t))
+            body.append(line)
     return header, body
+
+
+def _table_cell(plan: Plan, rs: list[dict[str, Any]], variant: str, task: str) -> str:
+    vals = [r["primary_value"] for r in rs if r["status"] == "done" and r["primary_value"] is not None]
+    if not rs:
+        skip = next((s for s in plan.skipped if s["variant"] == variant and s["task"] == task), None)
+        return "n/a" if skip else "-"
+    if not vals:
+        return ", ".join(sorted({r["status"] for r in rs}))
+    mean = sum(vals) / len(vals)
+    text = f"{mean:.4f}"
+    if len(vals) > 1:
+        sd = (sum((x - mean) ** 2 for x in vals) / (len(vals) - 1)) ** 0.5
+        text += f" ± {sd:.4f} (n={len(vals)})"
+    bad = Counter(r["status"] for r in rs if r["status"] != "done")
+    if bad:
+        text += " (" + ", ".join(f"{n} {s}" for s, n in bad.items()) + ")"
+    return text
 
 
 def print_table(header: list[str], body: list[list[str]], stream: Any = None) -> None:

@@ -225,15 +225,6 @@ def tost_pvalue(d: ArrayLike, margin: float) -> np.ndarray:
     return np.maximum(sps.t.sf(t_lo, n - 1), sps.t.cdf(t_hi, n - 1))
 
 
-def look_schedule(min_seeds: int, max_seeds: int, step: int | None = None) -> list[int]:
-    """Numbers of paired seeds at which an adaptive design looks: min, min + step, ..., max."""
-    step = step or min_seeds
-    looks = list(range(min_seeds, max_seeds + 1, step))
-    if looks[-1] != max_seeds:
-        looks.append(max_seeds)
-    return looks
-
-
 def spending_weights(looks: Sequence[int]) -> np.ndarray:
     """Share of the error rate spent at each look (sums to 1), Pocock-type Lan-DeMets spending.
 

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pytest
 
+from modtransfer.plan import look_schedule
 from modtransfer.reports import stats
 from modtransfer.reports.verdicts import decide, undecided
 
@@ -88,8 +89,8 @@ def test_false_positive_rate_fixed_seeds(n: int, m: int) -> None:
 
 @pytest.mark.parametrize("m", [1, 20])
 def test_false_positive_rate_adaptive_seeds(m: int) -> None:
-    looks = stats.look_schedule(3, 12)
-    assert looks == [3, 6, 9, 12]
+    looks = look_schedule(3, 12)
+    assert looks == [3, 6, 9, 12] and look_schedule(3, 10, 4) == [3, 7, 10]
     rng = np.random.default_rng(77 + m)
     reps = REPS if m == 1 else 1000
     calls, n_used = adaptive_calls(_null(rng, m, 12, reps), looks, margin=0.5)
