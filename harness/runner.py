@@ -218,12 +218,13 @@ def print_table(header: list[str], body: list[list[str]], stream: Any = None) ->
     try:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(show_lines=False)
         for h in header:
-            table.add_column(h)
+            table.add_column(Text(h))
         for row in body:
-            table.add_row(*row)
+            table.add_row(*(Text(x) for x in row))  # plain text: "[lr=0.01]" is not rich markup
         Console(file=stream, width=max(100, sum(len(h) for h in header) + 20)).print(table)
     except ImportError:  # pragma: no cover
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
