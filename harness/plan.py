@@ -99,7 +99,9 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "size": self.size, "seeds": self.seeds, "variants": self.variants,
+            "name": self.name, "size": self.size,
+            "seeds": {"min": self.looks[0], "max": self.looks[-1], "step": self.looks[1] - self.looks[0]}
+            if self.adaptive else self.seeds, "variants": self.variants,
             "tasks": self.tasks, "spec": self.base_spec.to_dict(), "budget": self.budget,
             "task_budget": self.task_budget, "task_config": self.task_config, "hparams": self.hparams,
             "wandb": self.wandb, "executor": self.executor, "workers": self.workers, "source": self.source,
