@@ -4,6 +4,12 @@ The training step stays free of host synchronisation: the loss curve, the diverg
 and the first bad step are accumulated on the device and read every ``log_every`` steps.
 Evaluation calls the task's ``evaluate`` on the fixed held-out batches (every ``eval_every``
 steps and at the end). The result is a row for the results store; nothing is written here.
+
+Divergence: a cell whose training loss becomes NaN/inf, or rises above ``diverge_factor`` x
+its loss at step 0, stops (at the next read of the flag) with status ``diverged`` and the
+first bad step as ``failed_step``; so does a cell whose final evaluation has a non-finite
+metric. A diverged cell never carries a primary value: it is a failure, counted as a rate,
+never averaged into a mean.
 """
 
 from __future__ import annotations
@@ -20,8 +26,36 @@ from typing import Any
 import torch
 
 from .plan import Cell
+from .store import sanitise_row
 
 LOG_EVERY = 25
+
+
+def diverge_factor_for(task: Any, budget: Any) -> float:
+    """The divergence factor a cell uses: its budget's, or the task's own default.
+
+    A task may declare ``diverge_factor`` (a class attribute) when the harness default does
+    not suit its loss; it applies only while the budget keeps the ``Budget`` default, so a
+    plan that sets ``budget.diverge_factor`` explicitly always wins. 0 checks NaN/inf only.
+    """
+    from dataclasses import fields
+
+    own = getattr(task, "diverge_factor", None)
+    default = next(f.default for f in fields(type(budget)) if f.name == "diverge_factor")
+    if own is not None and budget.diverge_factor == default:
+        return float(own)
+    return float(budget.diverge_factor)
+
+
+def divergence_limit(initial_loss: float, factor: float) -> float | None:
+    """The loss above which a cell has diverged, or None when only NaN/inf count.
+
+    ``factor`` x the step-0 loss, for a positive finite step-0 loss only: a multiple of a zero
+    or negative loss (a log-likelihood, say) would flag every step as diverged.
+    """
+    if factor > 0 and math.isfinite(initial_loss) and initial_loss > 0:
+        return factor * initial_loss
+    return None
 
 
 def _lightning():
@@ -55,6 +89,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
     from .schedule import lr_lambda
 
     budget = cell.budget
+    factor = diverge_factor_for(task, budget)
 
     class CellModule(L.LightningModule):
         def __init__(self) -> None:
@@ -67,6 +102,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
             self.tokens = 0
             self.first_step_at: float | None = None
             self.initial_loss: float | None = None
+            self.loss_limit: float | None = None
             self._loss_sum = torch.zeros(())
             self._loss_n = 0
             self._bad_step = torch.full((), -1, dtype=torch.long)
@@ -100,8 +136,8 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
             self._loss_n += 1
             self.tokens += task.count_tokens(batch)
             bad = ~torch.isfinite(det)
-            if budget.diverge_factor > 0 and self.initial_loss is not None:
-                bad = bad | (det > budget.diverge_factor * self.initial_loss)
+            if self.loss_limit is not None:
+                bad = bad | (det > self.loss_limit)
             self._bad_step = torch.where(bad & (self._bad_step < 0), self.global_step, self._bad_step)
             return total
 
@@ -116,8 +152,9 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
 
         def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
             step = self.global_step  # optimiser steps taken so far
-            if self.initial_loss is None:
+            if self.initial_loss is None:  # the loss of step 0 (the only one summed so far)
                 self.initial_loss = float(self._loss_sum)
+                self.loss_limit = divergence_limit(self.initial_loss, factor)
             if step % log_every == 0 or step >= budget.steps:
                 self._flush(step)
             if self.status != "done":
@@ -138,8 +175,9 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
                 self._loss_n = 0
             bad = int(self._bad_step)
             if bad >= 0 and self.status == "done":
-                self._stop("diverged", bad, "loss became NaN/inf" if budget.diverge_factor == 0 else
-                           f"loss NaN/inf or above {budget.diverge_factor:g} x its initial value")
+                self._stop("diverged", bad, "training loss became NaN/inf" if self.loss_limit is None else
+                           f"training loss NaN/inf or above {factor:g} x its initial value "
+                           f"({self.initial_loss:.4g} at step 0)")
 
         def _stop(self, status: str, step: int, reason: str) -> None:
             self.status, self.failed_step, self.reason = status, step, reason
@@ -281,11 +319,18 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
                 row["mfu"] = 3.0 * row["flops_per_token"] * row["tokens_per_s"] / matmul_peak(accel)
         if module.status in ("done", "timeout"):
             metrics = module.evaluate(steps)
-            row["metrics"] = metrics
+            bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+            row["metrics"] = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
             value = metrics.get(task.primary_metric)
-            row["primary_value"] = value if value is not None and math.isfinite(value) else None
-            if row["primary_value"] is None and module.status == "done":
-                row.update(status="diverged", failed_step=steps, error="final evaluation is not finite")
+            if bad:
+                # a NaN val_loss next to a finite BLEU (of garbage) is still a diverged model
+                row.update(status="diverged", failed_step=steps, primary_value=None,
+                           error=f"final evaluation is not finite ({', '.join(bad)})")
+            elif value is None:
+                row.update(status="failed", primary_value=None,
+                           error=f"the task's evaluate returned no {task.primary_metric!r} (its primary metric)")
+            else:
+                row["primary_value"] = value
         if logger is not None:
             logger.experiment.summary.update({"status": row["status"], "params": row["params"],
                                               "tokens_per_s": row["tokens_per_s"], **row["metrics"]})
@@ -303,4 +348,4 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
             except Exception as exc:  # never lose a cell to a logging problem
                 row["error"] = (row["error"] or "") + f"\n(wandb: {exc})"
     row["wall_s"] = time.perf_counter() - t_start
-    return row
+    return sanitise_row(row)

@@ -1,4 +1,8 @@
-"""``modtransfer status``: what a run folder holds, and time estimates from measured speeds."""
+"""``modtransfer status``: what a run folder holds, and time estimates from measured speeds.
+
+It only reads: the store is opened read-only, so it works on a run folder this user may not
+write, and a damaged store is one line naming ``modtransfer store repair``, not a traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from .errors import UserError
 from .store import Store
 
 
-def estimate_seconds(store: Store, cells: list[Any]) -> float | None:
-    """Seconds to train ``cells``: per task, the median measured wall time of finished cells."""
-    rows = [r for r in store.rows() if r["wall_s"]]
+def estimate_seconds(store: Store, cells: list[Any], rows: list[dict[str, Any]] | None = None) -> float | None:
+    """Seconds to train ``cells``: per task, the median measured wall time of finished cells.
+
+    ``rows`` are the store's rows when the caller has read them already (one read, not two).
+    """
+    rows = [r for r in (store.rows() if rows is None else rows) if r["wall_s"]]
     if not rows or not cells:
         return None
     by_task: dict[str, list[float]] = {}
@@ -28,7 +35,9 @@ def estimate_seconds(store: Store, cells: list[Any]) -> float | None:
 
 
 def summarise(run_dir: Path) -> str:
-    store = Store(run_dir / "results.sqlite")
+    """The status lines of a run folder: counts per status, cells left, ETA, problems, claims."""
+    run_dir = Path(run_dir)
+    store = Store(run_dir / "results.sqlite", readonly=True)
     if not store.exists():
         raise UserError(f"{run_dir} has no results.sqlite; pass a run folder like runs/<benchmark>")
     meta = store.meta()
@@ -56,7 +65,7 @@ def summarise(run_dir: Path) -> str:
         f"done {counts['done']}, diverged {counts['diverged']}, failed {counts['failed']}, timeout {counts['timeout']}, "
         f"running {len(running)}" + (f", left {len(left)} of {expected}" if expected is not None else "")
     )
-    eta = estimate_seconds(store, left)
+    eta = estimate_seconds(store, left, rows)
     if eta:
         lines.append(f"estimated time left: {eta:.0f} s")
     for r in rows:

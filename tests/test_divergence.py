@@ -1,0 +1,125 @@
+"""Divergence: a cell whose loss blows up stops early, is stored ``diverged``, and has no value.
+
+Real tiny regression cells (a few dozen steps, one thread). A diverged cell is a failure,
+counted as a rate: its metric must never reach the store's ``primary_value`` (and so a mean).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
+from modtransfer.cell import diverge_factor_for, divergence_limit, run_cell
+from modtransfer.plan import Cell, load_plan
+from modtransfer.store import Store
+from modtransfer.task import TASKS, Budget, register_task
+
+STEPS = 40
+SPEC = {"d_model": 32, "n_layers": 1, "d_ff": 64}
+Regression = TASKS.get("regression")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_cell(task: str = "regression", **budget: Any) -> Cell:
+    """One tiny cell of ``task`` with ``budget`` overrides (W&B off)."""
+    plan = load_plan({"name": "dv", "size": "tiny", "seeds": [0], "variants": [], "tasks": [task], "spec": dict(SPEC),
+                      "task_budget": {task: {"steps": STEPS, "batch_size": 8, **budget}},
+                      "wandb": {"mode": "disabled"}})
+    (cell,) = plan.cells
+    return cell
+
+
+def train(cell: Cell, tmp_path: Path) -> dict[str, Any]:
+    return run_cell(cell, tmp_path, wandb_cfg={"mode": "disabled"}, device="cpu")
+
+
+@pytest.mark.parametrize("lr", [10.0, 100.0])
+def test_huge_learning_rate_diverges_early_and_stores_no_value(tmp_path: Path, lr: float) -> None:
+    row = train(tiny_cell(lr=lr, diverge_factor=4.0), tmp_path)
+    assert row["status"] == "diverged", row["error"]
+    assert row["failed_step"] is not None and 0 <= row["failed_step"] < STEPS
+    assert row["steps"] < STEPS, "training should stop at the divergence, not run to the end"
+    assert row["primary_value"] is None and row["metrics"] == {}
+    assert "4 x its initial value" in row["error"]
+    store = Store(tmp_path / "results.sqlite")
+    assert store.record(row)
+    (stored,) = store.rows()
+    assert (stored["status"], stored["primary_value"], stored["failed_step"]) == ("diverged", None, row["failed_step"])
+
+
+def test_sane_learning_rate_is_not_flagged(tmp_path: Path) -> None:
+    row = train(tiny_cell(lr=1e-3, diverge_factor=4.0), tmp_path)
+    assert row["status"] == "done", row["error"]
+    assert row["failed_step"] is None and math.isfinite(row["primary_value"])
+
+
+def test_task_may_declare_its_own_factor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Task.diverge_factor`` applies while the budget keeps the default; a plan's own value wins."""
+    default = Budget().diverge_factor
+    own = 4.0 if default != 4.0 else 3.0
+    monkeypatch.setattr(Regression, "diverge_factor", own, raising=False)
+    task = Regression()
+    assert diverge_factor_for(task, Budget()) == own
+    assert diverge_factor_for(task, Budget(diverge_factor=default + 1e9)) == default + 1e9
+    row = train(tiny_cell(lr=10.0), tmp_path)  # the loss explodes but stays finite at lr 10
+    assert row["status"] == "diverged" and row["primary_value"] is None, row["error"]
+    assert f"{own:g} x its initial value" in row["error"]
+    row = train(tiny_cell(lr=10.0, diverge_factor=default + 1e9), tmp_path)
+    assert row["status"] == "done" and all(math.isfinite(p["train_loss"]) for p in row["curve"]), row["error"]
+
+
+def test_divergence_limit_only_for_a_positive_finite_start() -> None:
+    assert divergence_limit(2.0, 4.0) == 8.0
+    assert divergence_limit(2.0, 0.0) is None
+    for start in (0.0, -3.0, math.nan, math.inf):
+        assert divergence_limit(start, 4.0) is None
+
+
+@pytest.fixture
+def negative_loss_task(temporary_plugin: Callable[[str | Path], str | None]) -> str:
+    """Regression with its loss shifted below zero (as a log-likelihood loss may be)."""
+
+    @register_task("dv_negative_loss")
+    class NegativeLoss(Regression):  # type: ignore[misc, valid-type]
+        def loss(self, model: Any, batch: Any) -> torch.Tensor:
+            return super().loss(model, batch) - 100.0
+
+    return "dv_negative_loss"
+
+
+def test_negative_loss_is_not_mistaken_for_divergence(tmp_path: Path, negative_loss_task: str) -> None:
+    row = train(tiny_cell(negative_loss_task, lr=1e-3, diverge_factor=4.0), tmp_path)
+    assert row["status"] == "done", row["error"]
+    assert math.isfinite(row["primary_value"])
+
+
+@pytest.fixture
+def nan_val_loss_task(temporary_plugin: Callable[[str | Path], str | None]) -> str:
+    """A finite primary metric next to a NaN ``val_loss``: a BLEU of garbage from a NaN model."""
+
+    @register_task("dv_nan_val_loss")
+    class NanValLoss(Regression):  # type: ignore[misc, valid-type]
+        def evaluate(self, model: Any, batches: list[Any]) -> dict[str, float]:
+            return {**super().evaluate(model, batches), "val_loss": math.nan}
+
+    return "dv_nan_val_loss"
+
+
+def test_non_finite_final_evaluation_is_diverged(tmp_path: Path, nan_val_loss_task: str) -> None:
+    row = train(tiny_cell(nan_val_loss_task, lr=1e-3), tmp_path)
+    assert row["status"] == "diverged" and row["failed_step"] == row["steps"]
+    assert row["primary_value"] is None and "val_loss" in row["error"]
+    assert row["metrics"]["val_loss"] is None  # stored as JSON null, never NaN
