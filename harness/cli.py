@@ -95,11 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _load_plugins(args: argparse.Namespace) -> list[str]:
-    from .plugins import load_plugins, report_problems
+def _load_plugins(args: argparse.Namespace, *, strict: bool = False) -> list[str]:
+    """Load entry points and ``--plugin`` files; ``strict``: a failed ``--plugin`` file is exit 2."""
+    from .plugins import load_plugins, raise_problems, report_problems
 
     files = list(dict.fromkeys(getattr(args, "plugin", []) or []))
     load_plugins(files)
+    if strict:
+        raise_problems()
     report_problems()
     return files
 
@@ -110,7 +113,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "check":
-        _load_plugins(args)
+        _load_plugins(args, strict=True)
         from .contract import failures, format_results, run_contract
 
         tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
@@ -195,7 +198,7 @@ def _report(run_dir: Path, wandb_mode: str | None, wandb_report: bool) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    plugins = [str(Path(p).resolve()) for p in _load_plugins(args)]
+    plugins = [str(Path(p).resolve()) for p in _load_plugins(args, strict=True)]
     from .plan import load_plan
     from .runner import EXECUTORS, Progress, execute, print_table, results_table
     from .store import Store

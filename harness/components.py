@@ -33,7 +33,7 @@ def register_component(slot: str, name: str, **meta: Any) -> Callable[[Any], Any
         from .errors import UserError, did_you_mean
 
         raise UserError(f"unknown slot {slot!r}{did_you_mean(slot, COMPONENTS)}; slots are {', '.join(SLOTS)}")
-    return COMPONENTS[slot].register(name, **meta)
+    return COMPONENTS[slot].register(name, **meta)  # meta may carry override=True
 
 
 def component(slot: str, name: str) -> Any:

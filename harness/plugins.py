@@ -3,7 +3,9 @@
 Two ways in: a Python file passed with ``--plugin path/to/file.py``, and installed packages
 that declare an entry point in the group ``modtransfer.variants`` (or ``modtransfer.tasks``)
 pointing at a module (or a callable) that registers things with the public decorators.
-A plugin that fails to import is reported by name and skipped; it never crashes the CLI.
+A plugin that fails to import never crashes the CLI with a traceback: ``ls`` reports it by
+name and skips it; ``run`` and ``check``, which were asked for that plugin, stop with one line
+naming its file and line (exit 2), before anything trains.
 """
 
 from __future__ import annotations
@@ -26,9 +28,23 @@ class PluginProblem:
     name: str
     error: str
     detail: str
+    where: str = ""      # file:line inside the plugin where it failed, when known
+    explicit: bool = False   # a file named with --plugin (not an entry point)
 
     def line(self) -> str:
-        return f"plugin {self.name!r} skipped: {self.error}"
+        at = f" at {self.where}" if self.where else ""
+        return f"plugin {self.name!r} skipped: {self.error}{at}"
+
+
+def _where(exc: BaseException, path: Path) -> str:
+    """``file:line`` of the deepest frame inside ``path`` (or of a syntax error in it)."""
+    if isinstance(exc, SyntaxError) and exc.filename and Path(exc.filename).resolve() == path:
+        return f"{path}:{exc.lineno}"
+    found = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename and Path(frame.filename).resolve() == path:
+            found = f"{path}:{frame.lineno}"
+    return found
 
 
 PROBLEMS: list[PluginProblem] = []
@@ -60,10 +76,14 @@ def load_plugin_file(path: str | Path, *, strict: bool = True) -> str | None:
     before = _snapshot()
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # a broken plugin must not take the CLI down
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a broken plugin (even one calling sys.exit) must not end the CLI
         sys.modules.pop(modname, None)
         _rollback(before)
-        PROBLEMS.append(PluginProblem(str(path), f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SystemExit) else \
+            f"it called sys.exit({exc.code!r}) while being imported"
+        PROBLEMS.append(PluginProblem(str(path), error, traceback.format_exc(), _where(exc, p), explicit=True))
         return None
     return modname
 
@@ -123,3 +143,11 @@ def report_problems(stream=None) -> None:
     stream = stream or sys.stderr
     for problem in PROBLEMS:
         print(f"warning: {problem.line()}", file=stream)
+
+
+def raise_problems() -> None:
+    """For commands that need their plugins: the first failed ``--plugin`` file as a :class:`UserError`."""
+    for problem in PROBLEMS:
+        if problem.explicit:
+            at = problem.where or problem.name
+            raise UserError(f"plugin {at}: {problem.error}; fix the plugin or leave out --plugin {problem.name}")

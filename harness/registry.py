@@ -61,11 +61,15 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, obj: T | None = None, **meta: Any) -> Any:
-        """Register ``obj`` under ``name``; without ``obj``, return a decorator."""
+    def register(self, name: str, obj: T | None = None, *, override: bool = False, **meta: Any) -> Any:
+        """Register ``obj`` under ``name``; without ``obj``, return a decorator.
+
+        ``override=True`` replaces a different object already registered under ``name`` (the
+        replaced origin is kept in the entry's ``overrides`` meta); without it that is an error.
+        """
         if obj is None:
             def decorator(o: T) -> T:
-                self.register(name, o, **meta)
+                self.register(name, o, override=override, **meta)
                 return o
             return decorator
         if not name or not isinstance(name, str) or any(c in name for c in "+,*?[] "):
@@ -75,9 +79,12 @@ class Registry(Generic[T]):
             if _same_definition(old.obj, obj):
                 old.obj, old.meta = obj, meta
                 return obj
+            if override:
+                self._entries[name] = Entry(name, obj, {**meta, "overrides": old.origin})
+                return obj
             raise ConflictError(
                 f"{self.kind} {name!r} is registered twice: by {old.origin} and by {origin_of(obj)}; "
-                "rename one of them"
+                "rename one of them (or pass override=True to replace it on purpose)"
             )
         self._entries[name] = Entry(name, obj, meta)
         return obj

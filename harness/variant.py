@@ -35,6 +35,7 @@ def register_variant(
     matches: str | None = None,
     requires: Iterable[str] = (),
     requires_any: Iterable[str] = (),
+    override: bool = False,
 ) -> Callable[[Callable[..., ModelSpec]], Callable[..., ModelSpec]]:
     """Register ``fn(spec, **params) -> spec`` as a variant.
 
@@ -43,6 +44,7 @@ def register_variant(
     matched to the baseline (tested to within 2% at every size preset).
     ``requires``: task capabilities all needed (e.g. ``{"vocab"}`` for an output softmax);
     ``requires_any``: at least one of these (e.g. ``{"decoder", "encoder_decoder"}``).
+    ``override``: replace a variant of the same name on purpose (a plugin re-defining a built-in).
     """
     if slot not in SLOTS + ("shape", "baseline"):
         raise ValueError(f"variant {name!r}: unknown slot {slot!r}; use one of {SLOTS + ('shape',)}")
@@ -55,7 +57,7 @@ def register_variant(
     def decorator(fn: Callable[..., ModelSpec]) -> Callable[..., ModelSpec]:
         doc = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
         VARIANTS.register(
-            name, fn, slot=slot, paper=paper, description=doc.strip(), matches=matches,
+            name, fn, override=override, slot=slot, paper=paper, description=doc.strip(), matches=matches,
             requires=frozenset(requires), requires_any=frozenset(requires_any),
         )
         return fn
