@@ -122,6 +122,14 @@ class Task:
     default_budget: ClassVar[Budget] = Budget()
     #: task options and their defaults; a plan's ``task_config`` may override them
     default_config: ClassVar[dict[str, Any]] = {}
+    #: Smallest effect of interest (the equivalence margin), in units of ``primary_metric``:
+    #: a variant whose mean paired difference lies within +-margin counts as "no change".
+    margin: ClassVar[float] = 0.0
+    #: Declared seed-to-seed standard deviation of the baseline's ``primary_metric`` at
+    #: ``default_budget`` and the ``tiny`` size preset (measured; each task documents how).
+    noise_sd: ClassVar[float] = 0.0
+    #: A short description of the system :meth:`trivial_score` scores.
+    trivial_name: ClassVar[str] = ""
 
     def __init__(self, config: dict[str, Any] | None = None, cache_dir: str | Path | None = None) -> None:
         config = dict(config or {})
@@ -159,6 +167,23 @@ class Task:
             "higher_is_better": self.higher_is_better, "config": dict(self.config),
         }
 
+    def gate_info(self) -> dict[str, Any]:
+        """What a verdict needs to know about this task to trust a comparison on it.
+
+        ``margin`` and ``noise_sd`` (declared, in units of ``metric``), ``trivial`` (the score of
+        the trivial system ``trivial_name`` on this task's own held-out data, computed here, so
+        the data is prepared first unless it is already loaded), ``metric`` and
+        ``higher_is_better``. A baseline that is not clearly better than ``trivial`` has not
+        learned the task, and no call is made on it.
+        """
+        if getattr(self, "_data", None) is None:  # tasks keep their prepared data in ``_data``
+            self.prepare()
+        return {
+            "margin": float(self.margin), "noise_sd": float(self.noise_sd), "trivial": float(self.trivial_score()),
+            "trivial_name": self.trivial_name, "metric": self.primary_metric,
+            "higher_is_better": bool(self.higher_is_better),
+        }
+
     # -- to implement ---------------------------------------------------------------
     def prepare(self) -> None:
         """Fetch and preprocess data into ``self.cache_dir`` (idempotent, checksum-verified).
@@ -189,3 +214,12 @@ class Task:
     def count_tokens(self, batch: Batch) -> int:
         """Tokens (positions) a batch feeds the model, for tokens-per-second."""
         raise NotImplementedError
+
+    def trivial_score(self) -> float:
+        """``primary_metric`` of a trivial system (``trivial_name``) on the held-out data that
+        :meth:`evaluate` scores, in the same units: the score a baseline must clearly beat to
+        count as having learned the task."""
+        raise NotImplementedError(
+            f"task {self.name or type(self).__name__!r} does not define trivial_score(); a task must "
+            f"score a trivial system on its own held-out data (see modtransfer.task.Task.trivial_score)"
+        )
