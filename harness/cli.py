@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="run failed and timed-out cells again")
     run.add_argument("--dry-run", action="store_true", help="print the cells and train nothing")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument("--yes", action="store_true", help="allow a plan of more than 5000 cells")
     run.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="FILE.py")
 
     check = sub.add_parser("check", help="run the contract suite on a variant")
@@ -154,6 +155,14 @@ def _ls(args: argparse.Namespace) -> int:
 
     from . import lscache
 
+    if args.what == "variants" and args.size != "all":
+        from .sizes import size_names
+
+        if args.size not in size_names():
+            from .errors import did_you_mean
+
+            raise UserError(f"--size {args.size!r} is not a size preset{did_you_mean(args.size, size_names())}; "
+                            f"use one of {', '.join(size_names())} or all")
     plugins = list(dict.fromkeys(getattr(args, "plugin", []) or []))
     key = lscache.listing_key({k: v for k, v in vars(args).items() if k != "plugin"}, plugins)
     hit = lscache.lookup(key)
@@ -192,6 +201,8 @@ def _report(run_dir: Path, wandb_mode: str | None, wandb_report: bool) -> int:
     except ImportError as exc:
         raise UserError(f"the report module is not available: {exc}") from None
     mode = wandb_mode or store.meta().get("plan", {}).get("wandb", {}).get("mode", "offline")
+    if mode == "online":
+        check_wandb_online()
     index = build_report(run_dir, wandb_mode=mode, wandb_report=wandb_report)
     print(f"report: {index}")
     return 0
@@ -205,9 +216,11 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
-    plan = load_plan(args.plan, variants=args.variants, tasks=args.tasks, seeds=args.seeds, name=args.name)
+    plan = load_plan(args.plan, variants=args.variants, tasks=args.tasks, seeds=args.seeds, name=args.name,
+                     allow_large=args.yes)
     if args.wandb:
         plan.wandb["mode"] = args.wandb
+    check_device(args.device)
     executor = args.executor or plan.executor
     if executor not in EXECUTORS:
         raise UserError(f"plan.executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
@@ -220,6 +233,10 @@ def _run(args: argparse.Namespace) -> int:
         except ImportError:
             raise UserError("the ray executor needs Ray: pip install 'modtransfer[ray]'") from None
     run_dir = Path(args.runs_dir) / plan.name
+    if not args.dry_run:
+        check_writable_dir(Path(args.runs_dir), "--runs-dir")
+        if plan.wandb["mode"] == "online":
+            check_wandb_online()
     store = Store(run_dir / "results.sqlite")
     done = store.done_ids()
     if args.retry_failed and not args.dry_run:
@@ -302,7 +319,105 @@ def _run(args: argparse.Namespace) -> int:
             _report(run_dir, None, False)
         except UserError as exc:
             print(f"report not written: {exc}", file=sys.stderr)
-    return 0
+    return _exit_code(plan, store)
+
+
+def _exit_code(plan: Plan, store: Store) -> int:
+    """0 when every cell of the plan in the store ended done or diverged; 1 (with why) when any failed or timed out."""
+    from collections import Counter
+
+    ids = {c.cell_id for c in plan.all_cells}
+    bad = [r for r in store.rows() if r["cell_id"] in ids and r["status"] in ("failed", "timeout")]
+    if not bad:
+        return 0
+    counts = Counter(r["status"] for r in bad)
+    first = next(((r.get("error") or "").strip().splitlines() or [""])[-1] for r in bad)
+    print(f"error: {', '.join(f'{n} cell(s) {s}' for s, n in counts.items())}; first: {bad[0]['task']}/"
+          f"{bad[0]['variant']}/{bad[0]['seed']}: {first[:200]}; see `modtransfer status` and rerun with "
+          "--retry-failed", file=sys.stderr)
+    return 1
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def check_device(device: str) -> None:
+    """--device names a device this machine has (before any training)."""
+    kind = device.split(":", 1)[0]
+    if kind not in DEVICES or (":" in device and not device.split(":", 1)[1].isdigit()):
+        raise UserError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if kind in ("auto", "cpu"):
+        return
+    import torch
+
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu "
+                            "(or auto)")
+        if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: the Apple GPU backend is not available here; use --device cpu")
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """``path`` is (or can become) a folder this process can write, checked without leaving anything behind."""
+    import tempfile
+
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {str(path)!r} is a file, not a folder; pass a folder (e.g. runs)")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {str(path)!r}: {str(probe)!r} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what} {str(path)!r} cannot be written ({exc.strerror or exc} in {probe}); pass a folder "
+                        "you can write") from None
+
+
+WANDB_CHECK_SECONDS = 8.0
+
+
+def check_wandb_online() -> None:
+    """Online W&B needs a key, and the key must be accepted within a few seconds (a bad network hangs for minutes)."""
+    import threading
+
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        try:
+            import netrc
+
+            auth = netrc.netrc().authenticators("api.wandb.ai")
+            key = auth[2] if auth else None
+        except (OSError, netrc.NetrcParseError):
+            key = None
+    if not key:
+        raise UserError("W&B online mode needs an API key: run `wandb login` or set WANDB_API_KEY, or use "
+                        "--wandb offline (and `wandb sync` later)")
+    result: dict[str, object] = {}
+
+    def verify() -> None:
+        try:
+            import wandb
+
+            result["ok"] = bool(wandb.login(key=key, verify=True, relogin=True, timeout=int(WANDB_CHECK_SECONDS)))
+        except Exception as exc:  # noqa: BLE001 - any failure means the login cannot be used
+            result["error"] = f"{type(exc).__name__}: {exc}"
+
+    t = threading.Thread(target=verify, daemon=True)
+    t.start()
+    t.join(WANDB_CHECK_SECONDS)
+    if t.is_alive():
+        raise UserError(f"W&B did not answer within {WANDB_CHECK_SECONDS:.0f} s (no network?); use --wandb offline "
+                        "and `wandb sync` the run folders later")
+    if not result.get("ok"):
+        why = str(result.get("error", "the key was refused")).splitlines()[0][:200]
+        raise UserError(f"W&B online login failed ({why}); check the key (`wandb login --relogin`) or use "
+                        "--wandb offline")
 
 
 def _store_plan(store: Store, plan: dict) -> None:

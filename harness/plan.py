@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,19 +142,88 @@ def _check_type(where: str, value: Any, want: Any) -> None:
         raise UserError(f"{where} must be {_type_name(want)}, got {value!r}")
 
 
+MAX_PLAN_BYTES = 1 << 20     # a plan is a few hundred bytes; a megabyte is not a plan
+MAX_YAML_ALIASES = 100       # anchors/aliases are fine for sharing a budget, not for a "billion laughs"
+MAX_YAML_DEPTH = 20          # a plan nests three or four levels
+MAX_CELLS = 5000             # above this a plan needs --yes
+HARD_MAX_CELLS = 1_000_000   # never, even with --yes
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+WANDB_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SEED_LIMIT = 2**32           # numpy and CUDA generators take seeds below 2**32
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, list | dict):
+                raise UserError(f"plan line {line}: a key must be a plain name, not {type(key).__name__}")
+            if key in seen:
+                raise UserError(f"plan line {line}: key {key!r} appears twice (first at line {seen[key]}); "
+                                "keep one of them")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_yaml_shape(text: str, where: str) -> None:
+    """Bound aliases and nesting depth from the event stream, before anything is expanded."""
+    aliases = depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise UserError(f"plan {where} uses more than {MAX_YAML_ALIASES} YAML aliases (*name); "
+                                "write the values out instead")
+        elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else 0
+                raise UserError(f"plan {where} nests deeper than {MAX_YAML_DEPTH} levels (line {line}); "
+                                "a plan needs three or four")
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+
+
 def read_plan_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"plan file {str(p)!r} not found; pass the path of a plan YAML (e.g. configs/bench/smoke.yaml)")
     try:
-        data = yaml.safe_load(p.read_text())
+        size = p.stat().st_size
+        if size > MAX_PLAN_BYTES:
+            raise UserError(f"plan {p} is {size} bytes, not a plan YAML (at most {MAX_PLAN_BYTES}); check the path")
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"plan {p} is not a UTF-8 text file; pass a plan YAML (e.g. configs/bench/smoke.yaml)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read plan {p}: {exc.strerror or exc}") from None
+    if "\x00" in text:
+        raise UserError(f"plan {p} is a binary file, not a plan YAML; check the path")
+    try:
+        _check_yaml_shape(text, str(p))
+        data = yaml.load(text, Loader=_PlanLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"plan {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise UserError(f"plan {p} nests too deeply to read; a plan needs three or four levels") from None
     if not isinstance(data, dict):
         raise UserError(f"plan {p} must be a YAML mapping with keys like name, variants, tasks, seeds")
     return data
+
+
+def check_name(what: str, value: str) -> str:
+    """A name used as a folder: letters, digits, '.', '_', '-', not starting with '.', at most 100 characters."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:37] + "..."
+        raise UserError(f"{what} {shown!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a letter "
+                        "or digit (it names a folder)")
+    return value
 
 
 def load_plan(
@@ -163,6 +233,7 @@ def load_plan(
     tasks: str | None = None,
     seeds: int | None = None,
     name: str | None = None,
+    allow_large: bool = False,
 ) -> Plan:
     """Read and validate a plan (a YAML path or a dict) and expand its cells."""
     raw = dict(source) if isinstance(source, dict) else read_plan_file(source)
@@ -173,8 +244,7 @@ def load_plan(
         _check_type(f"plan.{key}", value, PLAN_KEYS[key])
 
     plan_name = name or raw.get("name") or (Path(src).stem if src else "")
-    if not plan_name or not all(c.isalnum() or c in "-_." for c in plan_name):
-        raise UserError(f"plan.name {plan_name!r} must be non-empty letters, digits, '-', '_' or '.'")
+    check_name("--name" if name else "plan.name", plan_name)
     size = raw.get("size", "tiny")
     base = size_preset(size)
     if raw.get("spec"):
@@ -201,6 +271,11 @@ def load_plan(
             raise UserError(f"plan.seeds must be a count or a list of non-negative integers, got {seed_value!r}")
         if len(set(seed_value)) != len(seed_value):
             raise UserError(f"plan.seeds lists a seed twice: {seed_value!r}")
+        if len(seed_value) > MAX_SEEDS:
+            raise UserError(f"plan.seeds lists {len(seed_value)} seeds, more than {MAX_SEEDS}; use fewer")
+        too_big = [s for s in seed_value if s >= SEED_LIMIT]
+        if too_big:
+            raise UserError(f"plan.seeds: {too_big[0]} is too large; seeds must be below 2**32 = {SEED_LIMIT}")
         seed_list = list(seed_value)
 
     # tasks
@@ -267,11 +342,26 @@ def load_plan(
         _check_type(f"plan.wandb.{key}", value, WANDB_KEYS[key])
     if wandb_cfg["mode"] not in WANDB_MODES:
         raise UserError(f"plan.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {wandb_cfg['mode']!r}")
+    for key in ("project", "entity"):
+        v = wandb_cfg[key]
+        if v is not None and not WANDB_NAME_RE.match(v):
+            raise UserError(f"plan.wandb.{key} {v!r} is not a valid W&B name: use 1-128 letters, digits, '.', '_' "
+                            "or '-' (no '/', '#', '?', '%', ':' or spaces)")
     margins = _margins(raw.get("margins") or {}, task_names)
     executor = raw.get("executor", "local")
     workers = raw.get("workers", 1)
     if workers < 1:
         raise UserError(f"plan.workers must be >= 1, got {workers}")
+
+    n_combos = math.prod(len(v) for v in hparams.values()) if hparams else 1
+    n_cells = len(variant_names) * len(task_names) * len(seed_list) * n_combos
+    if n_cells > HARD_MAX_CELLS:
+        raise UserError(f"plan has {n_cells} cells ({len(variant_names)} variants x {len(task_names)} tasks x "
+                        f"{len(seed_list)} seeds x {n_combos} settings), over the limit of {HARD_MAX_CELLS}; shrink it")
+    if n_cells > MAX_CELLS and not allow_large:
+        raise UserError(f"plan has {n_cells} cells ({len(variant_names)} variants x {len(task_names)} tasks x "
+                        f"{len(seed_list)} seeds x {n_combos} settings), more than {MAX_CELLS}; pass --yes if you "
+                        "mean it")
 
     plan = Plan(
         name=plan_name, size=size, seeds=seed_list, variants=variant_names, tasks=task_names, base_spec=base,

@@ -48,7 +48,25 @@ def train_and_record(cell: Cell, run_dir: Path, wandb_cfg: dict[str, Any], cache
 _WORKER_PLUGINS: list[str] = []
 
 
-def _init_worker(threads: int, plugins: list[str]) -> None:
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker when the process that started it is gone (killed with -9, say).
+
+    Without it, pool workers of a killed run go on training cells nobody will record.
+    """
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="modtransfer-parent-watch", daemon=True).start()
+
+
+def _init_worker(threads: int, plugins: list[str], parent: int | None = None) -> None:
+    if parent is not None:
+        _watch_parent(parent)
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -147,7 +165,7 @@ def execute(
 
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(threads, list(plugins or []))) as pool:
+                                 initargs=(threads, list(plugins or []), os.getpid())) as pool:
             pending = {}
             queue = list(todo)
             while queue or pending:
