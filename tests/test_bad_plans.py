@@ -39,7 +39,8 @@ class Case:
     patch: dict[str, Any] = field(default_factory=dict)   # top-level keys replaced in BASE
     drop: list[str] = field(default_factory=list)         # top-level keys removed from BASE
     text: str | None = None                               # raw plan text instead of BASE
-    args: list[str] = field(default_factory=list)         # extra CLI arguments
+    raw: bytes | None = None                              # raw plan bytes instead of BASE
+    args: list[str] = field(default_factory=list)         # extra CLI arguments ({plan}, {plugins} filled in)
     no_file: bool = False                                 # pass a path that does not exist
 
 
@@ -98,6 +99,62 @@ CASES = [
     Case("cli-workers-zero", ["--workers", ">= 1"], args=["--workers", "0", "--dry-run"]),
     Case("cli-seeds-zero", ["--seeds", ">= 1"], args=["--seeds", "0"]),
     Case("cli-unknown-variant", ["swiglo", "did you mean"], args=["--variants", "swiglo"]),
+    # -- issue "Nothing wrong is ever stored as a result": refused before training, nothing written
+    Case("seed-too-large", ["4294967296", "below 2**32"], patch={"seeds": [0, 4294967296]}),
+    Case("seeds-count-huge", ["plan.seeds", "1000000000", "more than 1000"], patch={"seeds": 1000000000}),
+    Case("cli-seeds-huge", ["plan.seeds", "more than 1000"], args=["--seeds", "1000000000"]),
+    Case("name-too-long", ["plan.name", "1-100"], patch={"name": "a" * 300}),
+    Case("name-dotdot", ["plan.name", "'..'"], patch={"name": ".."}),
+    Case("name-dot", ["plan.name", "'.'"], patch={"name": "."}),
+    Case("name-separator", ["plan.name", "a/b"], patch={"name": "a/b"}),
+    Case("cli-name-dotdot", ["--name", "'..'"], args=["--name", ".."]),
+    Case("binary-plan", ["not a UTF-8 text file"], raw=bytes(range(256)) * 4),
+    Case("nul-in-plan", ["binary file"], raw=b"name: bad\n\x00\x01tasks: [regression]\n"),
+    Case("yaml-alias-bomb", ["more than 100 YAML aliases"],
+         text="a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+              "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+              "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+              "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n"
+              "i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\nj: &j [*i, *i, *i, *i, *i, *i, *i, *i, *i]\n"
+              "k: &k [*j, *j, *j, *j, *j, *j, *j, *j, *j]\nl: &l [*k, *k, *k, *k, *k, *k, *k, *k, *k]\n"
+              "m: &m [*l, *l, *l, *l, *l, *l, *l, *l, *l]\n"),
+    Case("yaml-deep-nesting", ["nests deeper than 20"], text="name: " + "[" * 5000 + "]" * 5000 + "\n"),
+    Case("yaml-duplicate-key", ["key 'seeds' appears twice", "line 3"],
+         text="name: bad\nseeds: 1\nseeds: 2\nvariants: [gelu]\ntasks: [regression]\n"),
+    Case("yaml-duplicate-nested-key", ["key 'steps' appears twice"],
+         text="name: bad\ntasks: [regression]\nbudget:\n  steps: 5\n  steps: 50\n"),
+    Case("wandb-project-slash", ["plan.wandb.project", "a/b", "not a valid W&B name"],
+         patch={"wandb": {"mode": "disabled", "project": "a/b"}}),
+    Case("wandb-entity-space", ["plan.wandb.entity", "not a valid W&B name"],
+         patch={"wandb": {"mode": "disabled", "entity": "my team"}}),
+    Case("runs-dir-is-a-file", ["--runs-dir", "is a file, not a folder"], args=["--runs-dir", "{plan}"]),
+    Case("runs-dir-under-a-file", ["--runs-dir", "is a file, not a folder"], args=["--runs-dir", "{plan}/sub"]),
+    Case("runs-dir-proc", ["--runs-dir", "/proc", "cannot be written"], args=["--runs-dir", "/proc"]),
+    Case("device-unknown", ["--device", "tpu"], args=["--device", "tpu"]),
+    Case("device-bad-index", ["--device", "cuda:x"], args=["--device", "cuda:x"]),
+    Case("too-many-cells", ["more than 5000", "--yes"], patch={"seeds": 1000, "hparams": {"lr": [0.1] * 3}}),
+    Case("include-baseline-false", ["include_baseline: false is not supported"], patch={"include_baseline": False}),
+    Case("margins-string", ["plan.margins.regression", "write 1.0e-3"], patch={"margins": {"regression": "1e-3"}}),
+    Case("margins-unknown-task", ["plan.margins.lm", "not a task of this plan"], patch={"margins": {"lm": 0.1}}),
+    Case("margins-negative", ["plan.margins.regression", "positive"], patch={"margins": {"regression": -1.0}}),
+    Case("adaptive-seeds-min-too-small", ["plan.seeds.min", ">= 3"], patch={"seeds": {"min": 1, "max": 6}}),
+    Case("adaptive-seeds-bad-key", ["plan.seeds", "maximum"], patch={"seeds": {"min": 3, "maximum": 6}}),
+    Case("plugin-syntax-error", ["syntax_error.py:6", "SyntaxError"],
+         args=["--plugin", "{plugins}/bad/syntax_error.py"]),
+    Case("plugin-raises-at-import", ["raises_value_error.py:7", "ValueError", "bad plugin setting"],
+         args=["--plugin", "{plugins}/bad/raises_value_error.py"]),
+    Case("plugin-calls-sys-exit", ["calls_sys_exit.py", "sys.exit(3)"],
+         args=["--plugin", "{plugins}/bad/calls_sys_exit.py"]),
+    Case("plugin-shadows-builtin", ["'gelu' is registered twice", "override=True"],
+         args=["--plugin", "{plugins}/bad/shadows_builtin.py"]),
+    Case("budget-lr-string", ["budget.lr", "1e-3", "write 1.0e-3"], patch={"budget": {"lr": "1e-3"}}),
+    Case("budget-lr-nan", ["budget.lr", "nan", "finite"], patch={"budget": {"lr": float("nan")}}),
+    Case("budget-lr-inf", ["budget.lr", "inf", "finite"], patch={"task_budget": {"regression": {"lr": float("inf")}}}),
+    Case("budget-batch-string", ["budget.batch_size", "1e9"], patch={"budget": {"batch_size": "1e9"}}),
+    Case("budget-batch-absurd", ["budget.batch_size", "1000000000", "at most"],
+         patch={"budget": {"batch_size": 10**9}}),
+    Case("budget-steps-absurd", ["budget.steps", "at most"], patch={"budget": {"steps": 10**12}}),
+    Case("budget-diverge-negative", ["budget.diverge_factor"], patch={"budget": {"diverge_factor": -1.0}}),
 ]
 
 
@@ -123,6 +180,9 @@ def _write_plan(tmp_path: Path, case: Case) -> Path:
     if case.text is not None:
         path.write_text(case.text)
         return path
+    if case.raw is not None:
+        path.write_bytes(case.raw)
+        return path
     plan = {k: v for k, v in BASE.items() if k not in case.drop}
     plan.update(case.patch)
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
@@ -130,6 +190,8 @@ def _write_plan(tmp_path: Path, case: Case) -> Path:
 
 
 def _run(tmp_path: Path, plan: Path, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    plugins = Path(__file__).parent / "plugins"
+    args = [a.format(plan=plan, plugins=plugins) for a in args]
     code = cli.main(["run", str(plan), "--runs-dir", str(tmp_path / "runs"), "--no-report", *args])
     out, err = capsys.readouterr()
     return code, out, err
@@ -144,8 +206,8 @@ def test_base_plan_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert not (tmp_path / "runs").exists()
 
 
-def test_there_are_at_least_twenty_kinds() -> None:
-    assert len({c.id for c in CASES}) == len(CASES) >= 20
+def test_there_are_at_least_sixty_kinds() -> None:
+    assert len({c.id for c in CASES}) == len(CASES) >= 60
 
 
 @pytest.mark.parametrize("case", _params())
