@@ -11,6 +11,7 @@ Model API a task may use (see :mod:`modtransfer.model`):
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -40,6 +41,12 @@ def register_task(name: str):
     return decorator
 
 
+#: Values beyond these are typos, not plans (a batch of 10**9 sequences cannot fit in any memory).
+BUDGET_CEILINGS = {"steps": 10_000_000, "batch_size": 65_536, "lr": 100.0, "eval_batches": 100_000,
+                   "eval_every": 10_000_000, "max_seconds": 30 * 86_400.0, "diverge_factor": 1e6,
+                   "weight_decay": 100.0, "grad_clip": 1e6}
+
+
 @dataclass(frozen=True)
 class Budget:
     """How long and how a cell trains (AdamW with linear warm-up, then the schedule)."""
@@ -55,11 +62,15 @@ class Budget:
     eval_every: int = 0            # 0: only at the end
     eval_batches: int = 8
     max_seconds: float = 0.0       # wall-clock limit per cell; 0: none
-    diverge_factor: float = 0.0    # stop when loss > factor * initial loss; 0: only NaN/inf
+    diverge_factor: float = 4.0    # stop (status "diverged") when loss > factor * initial loss; 0: only NaN/inf
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
+            if isinstance(v, str) and f.name != "schedule":
+                hint = ("; YAML reads numbers like 1e-3 as text: write 1.0e-3" if any(c in v for c in "eE")
+                        else "")
+                raise UserError(f"budget.{f.name} must be a number, got the string {v!r}{hint}")
             if f.name == "betas":
                 if isinstance(v, list):
                     object.__setattr__(self, "betas", tuple(v))
@@ -73,9 +84,17 @@ class Budget:
                 if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                     raise UserError(f"budget.{f.name} must be a non-negative integer, got {v!r}")
             else:
-                if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    raise UserError(f"budget.{f.name} must be a non-negative number, got {v!r}")
+                if not math.isfinite(v):
+                    raise UserError(f"budget.{f.name} must be a finite number, got {v!r}")
+                if v < 0:
                     raise UserError(f"budget.{f.name} must be a non-negative number, got {v!r}")
                 object.__setattr__(self, f.name, float(v))
+            ceiling = BUDGET_CEILINGS.get(f.name)
+            if ceiling is not None and getattr(self, f.name) > ceiling:
+                raise UserError(f"budget.{f.name} is {getattr(self, f.name)!r}, at most {ceiling:g} makes sense here; "
+                                "check the value")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise UserError("budget: steps and batch_size must be >= 1 and lr > 0")
         if self.warmup >= 1:
