@@ -5,11 +5,13 @@ and the first bad step are accumulated on the device and read every ``log_every`
 Evaluation calls the task's ``evaluate`` on the fixed held-out batches (every ``eval_every``
 steps and at the end). The result is a row for the results store; nothing is written here.
 
-Divergence: a cell whose training loss becomes NaN/inf, or rises above ``diverge_factor`` x
-its loss at step 0, stops (at the next read of the flag) with status ``diverged`` and the
-first bad step as ``failed_step``; so does a cell whose final evaluation has a non-finite
-metric. A diverged cell never carries a primary value: it is a failure, counted as a rate,
-never averaged into a mean.
+Divergence (:class:`DivergenceMonitor`): a cell whose training loss becomes NaN/inf, or stays
+above ``diverge_factor`` x its loss at step 0 for ``diverge_patience`` steps in a row, stops (at
+the next read of the flag) with status ``diverged`` and the first bad step as ``failed_step``;
+so does a cell whose final evaluation has a non-finite metric. A diverged cell never carries a
+primary value: it is a failure, counted as a rate, never averaged into a mean. The patience
+keeps a spike that training recovers from (Fixup or ReZero at a high learning rate jump
+to 10-10^4 x the initial loss for a few steps, then train well) from counting as divergence.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from .plan import Cell
 from .store import sanitise_row
 
 LOG_EVERY = 25
+#: steps in a row the loss must stay above ``diverge_factor`` x its initial value (at most)
+DIVERGE_PATIENCE = 20
 
 
 def diverge_factor_for(task: Any, budget: Any) -> float:
@@ -47,6 +51,15 @@ def diverge_factor_for(task: Any, budget: Any) -> float:
     return float(budget.diverge_factor)
 
 
+def diverge_patience_for(task: Any, budget: Any) -> int:
+    """Steps in a row above the limit that make a cell diverged: the task's ``diverge_patience``
+    if it declares one, else :data:`DIVERGE_PATIENCE` capped at a tenth of the budget's steps."""
+    own = getattr(task, "diverge_patience", None)
+    if own is not None:
+        return max(1, int(own))
+    return max(1, min(DIVERGE_PATIENCE, budget.steps // 10))
+
+
 def divergence_limit(initial_loss: float, factor: float) -> float | None:
     """The loss above which a cell has diverged, or None when only NaN/inf count.
 
@@ -56,6 +69,46 @@ def divergence_limit(initial_loss: float, factor: float) -> float | None:
     if factor > 0 and math.isfinite(initial_loss) and initial_loss > 0:
         return factor * initial_loss
     return None
+
+
+class DivergenceMonitor:
+    """Watches the training loss on its device, with no host synchronisation per step.
+
+    :meth:`update` takes each step's detached loss; :meth:`first_bad_step` (one sync, called
+    every ``log_every`` steps) returns the first step of divergence or None: a NaN/inf loss,
+    or the start of a run of ``patience`` steps in a row above ``limit`` (set once the step-0
+    loss is known; None checks NaN/inf only).
+    """
+
+    def __init__(self, patience: int, device: torch.device | str = "cpu") -> None:
+        self.patience = max(1, patience)
+        self.limit: float | None = None
+        self._run = torch.zeros((), dtype=torch.long, device=device)        # steps in a row above the limit
+        self._run_start = torch.full((), -1, dtype=torch.long, device=device)
+        self._bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def to(self, device: torch.device | str) -> DivergenceMonitor:
+        """Move the counters to the training device (the module's ``on_train_start``)."""
+        self._run, self._run_start, self._bad = (t.to(device) for t in (self._run, self._run_start, self._bad))
+        return self
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        """Account for the loss of optimiser step ``step`` (a few device ops, no sync)."""
+        nonfinite = ~torch.isfinite(loss)
+        bad_at = torch.full_like(self._bad, step)
+        bad = nonfinite
+        if self.limit is not None:
+            over = (loss > self.limit) & ~nonfinite
+            self._run = torch.where(over, self._run + 1, torch.zeros_like(self._run))
+            self._run_start = torch.where(over & (self._run == 1), bad_at, self._run_start)
+            bad = bad | (self._run >= self.patience)
+            bad_at = torch.where(nonfinite, bad_at, self._run_start)
+        self._bad = torch.where(bad & (self._bad < 0), bad_at, self._bad)
+
+    def first_bad_step(self) -> int | None:
+        """The step where divergence began, or None so far (reads the device once)."""
+        bad = int(self._bad)
+        return bad if bad >= 0 else None
 
 
 def _lightning():
@@ -90,6 +143,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
 
     budget = cell.budget
     factor = diverge_factor_for(task, budget)
+    patience = diverge_patience_for(task, budget)
 
     class CellModule(L.LightningModule):
         def __init__(self) -> None:
@@ -102,10 +156,9 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
             self.tokens = 0
             self.first_step_at: float | None = None
             self.initial_loss: float | None = None
-            self.loss_limit: float | None = None
             self._loss_sum = torch.zeros(())
             self._loss_n = 0
-            self._bad_step = torch.full((), -1, dtype=torch.long)
+            self.divergence = DivergenceMonitor(patience)
             self.final_metrics: dict[str, float] = {}
 
         def configure_optimizers(self):
@@ -123,7 +176,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
 
         def on_train_start(self) -> None:
             self._loss_sum = self._loss_sum.to(self.device)
-            self._bad_step = self._bad_step.to(self.device)
+            self.divergence.to(self.device)
 
         def training_step(self, batch: Any, batch_idx: int):
             if self.first_step_at is None:
@@ -135,10 +188,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
             self._loss_sum += det
             self._loss_n += 1
             self.tokens += task.count_tokens(batch)
-            bad = ~torch.isfinite(det)
-            if self.loss_limit is not None:
-                bad = bad | (det > self.loss_limit)
-            self._bad_step = torch.where(bad & (self._bad_step < 0), self.global_step, self._bad_step)
+            self.divergence.update(det, self.global_step)
             return total
 
         def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
@@ -154,7 +204,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
             step = self.global_step  # optimiser steps taken so far
             if self.initial_loss is None:  # the loss of step 0 (the only one summed so far)
                 self.initial_loss = float(self._loss_sum)
-                self.loss_limit = divergence_limit(self.initial_loss, factor)
+                self.divergence.limit = divergence_limit(self.initial_loss, factor)
             if step % log_every == 0 or step >= budget.steps:
                 self._flush(step)
             if self.status != "done":
@@ -173,11 +223,11 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
                     self.logger.log_metrics({"train_loss": mean}, step=step)
                 self._loss_sum.zero_()
                 self._loss_n = 0
-            bad = int(self._bad_step)
-            if bad >= 0 and self.status == "done":
-                self._stop("diverged", bad, "training loss became NaN/inf" if self.loss_limit is None else
-                           f"training loss NaN/inf or above {factor:g} x its initial value "
-                           f"({self.initial_loss:.4g} at step 0)")
+            bad = self.divergence.first_bad_step()
+            if bad is not None and self.status == "done":
+                self._stop("diverged", bad, "training loss became NaN/inf" if self.divergence.limit is None else
+                           f"training loss NaN/inf, or above {factor:g} x its initial value "
+                           f"({self.initial_loss:.4g} at step 0) for {patience} steps in a row")
 
         def _stop(self, status: str, step: int, reason: str) -> None:
             self.status, self.failed_step, self.reason = status, step, reason
