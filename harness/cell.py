@@ -105,9 +105,15 @@ class DivergenceMonitor:
             bad_at = torch.where(nonfinite, bad_at, self._run_start)
         self._bad = torch.where(bad & (self._bad < 0), bad_at, self._bad)
 
-    def first_bad_step(self) -> int | None:
-        """The step where divergence began, or None so far (reads the device once)."""
+    def first_bad_step(self, final: bool = False) -> int | None:
+        """The step where divergence began, or None so far (reads the device once).
+
+        ``final``: training has ended, so a run above the limit shorter than the patience
+        counts too (the loss blew up in the last steps and never came back).
+        """
         bad = int(self._bad)
+        if bad < 0 and final and int(self._run) > 0:
+            bad = int(self._run_start)
         return bad if bad >= 0 else None
 
 
@@ -206,7 +212,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
                 self.initial_loss = float(self._loss_sum)
                 self.divergence.limit = divergence_limit(self.initial_loss, factor)
             if step % log_every == 0 or step >= budget.steps:
-                self._flush(step)
+                self._flush(step, final=step >= budget.steps)
             if self.status != "done":
                 return
             if budget.max_seconds and time.perf_counter() - t_start > budget.max_seconds:
@@ -215,7 +221,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
             if budget.eval_every and step % budget.eval_every == 0 and step < budget.steps:
                 self.evaluate(step)
 
-        def _flush(self, step: int) -> None:
+        def _flush(self, step: int, final: bool = False) -> None:
             if self._loss_n:
                 mean = float(self._loss_sum) / self._loss_n
                 self.curve.append({"step": step, "train_loss": mean if math.isfinite(mean) else None})
@@ -223,7 +229,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
                     self.logger.log_metrics({"train_loss": mean}, step=step)
                 self._loss_sum.zero_()
                 self._loss_n = 0
-            bad = self.divergence.first_bad_step()
+            bad = self.divergence.first_bad_step(final)
             if bad is not None and self.status == "done":
                 self._stop("diverged", bad, "training loss became NaN/inf" if self.divergence.limit is None else
                            f"training loss NaN/inf, or above {factor:g} x its initial value "
@@ -358,7 +364,7 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
             raise KeyboardInterrupt
         t_end = time.perf_counter()
         steps = trainer.global_step
-        module._flush(steps)
+        module._flush(steps, final=True)
         row.update(status=module.status, failed_step=module.failed_step, error=module.reason, steps=steps,
                    curve=module.curve)
         if module.first_step_at is not None:

@@ -122,6 +122,11 @@ def test_monitor_flags_nan_at_once_and_a_high_loss_only_when_it_stays() -> None:
     assert watch(blowup, 20.0, 3) == 3, "failed_step is where the blow-up began"
     assert watch(blowup, None, 3) is None  # no limit (factor 0, or a non-positive start): NaN/inf only
     assert watch(calm[:3] + [30.0, 30.0, 1.0, 30.0, 30.0, 30.0], 20.0, 3) == 6
+    monitor = DivergenceMonitor(10)  # blew up in the last steps of the budget: diverged when training ends
+    monitor.limit = 20.0
+    for step, loss in enumerate(calm + [50.0, 80.0]):
+        monitor.update(torch.tensor(loss), step)
+    assert monitor.first_bad_step() is None and monitor.first_bad_step(final=True) == len(calm)
 
 
 def test_patience_scales_with_short_budgets() -> None:
