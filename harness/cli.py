@@ -6,6 +6,7 @@
     modtransfer check VARIANT [--plugin FILE.py] [--tasks LIST]
     modtransfer status runs/<benchmark>
     modtransfer report runs/<benchmark> [--wandb-report]
+    modtransfer store repair runs/<benchmark>
     modtransfer prepare [TASKS]
     modtransfer bench speed|overhead|runner [OPTIONS]
 
@@ -73,7 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None)
     report.add_argument("--wandb-report", action="store_true", help="also build a W&B Report")
+    report.add_argument("--out", help="folder to write the report to (default: RUN_DIR/report)")
     report.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="FILE.py")
+
+    store = sub.add_parser("store", help="maintain a results store (store repair RUN_DIR)")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    repair = store_sub.add_parser("repair", help="rebuild a damaged results.sqlite from its readable rows; "
+                                                 "the old file is kept beside it")
+    repair.add_argument("run_dir")
 
     bench = sub.add_parser("bench", help="performance benchmarks (bench speed --help)")
     bench.add_argument("which", choices=["speed", "overhead", "runner"])
@@ -103,7 +111,7 @@ def _load_plugins(args: argparse.Namespace, *, strict: bool = False) -> list[str
     files = list(dict.fromkeys(getattr(args, "plugin", []) or []))
     load_plugins(files)
     if strict:
-        raise_problems()
+        raise_problems(files)
     report_problems()
     return files
 
@@ -129,7 +137,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "report":
         _load_plugins(args)
-        return _report(Path(args.run_dir), args.wandb, args.wandb_report)
+        return _report(Path(args.run_dir), args.wandb, args.wandb_report, Path(args.out) if args.out else None)
+    if args.command == "store":
+        from .store import format_repair, repair
+
+        print(format_repair(repair(Path(args.run_dir))))
+        return 0
     if args.command == "bench":
         import importlib
 
@@ -190,10 +203,10 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(run_dir: Path, wandb_mode: str | None, wandb_report: bool) -> int:
+def _report(run_dir: Path, wandb_mode: str | None, wandb_report: bool, out: Path | None = None) -> int:
     from .store import Store
 
-    store = Store(run_dir / "results.sqlite")
+    store = Store(run_dir / "results.sqlite", readonly=True)
     if not store.exists():
         raise UserError(f"{run_dir} has no results.sqlite; pass a run folder like runs/<benchmark>")
     try:
@@ -203,7 +216,10 @@ def _report(run_dir: Path, wandb_mode: str | None, wandb_report: bool) -> int:
     mode = wandb_mode or store.meta().get("plan", {}).get("wandb", {}).get("mode", "offline")
     if mode == "online":
         check_wandb_online()
-    index = build_report(run_dir, wandb_mode=mode, wandb_report=wandb_report)
+    if out is None and not os.access(run_dir, os.W_OK):
+        raise UserError(f"the run folder {run_dir} is read-only; write the report elsewhere with --out DIR")
+    check_writable_dir((out or run_dir / "report").parent, "--out" if out else "the run folder")
+    index = build_report(run_dir, wandb_mode=mode, wandb_report=wandb_report, out_dir=out)
     print(f"report: {index}")
     return 0
 

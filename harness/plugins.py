@@ -145,9 +145,9 @@ def report_problems(stream=None) -> None:
         print(f"warning: {problem.line()}", file=stream)
 
 
-def raise_problems() -> None:
-    """For commands that need their plugins: the first failed ``--plugin`` file as a :class:`UserError`."""
+def raise_problems(files: list[str]) -> None:
+    """For commands that need their plugins: the first of ``files`` that failed, as a :class:`UserError`."""
     for problem in PROBLEMS:
-        if problem.explicit:
+        if problem.explicit and problem.name in files:
             at = problem.where or problem.name
             raise UserError(f"plugin {at}: {problem.error}; fix the plugin or leave out --plugin {problem.name}")

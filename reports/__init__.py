@@ -16,11 +16,12 @@ __all__ = ["build_report"]
 
 
 def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bool = False,
-                 settings: Settings | None = None) -> Path:
-    """Write ``RUN_DIR/report/`` and return the path of its ``index.html`` (see :mod:`.build`)."""
+                 settings: Settings | None = None, out_dir: Path | None = None) -> Path:
+    """Write ``RUN_DIR/report/`` (or ``out_dir``) and return the path of its ``index.html`` (see :mod:`.build`)."""
     from .build import build_report as _build
 
-    return _build(Path(run_dir), wandb_mode=wandb_mode, wandb_report=wandb_report, settings=settings)
+    return _build(Path(run_dir), wandb_mode=wandb_mode, wandb_report=wandb_report, settings=settings,
+                  out_dir=out_dir)
 
 
 def __getattr__(name: str) -> Any:

@@ -422,7 +422,7 @@ def load_store(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     path = Path(run_dir) / "results.sqlite"
     if not path.is_file():
         raise UserError(f"no results store at {path}")
-    store = Store(path)
+    store = Store(path, readonly=True)
     rows = store.rows()
     if not rows:
         raise UserError(f"the results store {path} has no finished cells yet")

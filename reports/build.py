@@ -45,12 +45,13 @@ def _replace(tmp: Path, final: Path) -> None:
 
 
 def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bool = False,
-                 settings: Settings | None = None) -> Path:
+                 settings: Settings | None = None, out_dir: Path | None = None) -> Path:
     """Analyse ``run_dir/results.sqlite`` and write the report; returns the path of ``index.html``.
 
     ``wandb_mode``: "offline" (default), "online" or "disabled" for the W&B run of job type
     "report". ``wandb_report``: also build a W&B Report (saved as ``wandb_report.json``; saved to
-    W&B and its URL printed when online and ``wandb-workspaces`` is installed).
+    W&B and its URL printed when online and ``wandb-workspaces`` is installed). ``out_dir``: where
+    to write it (default ``run_dir/report``), for a run folder that is read-only.
     """
     from . import render_html, render_md
     from .content import build_document
@@ -60,12 +61,15 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
     if wandb_mode not in ("offline", "online", "disabled"):
         raise ValueError(f"wandb_mode must be 'offline', 'online' or 'disabled', got {wandb_mode!r}")
     run_dir = Path(run_dir)
-    a = analyse_run(run_dir, settings or Settings())
-    tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=run_dir))
+    a = analyse_run(run_dir, settings)
+    final = Path(out_dir) if out_dir is not None else run_dir / "report"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=final.parent))
     try:
         figs = draw(a, tmp)
         doc = build_document(a, figs)
-        wb = _online_tolerant(wandb_mode, "logging the report run", log_run, a, tmp, figs, run_dir, wandb_mode)
+        wb = _online_tolerant(wandb_mode, "logging the report run", log_run, a, tmp, figs,
+                             run_dir if out_dir is None else final.parent, wandb_mode)
         if wb is not None:
             where = wb["url"] or f"offline run {wb['id']} in `{wb['dir']}` (upload with `wandb sync`)"
             doc.sections[-1].blocks.insert(1, _wandb_note(where, wb["project"]))
@@ -74,7 +78,6 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
         (tmp / "index.html").write_text(render_html.render(doc, tmp), encoding="utf-8")
         (tmp / "report.md").write_text(render_md.render(doc), encoding="utf-8")
         write_csv(a, tmp / "transfer.csv")
-        final = run_dir / "report"
         _replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -227,7 +227,7 @@ def test_concurrent_runs_never_train_a_cell_twice(tmp_path: Path) -> None:
 # -- statuses: diverged, failed (raising plugin), and the status / dry-run views ---------------
 @pytest.fixture(scope="module")
 def mixed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A run of baseline and the raising plugin at lr 1e-3 and an absurd lr 1e3 (4 of 6 cells).
+    """A run of baseline and the raising plugin at lr 1e-3 and an absurd lr 100 (4 of 6 cells).
 
     The plan file also lists ``gelu``; the run selects ``--variants raise_in_forward`` so the
     two gelu cells are left for ``status`` and ``--dry-run`` to report. W&B runs offline here
@@ -235,7 +235,7 @@ def mixed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     """
     tmp = tmp_path_factory.mktemp("mixed")
     plan = tiny_plan("mixed", steps=30, seeds=[0], variants=["gelu", "raise_in_forward"], wandb="offline",
-                     hparams={"lr": [0.001, 1000.0]}, budget={"diverge_factor": 4.0})
+                     hparams={"lr": [0.001, 100.0]}, budget={"diverge_factor": 4.0})
     plan_path = write_plan(tmp / "mixed.yaml", plan)
     runs = tmp / "runs"
     saved_environ = dict(os.environ)
@@ -254,10 +254,11 @@ def _row(rows: list[dict[str, Any]], variant: str, lr: float) -> dict[str, Any]:
 
 
 def test_divergence_is_recorded_and_the_rest_finishes(mixed_run: dict[str, Any]) -> None:
-    assert mixed_run["code"] == 0, mixed_run["err"]
+    assert mixed_run["code"] == 1, mixed_run["err"]  # two cells failed (the raising plugin): exit 1, with why
+    assert "2 cell(s) failed" in mixed_run["err"] and RAISING_MESSAGE in mixed_run["err"]
     rows = mixed_run["store"].rows()
     assert len(rows) == 4
-    bad = _row(rows, "baseline", 1000.0)
+    bad = _row(rows, "baseline", 100.0)
     assert bad["status"] == "diverged"
     assert isinstance(bad["failed_step"], int) and 0 <= bad["failed_step"] <= 30
     assert bad["steps"] < 30, "training should stop at the divergence, not run to the end"
@@ -271,7 +272,7 @@ def test_divergence_is_recorded_and_the_rest_finishes(mixed_run: dict[str, Any])
 
 
 def test_raising_plugin_cell_fails_with_traceback(mixed_run: dict[str, Any]) -> None:
-    assert mixed_run["code"] == 0, mixed_run["err"]
+    assert mixed_run["code"] == 1, mixed_run["err"]
     rows = mixed_run["store"].rows()
     failed = [r for r in rows if r["variant"] == "raise_in_forward"]
     assert len(failed) == 2
@@ -323,7 +324,7 @@ def test_dry_run_lists_done_and_todo_with_an_estimate(mixed_run: dict[str, Any])
     assert len(marks) == 6
     assert {cid for mark, cid, _ in marks if mark == "done"} == set(before)
     assert sorted(label for mark, _, label in marks if mark == "todo") == [
-        "regression/gelu/0[lr=0.001]", "regression/gelu/0[lr=1000.0]"]
+        "regression/gelu/0[lr=0.001]", "regression/gelu/0[lr=100.0]"]
     m = re.search(r"2 to train, 4 already done, 0 skipped; estimated (\d+) s of training left", out)
     assert m, out
     assert finished(store) == before, "a dry run must not write"
@@ -350,7 +351,7 @@ def test_wall_clock_budget_gives_timeout(tmp_path: Path, restore_environ: None, 
     plan_path = write_plan(tmp_path / "clock.yaml", tiny_plan("clock", steps=200, wandb=wandb,
                                                                budget={"max_seconds": 0.001}))
     code, out, err = cli_run(["run", str(plan_path), "--runs-dir", str(tmp_path / "runs"), "--no-report"])
-    assert code == 0, err
+    assert code == 1 and "1 cell(s) timeout" in err, err  # a timed-out cell makes the run exit 1
     (row,) = Store(tmp_path / "runs" / "clock" / "results.sqlite").rows()
     assert row["status"] == "timeout", row["error"]
     assert row["failed_step"] == 1 and row["steps"] == 1
