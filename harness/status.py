@@ -41,26 +41,33 @@ def summarise(run_dir: Path) -> str:
     if not store.exists():
         raise UserError(f"{run_dir} has no results.sqlite; pass a run folder like runs/<benchmark>")
     meta = store.meta()
-    plan = meta.get("plan", {})
+    plan = meta.get("plan", {}) if isinstance(meta.get("plan"), dict) else {}
+    plans = [p for p in meta.get("plans", []) if isinstance(p, dict)] if isinstance(meta.get("plans"), list) else []
+    if not plans and plan:
+        plans = [plan]
     rows = store.rows()
     counts = Counter(r["status"] for r in rows)
     running = store.running()
-    lines = [f"benchmark {plan.get('name', run_dir.name)!r} at {run_dir}"]
+    lines = [f"benchmark {plan.get('name', run_dir.name)!r} at {run_dir}"
+             + (f" ({len(plans)} plans wrote to this store)" if len(plans) > 1 else "")]
     expected = None
     left: list[Any] = []
-    if plan:
+    if plans:
         from .plan import PLAN_KEYS, load_plan
         from .plugins import load_plugin_file
 
-        for f in plan.get("plugins", []):
-            load_plugin_file(f, strict=False)
-        try:  # rebuild the cells from the stored plan (as narrowed by --variants/--tasks/--seeds)
-            p = load_plan({k: v for k, v in plan.items() if k in PLAN_KEYS})
-            ids = {r["cell_id"] for r in rows}
-            expected = len(p.cells)
-            left = [c for c in p.cells if c.cell_id not in ids]
-        except UserError as exc:
-            lines.append(f"(cannot rebuild the plan's cells: {exc})")
+        ids = {r["cell_id"] for r in rows}
+        wanted: dict[str, Any] = {}
+        for stored in plans:
+            for f in stored.get("plugins", []):
+                load_plugin_file(f, strict=False)
+            try:  # rebuild the cells from each stored plan (as narrowed by --variants/--tasks/--seeds)
+                p = load_plan({k: v for k, v in stored.items() if k in PLAN_KEYS}, allow_large=True)
+                wanted.update({c.cell_id: c for c in p.cells})
+            except UserError as exc:
+                lines.append(f"(cannot rebuild the cells of plan {stored.get('name', '?')!r}: {exc})")
+        expected = len(wanted)
+        left = [c for cid, c in wanted.items() if cid not in ids]
     lines.append(
         f"done {counts['done']}, diverged {counts['diverged']}, failed {counts['failed']}, timeout {counts['timeout']}, "
         f"running {len(running)}" + (f", left {len(left)} of {expected}" if expected is not None else "")
@@ -68,6 +75,7 @@ def summarise(run_dir: Path) -> str:
     eta = estimate_seconds(store, left, rows)
     if eta:
         lines.append(f"estimated time left: {eta:.0f} s")
+    lines += _config_groups(rows)
     for r in rows:
         if r["status"] != "done":
             first = (r["error"] or "").strip().splitlines()
@@ -77,3 +85,31 @@ def summarise(run_dir: Path) -> str:
     for r in running:
         lines.append(f"  running  {r['cell_id']} (pid {r['pid']} on {r['host']})")
     return "\n".join(lines)
+
+
+def _config_groups(rows: list[dict[str, Any]]) -> list[str]:
+    """Per task with cells of more than one budget / task configuration: one line per configuration.
+
+    Such cells are never paired with each other; the report analyses each configuration apart.
+    """
+    import json
+
+    by_task: dict[str, Counter[str]] = {}
+    for r in rows:
+        budget = dict(r.get("budget") or {})
+        for k in r.get("hparams") or {}:
+            budget.pop(k, None)
+        key = json.dumps({"budget": budget, "task_config": r.get("task_config") or {}}, sort_keys=True)
+        by_task.setdefault(r["task"], Counter())[key] += 1
+    out = []
+    for task, configs in sorted(by_task.items()):
+        if len(configs) < 2:
+            continue
+        flat = {k: {**{f"{a}": b for a, b in json.loads(k)["budget"].items()},
+                    **{f"task.{a}": b for a, b in json.loads(k)["task_config"].items()}} for k in configs}
+        keys = sorted({f for d in flat.values() for f in d})
+        differ = [f for f in keys if len({json.dumps(d.get(f)) for d in flat.values()}) > 1]
+        out.append(f"{task}: cells of {len(configs)} budgets/configurations (never compared with each other):")
+        for k, n in configs.most_common():
+            out.append("  " + ", ".join(f"{f}={flat[k].get(f)}" for f in differ) + f": {n} cell(s)")
+    return out

@@ -148,3 +148,31 @@ def test_aa_plan_makes_no_better_or_worse_call(tmp_path: Path) -> None:
     assert len(rows) == 1 and rows[0]["call"] not in ("better", "worse")
     assert rows[0]["call"] == "no change" and rows[0]["baseline_learned"] == "learned"
     assert json.loads(rows[0]["hparams"]) == {}
+
+
+def test_mixed_budgets_are_never_paired_and_status_groups_them(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A plan run at 10 steps, then the same plan name at 30 steps with a variant changed."""
+    runs = tmp_path / "runs"
+    short = plan_dict("mixed", seeds=3, variants=["gelu"],
+                      task_budget={"regression": {"steps": 10, "batch_size": 16, "lr": 3.0e-3}})
+    long = plan_dict("mixed", seeds=3, variants=["swish"],
+                     task_budget={"regression": {"steps": 30, "batch_size": 16, "lr": 3.0e-3}})
+    assert cli.main(["run", str(write(tmp_path / "s.yaml", short)), "--runs-dir", str(runs), "--no-report"]) == 0
+    assert cli.main(["run", str(write(tmp_path / "l.yaml", long)), "--runs-dir", str(runs)]) == 0
+    capsys.readouterr()
+    with open(runs / "mixed" / "report" / "transfer.csv", newline="") as f:
+        table = {r["variant"]: r for r in csv.DictReader(f)}
+    # each variant is compared only with the baseline of its own budget, named in the condition
+    assert table["gelu"]["task"] == "regression {steps=10}" and table["swish"]["task"] == "regression {steps=30}"
+    rows = Store(runs / "mixed" / "results.sqlite").rows()
+    base = {r["budget"]["steps"]: [r["primary_value"] for r in rows if r["variant"] == "baseline"
+                                   and r["budget"]["steps"] == r["budget"]["steps"]] for r in rows}
+    b30 = sorted(r["primary_value"] for r in rows if r["variant"] == "baseline" and r["budget"]["steps"] == 30)
+    assert float(table["swish"]["baseline_mean"]) == pytest.approx(sum(b30) / 3)
+    assert len(base) == 2
+    assert cli.main(["status", str(runs / "mixed")]) == 0
+    out = capsys.readouterr().out
+    assert "(2 plans wrote to this store)" in out and "left 0 of 12" in out
+    assert "regression: cells of 2 budgets/configurations" in out
+    assert "steps=10: 6 cell(s)" in out and "steps=30: 6 cell(s)" in out
