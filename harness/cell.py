@@ -344,6 +344,9 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
                 project=wandb_cfg["project"], entity=wandb_cfg.get("entity"), name=cell.label,
                 group=cell.benchmark, job_type=cell.task, tags=sorted(set(tags)), save_dir=str(run_dir / "wandb"),
                 mode=wandb_cfg["mode"], reinit="finish_previous",
+                # one W&B run per cell: a cell killed mid-way and trained again resumes the same run id, so
+                # `wandb sync` never shows the killed attempt as a separate, half-finished run
+                id=cell.cell_id, resume="allow",
                 config={"spec": spec.to_dict(), "task": cell.task, "task_config": task.describe(), "budget": cell.budget.to_dict(),
                         "variant": cell.variant, "seed": cell.seed, "size": cell.size, "hparams": cell.hparams,
                         "cell_id": cell.cell_id, "slots": list(cell.slots),
