@@ -183,7 +183,8 @@ class Store:
             return
         problems = [r[0] for r in con.execute("PRAGMA quick_check(3)").fetchall()]
         if problems != ["ok"]:
-            raise CorruptStoreError(f"the results store {self.path} is damaged ({'; '.join(problems)[:200]}); "
+            found = " ".join(" ".join(problems).split())  # quick_check reports several lines: keep the message one
+            raise CorruptStoreError(f"the results store {self.path} is damaged ({found[:200]}); "
                                     f"recover its readable rows with: {repair_hint(self.path)}")
         tables = _tables(con)
         if tables and "cells" not in tables:
@@ -393,7 +394,7 @@ def _errorname(exc: sqlite3.Error) -> str:
 
 def _store_error(path: Path, exc: sqlite3.Error) -> StoreError | None:
     """The :class:`StoreError` an SQLite error means for a user, or None for a plain bug."""
-    name, text = _errorname(exc), str(exc)
+    name, text = _errorname(exc), " ".join(str(exc).split())
     if name.startswith("SQLITE_FULL") or "disk is full" in text:
         return StoreFullError(f"the disk holding {path} is full ({text}); nothing was half-written: "
                               f"free some space and run the same command again")
