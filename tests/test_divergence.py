@@ -178,3 +178,29 @@ def test_non_finite_final_evaluation_is_diverged(tmp_path: Path, nan_val_loss_ta
     assert row["status"] == "diverged" and row["failed_step"] == row["steps"]
     assert row["primary_value"] is None and "val_loss" in row["error"]
     assert row["metrics"]["val_loss"] is None  # stored as JSON null, never NaN
+
+
+def test_default_budget_catches_an_exploding_loss_end_to_end(tmp_path: Path) -> None:
+    """No diverge_factor in the plan: ``lr: 10`` ends ``diverged`` (not ``done`` with a huge metric), the run
+    exits 0 (divergence is a result), and the report counts it as a failure rate, never in a mean."""
+    import csv
+
+    import yaml
+
+    from modtransfer import cli
+    from modtransfer.store import Store
+
+    plan = {"name": "boom", "size": "tiny", "seeds": 3, "variants": ["gelu"], "tasks": ["regression"],
+            "task_budget": {"regression": {"steps": 60, "batch_size": 16, "lr": 3.0e-3, "schedule": "constant"}},
+            "hparams": {"lr": [3.0e-3, 10.0]}, "wandb": {"mode": "disabled"}}
+    path = tmp_path / "boom.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    assert cli.main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 0
+    rows = Store(tmp_path / "runs" / "boom" / "results.sqlite").rows()
+    hot = [r for r in rows if r["hparams"] == {"lr": 10.0}]
+    assert hot and all(r["status"] == "diverged" and r["primary_value"] is None for r in hot)
+    assert all(r["status"] == "done" for r in rows if r["hparams"] == {"lr": 3.0e-3})
+    with open(tmp_path / "runs" / "boom" / "report" / "transfer.csv", newline="") as f:
+        table = {(r["variant"], r["hparams"]): r for r in csv.DictReader(f)}
+    hot_row = table[("gelu", '{"lr": 10.0}')]
+    assert hot_row["call"] == "unstable" and hot_row["diverged_rate"] == "1.0" and hot_row["variant_mean"] == ""
