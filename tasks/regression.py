@@ -51,6 +51,15 @@ class Regression(Task):
 
     Options: ``positions`` (sequence length, 10) and ``features`` (width of ``a`` and of ``b``,
     50; the model sees ``2 * features`` inputs and predicts ``features`` outputs).
+
+    Declared statistics (in val_mse). ``margin`` 0.05: about 3% of the baseline's val_mse at the
+    default budget (1.78) and under 1% of the trivial 7: a relative change smaller than that is
+    not worth a claim about optimisation on this probe, and it is about the seed-to-seed SD,
+    so a handful of paired seeds can resolve it. ``noise_sd`` 0.04: the sample SD of the baseline's val_mse over seeds 0-5
+    at the default budget and the ``tiny`` preset (measured 2026-12-01, CPU, 1 thread): mean
+    1.776, SD 0.041 (values 1.766, 1.854, 1.748, 1.760, 1.741, 1.787). Each seed also draws its
+    own held-out set, so this SD includes evaluation noise. Trivial score 7.00 (predict the
+    mean target, :meth:`trivial_score`).
     """
 
     topology: ClassVar[str] = "encoder"
@@ -69,7 +78,8 @@ class Regression(Task):
     )
     #: Smallest effect of interest, val_mse: see the class docstring.
     margin: ClassVar[float] = 0.05
-    noise_sd: ClassVar[float] = 0.05
+    #: Measured: see the class docstring.
+    noise_sd: ClassVar[float] = 0.04
     trivial_name: ClassVar[str] = "predict the mean training target"
     reference_spec: ClassVar[dict[str, int]] = {"d_model": 256, "n_heads": 4, "n_layers": 6}
     default_config: ClassVar[dict[str, Any]] = {"positions": 10, "features": 50}

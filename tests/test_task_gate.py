@@ -128,7 +128,7 @@ def test_mt_copy_bleu_matches_sacrebleu(mt: Translation):
 @pytest.mark.slow
 def test_lm_default_budget_exposes_a_planted_cheat(lm: LanguageModelling, cache_dir: Path, tmp_path: Path,
                                                   temporary_plugin):
-    """Baseline and cheat, one seed, default budget, tiny size, the real cell path (about 80 s)."""
+    """Baseline and cheat, one seed, default budget, tiny size, the real cell path (about 70 s on an idle core)."""
     import torch
 
     from modtransfer.cell import run_cell
