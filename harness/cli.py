@@ -112,7 +112,7 @@ def _load_plugins(args: argparse.Namespace, *, strict: bool = False) -> list[str
     load_plugins(files)
     if strict:
         raise_problems(files)
-    report_problems()
+    report_problems(files)
     return files
 
 

@@ -139,10 +139,12 @@ def load_plugins(files: list[str] | None = None, *, entry_points_too: bool = Tru
         load_plugin_file(f)
 
 
-def report_problems(stream=None) -> None:
+def report_problems(files: list[str] | None = None, stream=None) -> None:
+    """Warn about entry points that failed and about those of ``files`` that failed (not older calls' files)."""
     stream = stream or sys.stderr
     for problem in PROBLEMS:
-        print(f"warning: {problem.line()}", file=stream)
+        if not problem.explicit or files is None or problem.name in files:
+            print(f"warning: {problem.line()}", file=stream)
 
 
 def raise_problems(files: list[str]) -> None:
