@@ -176,3 +176,19 @@ def test_mixed_budgets_are_never_paired_and_status_groups_them(tmp_path: Path,
     assert "(2 plans wrote to this store)" in out and "left 0 of 12" in out
     assert "regression: cells of 2 budgets/configurations" in out
     assert "steps=10: 6 cell(s)" in out and "steps=30: 6 cell(s)" in out
+
+
+@pytest.mark.slow
+def test_planted_cheat_is_called_better_on_lm_by_a_wide_margin(tmp_path: Path) -> None:
+    """A test-only attention that sees one token ahead, 3 seeds at the lm task's default budget: the report
+    must call it better, with the baseline shown to have learned the task."""
+    plugin = Path(__file__).parent / "plugins" / "cheat_plugin.py"
+    plan = {"name": "cheat", "size": "tiny", "seeds": 3, "variants": ["cheat_peek_ahead"], "tasks": ["lm"],
+            "wandb": {"mode": "disabled"}}
+    p = write(tmp_path / "cheat.yaml", plan)
+    assert cli.main(["run", str(p), "--runs-dir", str(tmp_path / "runs"), "--plugin", str(plugin)]) == 0
+    with open(tmp_path / "runs" / "cheat" / "report" / "transfer.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["baseline_learned"] == "learned"
+    assert row["call"] == "better" and float(row["p_t_adj"]) < 0.05
+    assert float(row["diff"]) > 20 * float(row["margin"])   # by a wide margin: many times the smallest effect
