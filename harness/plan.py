@@ -29,8 +29,8 @@ from .task import TASKS, Budget, Task
 from .variant import BASELINE, VARIANTS, ResolvedVariant, canonical, resolve
 
 PLAN_KEYS = {
-    "name": str, "description": str, "size": str, "seeds": (int, list, dict), "variants": list, "tasks": list,
-    "spec": dict, "budget": dict, "task_budget": dict, "task_config": dict, "hparams": dict, "wandb": dict,
+    "name": str, "description": str, "size": str, "sizes": list, "seeds": (int, list, dict), "variants": list, "tasks": list,
+    "spec": dict, "budget": dict, "task_budget": dict, "task_config": dict, "hparams": (dict, list), "wandb": dict,
     "executor": str, "workers": int, "include_baseline": bool, "margins": dict,
 }
 SEED_KEYS = ("min", "max", "step")
@@ -81,13 +81,15 @@ class Plan:
     budget: dict[str, Any]
     task_budget: dict[str, dict[str, Any]]
     task_config: dict[str, dict[str, Any]]
-    hparams: dict[str, list[Any]]
+    hparams: dict[str, list[Any]] | list[dict[str, Any]]   # axes (crossed) or explicit rows
     wandb: dict[str, Any]
     executor: str
     workers: int
     raw: dict[str, Any]
     source: str = ""
     margins: dict[str, float] = field(default_factory=dict)
+    sizes: list[str] = field(default_factory=list)   # size axis; [] = just ``size``
+    spec_overrides: dict[str, Any] = field(default_factory=dict)   # plan.spec, applied to every size preset
     looks: list[int] = field(default_factory=list)   # adaptive seeds: paired seeds at each look; [] = fixed
     cells: list[Cell] = field(default_factory=list)  # the cells to run now (first look when adaptive)
     all_cells: list[Cell] = field(default_factory=list)  # every cell up to the largest look
@@ -100,10 +102,10 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "size": self.size,
+            "name": self.name, "size": self.size, "sizes": self.sizes,
             "seeds": {"min": self.looks[0], "max": self.looks[-1], "step": self.looks[1] - self.looks[0]}
             if self.adaptive else self.seeds, "variants": self.variants,
-            "tasks": self.tasks, "spec": self.base_spec.to_dict(), "budget": self.budget,
+            "tasks": self.tasks, "spec": self.spec_overrides, "budget": self.budget,
             "task_budget": self.task_budget, "task_config": self.task_config, "hparams": self.hparams,
             "wandb": self.wandb, "executor": self.executor, "workers": self.workers, "source": self.source,
             "margins": self.margins, "looks": self.looks,
@@ -245,14 +247,16 @@ def load_plan(
 
     plan_name = name or raw.get("name") or (Path(src).stem if src else "")
     check_name("--name" if name else "plan.name", plan_name)
-    size = raw.get("size", "tiny")
-    base = size_preset(size)
-    if raw.get("spec"):
-        try:
-            base = base.replace(**raw["spec"])
-        except UserError as exc:
-            raise UserError(f"plan.spec: {exc}") from None
-    base.check_components()
+    sizes = list(raw.get("sizes") or [])
+    if sizes and ("size" in raw):
+        raise UserError("plan sets both size and sizes; use sizes: [tiny, small] for a size axis, or size alone")
+    if sizes and (not all(isinstance(x, str) for x in sizes) or len(set(sizes)) != len(sizes)):
+        raise UserError(f"plan.sizes must be a list of distinct size preset names, got {sizes!r}")
+    size = sizes[0] if sizes else raw.get("size", "tiny")
+    spec_overrides = dict(raw.get("spec") or {})
+    for sz in sizes or [size]:
+        base = _base_spec(sz, spec_overrides)
+    base = _base_spec(size, spec_overrides)
 
     # seeds
     seed_value: Any = seeds if seeds is not None else raw.get("seeds", 1)
@@ -317,23 +321,9 @@ def load_plan(
             TASKS.entry(tname)
             _check_type(f"plan.{label}.{tname}", value, dict)
 
-    # hyper-parameter axes: budget fields crossed with the variants
+    # hyper-parameter axes (crossed) or explicit rows: budget fields, spec fields and init schemes
     hparams = raw.get("hparams", {}) or {}
-    budget_fields = set(Budget().to_dict())
-    axes_allowed = budget_fields | {INIT_AXIS}
-    for key, values in hparams.items():
-        if key not in axes_allowed:
-            raise UserError(f"plan.hparams: {key!r} is not a budget field or 'init'{did_you_mean(key, axes_allowed)}; "
-                            f"axes can be {', '.join(sorted(axes_allowed))}")
-        if not isinstance(values, list) or not values:
-            raise UserError(f"plan.hparams.{key} must be a non-empty list of values, got {values!r}")
-        if key == INIT_AXIS:
-            for value in values:
-                if not isinstance(value, str):
-                    raise UserError(f"plan.hparams.init values are init scheme names like xavier_uniform or "
-                                    f"'normal(std=0.02)', got {value!r}")
-                if value != "default":
-                    canonical(_init_expr(value))
+    rows = hparam_rows(hparams)
 
     wandb_cfg = {"mode": "offline", "project": "modtransfer", "entity": None, **(raw.get("wandb") or {})}
     for key, value in wandb_cfg.items():
@@ -353,7 +343,7 @@ def load_plan(
     if workers < 1:
         raise UserError(f"plan.workers must be >= 1, got {workers}")
 
-    n_combos = math.prod(len(v) for v in hparams.values()) if hparams else 1
+    n_combos = len(rows) * max(1, len(sizes))
     n_cells = len(variant_names) * len(task_names) * len(seed_list) * n_combos
     if n_cells > HARD_MAX_CELLS:
         raise UserError(f"plan has {n_cells} cells ({len(variant_names)} variants x {len(task_names)} tasks x "
@@ -366,7 +356,8 @@ def load_plan(
     plan = Plan(
         name=plan_name, size=size, seeds=seed_list, variants=variant_names, tasks=task_names, base_spec=base,
         budget=budget, task_budget=task_budget, task_config=task_config, hparams=hparams, wandb=wandb_cfg,
-        executor=executor, workers=workers, raw=raw, source=src, margins=margins, looks=looks,
+        executor=executor, workers=workers, raw=raw, source=src, margins=margins, looks=looks, sizes=sizes,
+        spec_overrides=spec_overrides,
     )
     _expand_cells(plan)
     return plan
@@ -418,6 +409,72 @@ def _margins(value: dict[str, Any], task_names: list[str]) -> dict[str, float]:
     return out
 
 
+def _base_spec(size: str, overrides: dict[str, Any]) -> ModelSpec:
+    """The baseline spec of a size preset with the plan's ``spec`` overrides."""
+    base = size_preset(size)
+    if overrides:
+        try:
+            base = base.replace(**overrides)
+        except UserError as exc:
+            raise UserError(f"plan.spec: {exc}") from None
+    base.check_components()
+    return base
+
+
+#: ModelSpec fields the task sets (never an axis).
+TASK_SET_FIELDS = ("vocab_size", "in_features", "out_features", "max_len")
+
+
+def hparam_rows(hparams: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
+    """The settings of a plan's ``hparams``: the cross product of axes, or the explicit rows as given.
+
+    A key may be a budget field (``lr``, ``steps``, ...), a ModelSpec field (``n_layers``,
+    ``d_model``, ``dropout``, ...) or ``init`` (an init scheme applied to every variant).
+    """
+    budget_fields = set(Budget().to_dict())
+    spec_fields = {f for f in ModelSpec().to_dict() if f not in TASK_SET_FIELDS}
+    allowed = budget_fields | spec_fields | {INIT_AXIS}
+
+    def check_key(where: str, key: Any) -> None:
+        if key not in allowed:
+            raise UserError(f"{where}: {key!r} is not a budget field, a spec field or 'init'"
+                            f"{did_you_mean(str(key), allowed)}")
+        if key in budget_fields and key in spec_fields:  # pragma: no cover - the two sets are disjoint today
+            raise UserError(f"{where}: {key!r} is ambiguous")
+
+    def check_init(where: str, value: Any) -> None:
+        if not isinstance(value, str):
+            raise UserError(f"{where} values are init scheme names like xavier_uniform or 'normal(std=0.02)', "
+                            f"got {value!r}")
+        if value != "default":
+            canonical(_init_expr(value))
+
+    if isinstance(hparams, list):
+        if not hparams:
+            raise UserError("plan.hparams is an empty list; give rows like [{lr: 1.0e-3}, {lr: 1.0e-4, n_layers: 2}]")
+        rows = []
+        for i, row in enumerate(hparams):
+            if not isinstance(row, dict) or not row:
+                raise UserError(f"plan.hparams[{i}] must be a mapping like {{lr: 1.0e-3, n_layers: 2}}, got {row!r}")
+            for key, value in row.items():
+                check_key(f"plan.hparams[{i}]", key)
+                if key == INIT_AXIS:
+                    check_init(f"plan.hparams[{i}].init", value)
+            rows.append(dict(row))
+        if len({json.dumps(r, sort_keys=True) for r in rows}) != len(rows):
+            raise UserError("plan.hparams lists the same row twice")
+        return rows
+    for key, values in hparams.items():
+        check_key("plan.hparams", key)
+        if not isinstance(values, list) or not values:
+            raise UserError(f"plan.hparams.{key} must be a non-empty list of values, got {values!r}")
+        if key == INIT_AXIS:
+            for value in values:
+                check_init("plan.hparams.init", value)
+    axes = sorted(hparams)
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*(hparams[a] for a in axes))]
+
+
 def _expand_variant_item(item: str) -> list[str]:
     item = item.strip()
     if not item:
@@ -440,37 +497,61 @@ def _expand_cells(plan: Plan) -> None:
             plan.resolved[vname] = resolve(vname, plan.base_spec)
         except UserError as exc:
             raise UserError(f"plan variant {vname!r}: {exc}") from None
-    axes = sorted(plan.hparams)
-    combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*(plan.hparams[a] for a in axes))]
-    for tname, task in tasks.items():
-        try:
-            budget = plan.task_budget_for(task)
-        except UserError as exc:
-            raise UserError(f"plan.task_budget.{tname}: {exc}") from None
-        for vname in plan.variants:
-            rv = plan.resolved[vname]
-            reason = rv.missing(task.capabilities)
-            if reason:
-                plan.skipped.append({"variant": vname, "task": tname, "reason": reason})
-                continue
-            for hp in combos:
+    rows = hparam_rows(plan.hparams)
+    spec_fields = set(ModelSpec().to_dict())
+    budget_fields = set(Budget().to_dict())
+    resolved: dict[tuple[str, str, str], Any] = {}
+
+    def variant_on(vname: str, size: str, spec_part: dict[str, Any]) -> Any:
+        """The variant resolved on the size's baseline with this setting's spec fields."""
+        key = (vname, size, json.dumps(spec_part, sort_keys=True))
+        if key not in resolved:
+            base = _base_spec(size, plan.spec_overrides)
+            if spec_part:
                 try:
-                    cell_budget = budget.replace(**{k: v for k, v in hp.items() if k != INIT_AXIS})
+                    base = base.replace(**spec_part)
                 except UserError as exc:
                     raise UserError(f"plan.hparams: {exc}") from None
-                spec = rv.spec
-                init = hp.get(INIT_AXIS, "default")
-                if init != "default":
-                    if rv.spec.init != plan.base_spec.init or rv.spec.init_scale != plan.base_spec.init_scale:
-                        plan.skipped.append({"variant": vname, "task": tname,
-                                             "reason": f"sets its own initialisation (hparams init={init})"})
-                        continue
-                    spec = resolve(_init_expr(init), rv.spec).spec
-                for seed in plan.seeds:
-                    plan.all_cells.append(Cell(
-                        benchmark=plan.name, variant=vname, task=tname, seed=seed, size=plan.size, spec=spec,
-                        task_config=dict(task.config), budget=cell_budget, hparams=hp, slots=tuple(rv.slots),
-                    ))
+            try:
+                resolved[key] = resolve(vname, base)
+            except UserError as exc:
+                raise UserError(f"plan variant {vname!r} with {spec_part}: {exc}") from None
+        return resolved[key]
+
+    for size in plan.sizes or [plan.size]:
+        for tname, task in tasks.items():
+            try:
+                budget = plan.task_budget_for(task)
+            except UserError as exc:
+                raise UserError(f"plan.task_budget.{tname}: {exc}") from None
+            for vname in plan.variants:
+                rv0 = plan.resolved[vname]
+                reason = rv0.missing(task.capabilities)
+                if reason:
+                    if size == (plan.sizes or [plan.size])[0]:
+                        plan.skipped.append({"variant": vname, "task": tname, "reason": reason})
+                    continue
+                for hp in rows:
+                    try:
+                        cell_budget = budget.replace(**{k: v for k, v in hp.items() if k in budget_fields})
+                    except UserError as exc:
+                        raise UserError(f"plan.hparams: {exc}") from None
+                    spec_part = {k: v for k, v in hp.items() if k in spec_fields and k != INIT_AXIS}
+                    rv = variant_on(vname, size, spec_part)
+                    base_now = variant_on("baseline", size, spec_part).spec
+                    spec = rv.spec
+                    init = hp.get(INIT_AXIS, "default")
+                    if init != "default":
+                        if rv.spec.init != base_now.init or rv.spec.init_scale != base_now.init_scale:
+                            plan.skipped.append({"variant": vname, "task": tname,
+                                                 "reason": f"sets its own initialisation (hparams init={init})"})
+                            continue
+                        spec = resolve(_init_expr(init), rv.spec).spec
+                    for seed in plan.seeds:
+                        plan.all_cells.append(Cell(
+                            benchmark=plan.name, variant=vname, task=tname, seed=seed, size=size, spec=spec,
+                            task_config=dict(task.config), budget=cell_budget, hparams=hp, slots=tuple(rv.slots),
+                        ))
     plan.all_cells = seed_major(plan.all_cells, plan.variants, plan.seeds)
     plan.cells = plan.cells_through(plan.looks[0]) if plan.adaptive else list(plan.all_cells)
 
@@ -485,9 +566,9 @@ def seed_major(cells: list[Cell], variants: list[str], seeds: list[int]) -> list
     spos = {s: i for i, s in enumerate(seeds)}
     nv = max(1, len(variants))
 
-    def key(c: Cell) -> tuple[int, str, str, int]:
+    def key(c: Cell) -> tuple[int, str, str, str, int]:
         k = spos[c.seed]
-        return k, c.task, json.dumps(c.hparams, sort_keys=True), (vpos[c.variant] - k) % nv
+        return k, c.size, c.task, json.dumps(c.hparams, sort_keys=True), (vpos[c.variant] - k) % nv
 
     return sorted(cells, key=key)
 

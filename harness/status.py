@@ -94,10 +94,13 @@ def _config_groups(rows: list[dict[str, Any]]) -> list[str]:
     """
     import json
 
+    varied: dict[str, set[str]] = {}
+    for r in rows:
+        varied.setdefault(r["task"], set()).update(r.get("hparams") or {})
     by_task: dict[str, Counter[str]] = {}
     for r in rows:
         budget = dict(r.get("budget") or {})
-        for k in r.get("hparams") or {}:
+        for k in varied[r["task"]]:
             budget.pop(k, None)
         key = json.dumps({"budget": budget, "task_config": r.get("task_config") or {}}, sort_keys=True)
         by_task.setdefault(r["task"], Counter())[key] += 1

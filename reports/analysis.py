@@ -191,16 +191,25 @@ def usable(row: dict[str, Any]) -> bool:
     return row["status"] == "done" and v is not None and math.isfinite(v)
 
 
-def _config_json(row: dict[str, Any]) -> str:
-    """Budget and task configuration of a row, minus the fields that hyper-parameter axes vary."""
+def axis_keys(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Per task, every field that a hyper-parameter axis or row varies in ``rows``."""
+    out: dict[str, set[str]] = {}
+    for r in rows:
+        out.setdefault(r["task"], set()).update(r.get("hparams") or {})
+    return out
+
+
+def _config_json(row: dict[str, Any], axes: dict[str, set[str]]) -> str:
+    """Budget and task configuration of a row, minus the fields that hyper-parameter settings vary."""
     budget = dict(row.get("budget") or {})
-    for k in (row.get("hparams") or {}):
+    for k in axes.get(row["task"], ()):
         budget.pop(k, None)
     return json.dumps({"budget": budget, "task_config": row.get("task_config") or {}}, sort_keys=True)
 
 
-def _cond_key(row: dict[str, Any]) -> tuple[str, str, str, str]:
-    return row["task"], row["size"], json.dumps(row.get("hparams") or {}, sort_keys=True), _config_json(row)
+def _cond_key(row: dict[str, Any], axes: dict[str, set[str]]) -> tuple[str, str, str, str]:
+    return (row["task"], row["size"], json.dumps(row.get("hparams") or {}, sort_keys=True),
+            _config_json(row, axes))
 
 
 def _config_diff(configs: list[str]) -> dict[str, str]:
@@ -217,16 +226,17 @@ def _config_diff(configs: list[str]) -> dict[str, str]:
 def conditions(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], Condition]:
     """The task conditions present in ``rows``, keyed by (task, size, hparams JSON, config JSON)."""
     sizes = {r["size"] for r in rows}
+    axes = axis_keys(rows)
     configs_per_task: dict[str, list[str]] = {}
     for r in rows:
-        cfg = _config_json(r)
+        cfg = _config_json(r, axes)
         lst = configs_per_task.setdefault(r["task"], [])
         if cfg not in lst:
             lst.append(cfg)
     names = {t: _config_diff(cfgs) for t, cfgs in configs_per_task.items()}
     out: dict[tuple[str, str, str, str], Condition] = {}
     for r in rows:
-        key = _cond_key(r)
+        key = _cond_key(r, axes)
         if key in out:
             continue
         cfg_name = names[r["task"]][key[3]]
@@ -286,9 +296,10 @@ def compare(rows: list[dict[str, Any]], settings: Settings = Settings()) -> list
     from .verdicts import call
 
     conds = conditions(rows)
+    axes = axis_keys(rows)
     grouped: dict[tuple[tuple[str, str, str, str], str], list[dict[str, Any]]] = {}
     for r in rows:
-        grouped.setdefault((_cond_key(r), r["variant"]), []).append(r)
+        grouped.setdefault((_cond_key(r, axes), r["variant"]), []).append(r)
     comps: list[Comparison] = []
     for ckey, cond in conds.items():
         base = _by_seed(grouped.get((ckey, BASELINE), []))
