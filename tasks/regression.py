@@ -82,20 +82,47 @@ class Regression(Task):
     noise_sd: ClassVar[float] = 0.04
     trivial_name: ClassVar[str] = "predict the mean training target"
     reference_spec: ClassVar[dict[str, int]] = {"d_model": 256, "n_heads": 4, "n_layers": 6}
-    default_config: ClassVar[dict[str, Any]] = {"positions": 10, "features": 50}
+    #: ``attend_across``: "positions" (attention over the 10 positions of one example; the default)
+    #: or "batch": the layout of a study script that fed (batch, length, features) tensors to
+    #: ``nn.TransformerEncoderLayer`` built with PyTorch's default ``batch_first=False``, so that
+    #: attention ran across the examples of a batch at each position (and batch 64 changed the
+    #: attended length). Only for reproducing such a study.
+    #: ``train_mode_batches``: besides the held-out eval-mode metric, the MSE in train mode (dropout
+    #: on) averaged over this many fresh batches, stored side by side as ``train_mode_mse`` (0: off).
+    default_config: ClassVar[dict[str, Any]] = {"positions": 10, "features": 50, "attend_across": "positions",
+                                                "train_mode_batches": 0}
+    #: Evaluation protocols this task reports: name -> what it measures.
+    eval_protocols: ClassVar[dict[str, str]] = {
+        "val_mse": "eval mode, held-out batches drawn from seed + 10000 (primary)",
+        "train_mode_mse": "train mode (dropout on), mean over train_mode_batches fresh batches, no update",
+    }
 
     def __init__(self, config: dict[str, Any] | None = None, cache_dir: Any = None) -> None:
         super().__init__(config, cache_dir)
         for key in ("positions", "features"):
             if self.config[key] < 1:
                 raise UserError(f"task 'regression' option {key} must be >= 1, got {self.config[key]}")
+        if self.config["attend_across"] not in ("positions", "batch"):
+            raise UserError(f"task 'regression' option attend_across must be 'positions' or 'batch', got "
+                            f"{self.config['attend_across']!r}")
+        if not 0 <= self.config["train_mode_batches"] <= 100_000:
+            raise UserError("task 'regression' option train_mode_batches must be between 0 and 100000, got "
+                            f"{self.config['train_mode_batches']}")
 
     def prepare(self) -> None:
         """Nothing to fetch: the data is drawn on the fly."""
 
     def configure_spec(self, spec: Any) -> Any:
         f = self.config["features"]
-        return spec.replace(in_features=2 * f, out_features=f, vocab_size=0, max_len=self.config["positions"])
+        # across the batch, the attended length is the batch size: leave room for any batch
+        length = self.config["positions"] if self.config["attend_across"] == "positions" else 4096
+        return spec.replace(in_features=2 * f, out_features=f, vocab_size=0, max_len=length)
+
+    def predict(self, model: Any, x: Tensor) -> Tensor:
+        """The model's prediction for inputs ``x`` (batch, positions, features), in the configured layout."""
+        if self.config["attend_across"] == "batch":
+            return model.project(model.encode(x.transpose(0, 1))).transpose(0, 1)
+        return model.project(model.encode(x))
 
     def _sample(self, gen: torch.Generator, n: int) -> Batch:
         return sample(gen, n, self.config["positions"], self.config["features"])
@@ -112,8 +139,7 @@ class Regression(Task):
         return [self._sample(gen, batch_size) for _ in range(max(limit, 1))]
 
     def loss(self, model: Any, batch: Batch) -> Tensor:
-        pred = model.project(model.encode(batch["x"]))
-        return 0.5 * torch.nn.functional.mse_loss(pred, batch["y"])
+        return 0.5 * torch.nn.functional.mse_loss(self.predict(model, batch["x"]), batch["y"])
 
     def evaluate(self, model: Any, batches: list[Batch]) -> dict[str, float]:
         from torchmetrics import MeanSquaredError
@@ -121,10 +147,35 @@ class Regression(Task):
         mse = MeanSquaredError()
         with torch.no_grad():
             for b in batches:
-                pred = model.project(model.encode(b["x"]))
-                mse.update(pred.detach().float().cpu(), b["y"].float().cpu())
+                mse.update(self.predict(model, b["x"]).detach().float().cpu(), b["y"].float().cpu())
         value = float(mse.compute())
-        return {"val_mse": value, "val_loss": 0.5 * value}
+        out = {"val_mse": value, "val_loss": 0.5 * value}
+        n = self.config["train_mode_batches"]
+        if n:
+            out["train_mode_mse"] = self.train_mode_mse(model, n, batches[0]["x"].shape[0])
+            out["train_mode_loss"] = 0.5 * out["train_mode_mse"]
+        return out
+
+    def train_mode_mse(self, model: Any, n_batches: int, batch_size: int) -> float:
+        """MSE in train mode (dropout as in training) over ``n_batches`` fresh batches, without updating.
+
+        The batches come from their own generator (seed 20000), never the training stream, and are
+        the same for every cell of this configuration; the model's mode is restored afterwards.
+        """
+        gen = torch.Generator().manual_seed(2 * HELD_OUT_SEED_OFFSET)
+        was_training = model.training
+        model.train()
+        total, count = 0.0, 0
+        try:
+            with torch.no_grad():
+                for _ in range(n_batches):
+                    b = self._sample(gen, batch_size)
+                    err = (self.predict(model, b["x"].to(_device(model))).float().cpu() - b["y"]) ** 2
+                    total += float(err.sum())
+                    count += err.numel()
+        finally:
+            model.train(was_training)
+        return total / max(count, 1)
 
     def count_tokens(self, batch: Batch) -> int:
         return int(batch["x"].shape[0] * batch["x"].shape[1])
@@ -150,3 +201,8 @@ class Regression(Task):
                     count += batch["y"].numel()
             _TRIVIAL[key] = total / count
         return _TRIVIAL[key]
+
+
+def _device(model: Any) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
