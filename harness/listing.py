@@ -159,6 +159,28 @@ def list_tasks(pattern: str | None = None, *, markdown: bool = False) -> str:
                   markdown, f"{len(rows)} tasks")
 
 
+def list_implementations(pattern: str | None = None, *, markdown: bool = False) -> str:
+    """One row per implementation profile: description, source, and each default with its source."""
+    from .implementations import IMPLEMENTATIONS, profile_defaults
+
+    ensure_builtin_components()
+    header = ["implementation", "description", "source", "defaults"]
+    rows, details = [], []
+    for e in IMPLEMENTATIONS.list(pattern):
+        defaults = profile_defaults(e.name)
+        sep = "<br>" if markdown else "; "
+        rows.append([e.name, e.meta["description"], e.meta["source"],
+                     sep.join(f"{f}={v!r} ({src})" for f, v, src in defaults)])
+        details.append(f"{e.name}: {e.meta['description']}")
+        details.append(f"  source: {e.meta['source']}")
+        details += [f"  {f} = {v!r}: {src}" for f, v, src in defaults]
+    title = f"{len(rows)} implementations"
+    if markdown:
+        return _table(header, rows, True, title)
+    table = _table(header[:3], [r[:3] for r in rows], False, title)
+    return table + ("\n\n" + "\n".join(details) if details else "")
+
+
 def list_components(pattern: str | None = None) -> str:
     ensure_builtin_components()
     rows = []
@@ -182,4 +204,4 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool, title: str)
     return "\n".join([title, fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-__all__ = ["accounting", "list_components", "list_tasks", "list_variants"]
+__all__ = ["accounting", "list_components", "list_implementations", "list_tasks", "list_variants"]

@@ -29,7 +29,15 @@ Slot interfaces (what a plugin's component must provide):
 ``output``      ``cls(spec, in_dim, tied) -> Module`` with ``log_probs(h, weight)`` and
                 ``token_nll(h, targets, weight) -> Tensor[B, T]`` (0 where ``targets == -100``).
 ``sharing``     ``fn(stack) -> bool``: whether ``"encoder"``/``"decoder"`` reuses one block.
-``init``        ``fn(model, spec) -> None``, applied once after construction.
+``init``        ``fn(model, spec) -> None``, applied once after construction. A scheme with the
+                attribute ``finishes = True`` applies the special inits and ``clone_layers``
+                itself (see :func:`clone_blocks`); otherwise the builder does both after it.
+
+A component of the ``attention`` or ``ffn`` slot that builds its projections with
+``bias=spec.bias`` says so with ``honours_bias = True`` (see
+:func:`modtransfer.spec.honours_bias`); without it a spec with ``bias=True`` is rejected.
+Dropout rates come from ``spec.dropout_for(site)``, so ``spec.dropout_at`` decides where
+dropout is applied.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from .components import component
+from .errors import UserError
 from .spec import ModelSpec
 
 IGNORE_INDEX = -100
@@ -72,10 +81,24 @@ class Block(nn.Module):
         return self.ffn(x)
 
 
-class Stack(nn.Module):
-    """A stack of blocks with its own position component and (for pre-norm) a final norm."""
+def has_final_norm(spec: ModelSpec, topology: str) -> bool:
+    """Whether a stack of a model of ``topology`` ends with a norm (``spec.final_norm``)."""
+    if spec.final_norm == "auto":
+        return bool(component("residual", spec.residual).final_norm)
+    if spec.final_norm == "encoder_decoder":
+        return topology == "encoder_decoder"
+    return spec.final_norm == "always"
 
-    def __init__(self, spec: ModelSpec, *, causal: bool, cross: bool, shared: bool) -> None:
+
+class Stack(nn.Module):
+    """A stack of blocks with its own position component and (see ``final_norm``) a final norm.
+
+    ``topology`` is the model's (``""`` when unknown: an encoder-decoder if ``cross``).
+    With ``spec.clone_layers`` every block must have the same parameters (names and shapes)
+    as the first, since it starts as a copy of it (:func:`clone_blocks`).
+    """
+
+    def __init__(self, spec: ModelSpec, *, causal: bool, cross: bool, shared: bool, topology: str = "") -> None:
         super().__init__()
         self.position = component("position", spec.position)(spec, causal=causal)
         if shared:  # one block applied n_layers times (Lan et al. 2020, ALBERT, arXiv 1909.11942)
@@ -84,10 +107,13 @@ class Stack(nn.Module):
         else:
             self.blocks = nn.ModuleList(Block(spec, causal=causal, cross=cross, index=i) for i in range(spec.n_layers))
             self.repeat = 1
-        residual = component("residual", spec.residual)
+        if spec.clone_layers:
+            _check_clonable(spec, self.blocks)
         norm = component("norm", spec.norm)
-        self.final_norm = norm(spec.d_model, spec.norm_eps) if residual.final_norm else nn.Identity()
-        self.drop = nn.Dropout(spec.dropout)
+        topology = topology or ("encoder_decoder" if cross else "")
+        self.final_norm = norm(spec.d_model, spec.norm_eps) if has_final_norm(spec, topology) else nn.Identity()
+        self.drop = nn.Dropout(spec.dropout_for("embed"))
+        self.final_drop = nn.Dropout(spec.dropout_for("final"))
 
     def forward(
         self, x: Tensor, pad_mask: Tensor | None = None, memory: Tensor | None = None,
@@ -100,7 +126,35 @@ class Stack(nn.Module):
             for block in self.blocks:
                 x = block(x, pad_mask=pad_mask, bias=bias, position=self.position, memory=memory,
                           memory_pad_mask=memory_pad_mask)
-        return self.final_norm(x)
+        return self.final_drop(self.final_norm(x))
+
+
+def _check_clonable(spec: ModelSpec, blocks: nn.ModuleList) -> None:
+    first = [(n, tuple(p.shape)) for n, p in blocks[0].named_parameters()]
+    for i, block in enumerate(blocks):
+        if [(n, tuple(p.shape)) for n, p in block.named_parameters()] != first:
+            raise UserError(
+                f"ModelSpec.clone_layers (implementation {spec.implementation!r}) starts every layer as a copy of "
+                f"the first, but layer {i} has other parameters than layer 0 (ffn {spec.ffn!r} differs by layer); "
+                "this combination cannot be built"
+            )
+
+
+@torch.no_grad()
+def clone_blocks(model: nn.Module) -> None:
+    """Copy the first block of each stack into the others (``spec.clone_layers``).
+
+    What ``torch.nn.TransformerEncoder``/``TransformerDecoder`` do with ``copy.deepcopy`` of
+    the layer they are given: every layer starts identical.
+    """
+    for stack in (getattr(model, "encoder", None), getattr(model, "decoder", None)):
+        if not isinstance(stack, Stack):
+            continue
+        first = stack.blocks[0]
+        source = dict(first.named_parameters()) | dict(first.named_buffers())
+        for block in list(stack.blocks)[1:]:
+            for name, t in [*block.named_parameters(), *block.named_buffers()]:
+                t.copy_(source[name])
 
 
 class Transformer(nn.Module):
@@ -126,17 +180,21 @@ class Transformer(nn.Module):
             self.out_proj = nn.Linear(spec.d_model, spec.out_features)
         shares = component("sharing", spec.sharing)
         self.encoder = (
-            Stack(spec, causal=False, cross=False, shared=shares("encoder"))
+            Stack(spec, causal=False, cross=False, shared=shares("encoder"), topology=topology)
             if topology in ("encoder", "encoder_decoder") else None
         )
         self.decoder = (
-            Stack(spec, causal=True, cross=topology == "encoder_decoder", shared=shares("decoder"))
+            Stack(spec, causal=True, cross=topology == "encoder_decoder", shared=shares("decoder"), topology=topology)
             if topology in ("decoder", "encoder_decoder") else None
         )
-        component("init", spec.init)(self, spec)
-        from modtransfer.variants.init import apply_special_inits
+        init = component("init", spec.init)
+        init(self, spec)
+        if not getattr(init, "finishes", False):
+            from modtransfer.variants.init import apply_special_inits
 
-        apply_special_inits(self)  # components' own inits (Fixup, ReZero, DeepNorm, ...) win over the scheme
+            apply_special_inits(self)  # components' own inits (Fixup, ReZero, DeepNorm, ...) win over the scheme
+            if spec.clone_layers:
+                clone_blocks(self)
         self._aux = [m for m in self.modules() if hasattr(m, "aux_loss")]
 
     # -- inputs -------------------------------------------------------------------------

@@ -15,6 +15,20 @@ from typing import Any
 
 from .errors import UserError, did_you_mean
 
+#: Where dropout can be applied (``ModelSpec.dropout_at``), in a fixed order:
+#: ``embed`` on the stack's input (after the position signal is added), ``attention`` on the
+#: attention weights, ``residual`` on each branch's output before it is added, ``ffn`` inside
+#: the FFN after the activation, ``final`` after a stack's final norm (T5's dropout at the
+#: output of the stack, Raffel et al. 2020, section 2.1).
+DROPOUT_SITES: tuple[str, ...] = ("embed", "attention", "residual", "ffn", "final")
+
+#: Values of ``ModelSpec.final_norm``: ``auto`` lets the residual component decide (pre-norm
+#: stacks end with a norm, post-norm stacks do not); ``always``/``never`` force it;
+#: ``encoder_decoder`` puts one at the end of both stacks of an encoder-decoder only (what
+#: ``torch.nn.Transformer`` builds) and none in a lone stack (``nn.TransformerEncoder`` built
+#: without ``norm=``).
+FINAL_NORMS: tuple[str, ...] = ("auto", "always", "never", "encoder_decoder")
+
 #: The slots a modification can change, in the order ``ls`` groups them.
 SLOTS: tuple[str, ...] = (
     "activation", "ffn", "norm", "residual", "position", "attention",
@@ -66,6 +80,13 @@ class ModelSpec:
     rel_buckets: int = 32
     rel_max_distance: int = 128
     extra: tuple[tuple[str, Any], ...] = field(default=())  # free-form options for plugins
+    # implementation profile (``modtransfer.implementations``): which baseline built the spec,
+    # and the defaults that differ between implementations
+    implementation: str = "modtransfer"
+    bias: bool = False                # additive biases on the attention and FFN projections
+    dropout_at: str = "embed,attention,residual,ffn"   # comma-separated DROPOUT_SITES
+    final_norm: str = "auto"          # one of FINAL_NORMS
+    clone_layers: bool = False        # every layer of a stack starts as a copy of its first
 
     def __post_init__(self) -> None:
         if isinstance(self.adaptive_cutoffs, list):
@@ -74,6 +95,12 @@ class ModelSpec:
             object.__setattr__(self, "extra", tuple(sorted(self.extra.items())))
         elif isinstance(self.extra, list):
             object.__setattr__(self, "extra", tuple(tuple(p) for p in self.extra))
+        if isinstance(self.dropout_at, str):
+            sites = {s.strip() for s in self.dropout_at.split(",") if s.strip()}
+            object.__setattr__(self, "dropout_at", ",".join(s for s in DROPOUT_SITES if s in sites))
+            unknown = sorted(sites - set(DROPOUT_SITES))
+            if unknown:
+                raise UserError(f"ModelSpec.dropout_at: unknown site {unknown[0]!r}; sites are {', '.join(DROPOUT_SITES)}")
         self._check_types()
         self._check_values()
 
@@ -90,6 +117,8 @@ class ModelSpec:
                 object.__setattr__(self, f.name, float(value))
             if kind == "str" and not isinstance(value, str):
                 raise UserError(f"ModelSpec.{f.name} must be a string, got {value!r}")
+            if kind == "bool" and not isinstance(value, bool):
+                raise UserError(f"ModelSpec.{f.name} must be true or false, got {value!r}")
         if not all(isinstance(c, int) and c > 0 for c in self.adaptive_cutoffs):
             raise UserError(f"ModelSpec.adaptive_cutoffs must be positive integers, got {self.adaptive_cutoffs!r}")
 
@@ -113,17 +142,28 @@ class ModelSpec:
             )
         if self.moe_top_k > max(self.n_experts, 1):
             raise UserError(f"ModelSpec: moe_top_k={self.moe_top_k} exceeds n_experts={self.n_experts}")
+        if self.final_norm not in FINAL_NORMS:
+            raise UserError(f"ModelSpec.final_norm must be one of {', '.join(FINAL_NORMS)}, got {self.final_norm!r}")
 
     def check_components(self) -> None:
         """Every slot string must name a registered component of its slot."""
         from .components import COMPONENTS, ensure_builtin_components
 
         ensure_builtin_components()
+        from .implementations import IMPLEMENTATIONS
+
+        IMPLEMENTATIONS.entry(self.implementation)
         for slot in SLOTS:
-            obj = COMPONENTS[slot].entry(getattr(self, slot)).obj
-            check = getattr(obj, "check_spec", None)
+            entry = COMPONENTS[slot].entry(getattr(self, slot))
+            check = getattr(entry.obj, "check_spec", None)
             if callable(check):  # a component may reject combinations before anything is built
                 check(self)
+            if self.bias and slot in BIAS_SLOTS and not honours_bias(entry.obj, entry.meta):
+                raise UserError(
+                    f"the {slot} component {entry.name!r} has no bias terms, but ModelSpec.bias is true "
+                    f"(implementation {self.implementation!r} puts biases on every projection); "
+                    "it cannot run on this implementation"
+                )
 
     # -- derived ----------------------------------------------------------------------
     @property
@@ -133,6 +173,12 @@ class ModelSpec:
     @property
     def embed_dim(self) -> int:
         return self.d_embed or self.d_model
+
+    def dropout_for(self, site: str) -> float:
+        """The dropout rate at ``site`` (one of :data:`DROPOUT_SITES`): ``dropout`` or 0."""
+        if site not in DROPOUT_SITES:
+            raise ValueError(f"unknown dropout site {site!r}; sites are {DROPOUT_SITES}")
+        return self.dropout if site in self.dropout_at.split(",") else 0.0
 
     def option(self, key: str, default: Any = None) -> Any:
         """A plugin's free-form option from ``extra``."""
@@ -146,9 +192,17 @@ class ModelSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, except the :data:`LATE_FIELDS` left at their defaults.
+
+        Leaving those out keeps the dict (and with it the digest and every cell id) of a spec
+        written before they existed unchanged; ``from_dict`` fills them back in.
+        """
         d = dataclasses.asdict(self)
         d["adaptive_cutoffs"] = list(self.adaptive_cutoffs)
         d["extra"] = dict(self.extra)
+        for name in LATE_FIELDS:
+            if d[name] == _DEFAULTS[name]:
+                del d[name]
         return d
 
     @classmethod
@@ -175,3 +229,20 @@ class ModelSpec:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(ModelSpec))
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(ModelSpec) if f.default is not dataclasses.MISSING}
+
+#: Fields added with implementation profiles: ``to_dict`` omits them at their defaults, so
+#: the modtransfer baseline's specs, digests and cell ids are what they were before.
+LATE_FIELDS: tuple[str, ...] = ("implementation", "bias", "dropout_at", "final_norm", "clone_layers")
+
+#: Slots whose components build the projections ``ModelSpec.bias`` puts biases on.
+BIAS_SLOTS: tuple[str, ...] = ("attention", "ffn")
+
+
+def honours_bias(component: Any, meta: dict[str, Any] | None = None) -> bool:
+    """Whether a component builds its projections with ``bias=spec.bias``.
+
+    A component says so with a class or function attribute ``honours_bias = True`` or with
+    ``register_component(..., honours_bias=True)``.
+    """
+    return bool(getattr(component, "honours_bias", False) or (meta or {}).get("honours_bias", False))

@@ -18,6 +18,15 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GeLU's tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+
+    Hendrycks & Gimpel 2016, section 2; the form GPT-2's code uses (openai/gpt-2, src/model.py,
+    ``gelu``), and the ``gpt2`` implementation profile's activation.
+    """
+    return F.gelu(x, approximate="tanh")
+
+
 register_component("activation", "relu", paper="Nair & Hinton 2010")(F.relu)
 register_component("activation", "gelu", paper="Hendrycks & Gimpel 2016, arXiv 1606.08415")(F.gelu)
 register_component("activation", "swish", paper="Ramachandran et al. 2017, arXiv 1710.05941")(F.silu)
@@ -26,6 +35,8 @@ register_component("activation", "selu", paper="Klambauer et al. 2017, arXiv 170
 register_component("activation", "sigmoid")(torch.sigmoid)
 register_component("activation", "softplus")(F.softplus)
 register_component("activation", "linear")(_identity)
+register_component("activation", "gelu_tanh", paper="Hendrycks & Gimpel 2016, arXiv 1606.08415; Radford et al. 2019")(
+    gelu_tanh)
 
 
 def _activation_variant(name: str, paper: str, equation: str) -> None:

@@ -3,7 +3,8 @@
 sdpa (baseline; Vaswani et al. 2017): softmax(Q K^T / sqrt(d_k) + B) V on
 ``scaled_dot_product_attention``, with B the position bias, the causal mask and the padding mask
 merged into one additive mask only when one is needed (otherwise ``is_causal``). Self-attention
-uses one fused QKV projection.
+uses one fused QKV projection (the layout of ``torch.nn.MultiheadAttention.in_proj_weight``:
+rows q, k, v); with ``spec.bias`` every projection has a bias (in_proj_bias, out_proj.bias).
 unscaled (Raffel et al. 2020, T5): no 1/sqrt(d_k); the factor moves into the initialisation of W_q.
 multi_query (Shazeer 2019, arXiv 1911.02150): one key and one value head shared by all query heads.
 linear (Katharopoulos et al. 2020, arXiv 2006.16236): phi(Q) (phi(K)^T V), linear in length.
@@ -50,6 +51,7 @@ class MultiHeadAttention(nn.Module):
     scaled = True
     shared_kv = False        # one K/V head for all query heads (multi-query attention)
     supports_bias = True     # can add a position bias to its logits
+    honours_bias = True      # projections have additive biases when ``spec.bias`` is set
 
     def __init__(self, spec: ModelSpec, causal: bool = False, cross: bool = False) -> None:
         super().__init__()
@@ -59,12 +61,12 @@ class MultiHeadAttention(nn.Module):
         inner, kv_inner = self.n_heads * self.d_head, self.kv_heads * self.d_head
         self.split = (inner, kv_inner, kv_inner)
         if cross:
-            self.q = nn.Linear(spec.d_model, inner, bias=False)
-            self.kv = nn.Linear(spec.d_model, 2 * kv_inner, bias=False)
+            self.q = nn.Linear(spec.d_model, inner, bias=spec.bias)
+            self.kv = nn.Linear(spec.d_model, 2 * kv_inner, bias=spec.bias)
         else:
-            self.qkv = nn.Linear(spec.d_model, inner + 2 * kv_inner, bias=False)
-        self.out = nn.Linear(inner, spec.d_model, bias=False)
-        self.dropout = spec.dropout
+            self.qkv = nn.Linear(spec.d_model, inner + 2 * kv_inner, bias=spec.bias)
+        self.out = nn.Linear(inner, spec.d_model, bias=spec.bias)
+        self.dropout = spec.dropout_for("attention")
         self.scale = 1.0 / math.sqrt(self.d_head) if self.scaled else 1.0
         self._check_position(spec)
 

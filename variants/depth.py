@@ -26,36 +26,42 @@ from modtransfer.spec import ModelSpec
 from modtransfer.variant import register_variant
 
 #: the stack sets whose parameters must match: a lone stack and an encoder + decoder-with-cross
+#: (the layout's name is the topology the stacks are built for)
 _LAYOUTS: dict[str, tuple[tuple[str, bool], ...]] = {
     "lone": (("decoder", False),),
     "encoder_decoder": (("encoder", False), ("decoder", True)),
 }
 
 
-def stack_params(spec: ModelSpec, stack: str, cross: bool) -> int:
-    """Parameters of one stack (blocks, position, final norm; no embedding), built on ``meta``."""
+def stack_params(spec: ModelSpec, stack: str, cross: bool, topology: str = "") -> int:
+    """Parameters of one stack (blocks, position, final norm; no embedding), built on ``meta``.
+
+    ``topology``: the model's (whether a stack ends with a norm may depend on it, see
+    ``ModelSpec.final_norm``); ``""``: an encoder-decoder if ``cross``, else a lone stack.
+    """
     try:
-        return _cached_stack_params(spec, stack, cross)
+        return _cached_stack_params(spec, stack, cross, topology)
     except TypeError:  # a plugin option in ``extra`` that cannot be hashed
-        return _stack_params(spec, stack, cross)
+        return _stack_params(spec, stack, cross, topology)
 
 
 @functools.lru_cache(maxsize=512)
-def _cached_stack_params(spec: ModelSpec, stack: str, cross: bool) -> int:
-    return _stack_params(spec, stack, cross)
+def _cached_stack_params(spec: ModelSpec, stack: str, cross: bool, topology: str) -> int:
+    return _stack_params(spec, stack, cross, topology)
 
 
-def _stack_params(spec: ModelSpec, stack: str, cross: bool) -> int:
+def _stack_params(spec: ModelSpec, stack: str, cross: bool, topology: str) -> int:
     from modtransfer.model import Stack
 
     shared = component("sharing", spec.sharing)(stack)
     with torch.device("meta"):
-        module = Stack(spec, causal=stack == "decoder", cross=cross, shared=shared)
+        module = Stack(spec, causal=stack == "decoder", cross=cross, shared=shared, topology=topology)
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def layout_params(spec: ModelSpec, layout: str) -> int:
-    return sum(stack_params(spec, stack, cross) for stack, cross in _LAYOUTS[layout])
+    topology = "encoder_decoder" if layout == "encoder_decoder" else "decoder"  # a lone stack
+    return sum(stack_params(spec, stack, cross, topology) for stack, cross in _LAYOUTS[layout])
 
 
 def rescale_depth(spec: ModelSpec, factor: float) -> ModelSpec:

@@ -71,6 +71,60 @@ class TiedEmbedding(nn.Module):
         return h
 
 
+class UnscaledTiedEmbedding(nn.Module):
+    """One matrix E for every input and the output, inputs not multiplied by sqrt(d).
+
+    x = E[w] and logits = (s h) E^T, with E ~ N(0, ``table_std``^2) and output scale s. The
+    function at init can equal the baseline's ``tied`` (T5: E ~ N(0, 1), s = d^-0.5 is the
+    baseline's N(0, 1/d) table times sqrt(d)); the parameterisation, and with it what an
+    optimiser step does to the embedding, is what differs.
+    """
+
+    table_std = 1.0
+    scale_output = False
+
+    def __init__(self, spec: ModelSpec, topology: str) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(spec.vocab_size, spec.d_model) * self.table_std)
+        self.output_scale = spec.d_model ** -0.5 if self.scale_output else 1.0
+        self.output_dim = spec.d_model
+
+    def embed(self, tokens: Tensor, stack: str) -> Tensor:
+        return F.embedding(tokens, self.weight)
+
+    def output_weight(self) -> Tensor | None:
+        return self.weight
+
+    def to_output(self, h: Tensor) -> Tensor:
+        return h * self.output_scale if self.scale_output else h
+
+
+@register_component("embedding", "tied_t5", paper="Raffel et al. 2020, arXiv 1910.10683")
+class T5Embedding(UnscaledTiedEmbedding):
+    """T5's shared embedding: E ~ N(0, 1) for the encoder and decoder inputs and the output,
+    no input multiplier, the decoder output rescaled by d_model^-0.5 before the tied logits.
+
+    Sources: Mesh TensorFlow's T5 (the ``shared`` embedding's N(0, 1) init and the
+    ``d_model ** -0.5`` rescaling before the tied output layer, as ported to Hugging Face
+    ``T5ForConditionalGeneration`` with ``tie_word_embeddings``); Raffel et al. 2020, section 2.1
+    (input and output embeddings shared).
+    """
+
+    table_std = 1.0
+    scale_output = True
+
+
+@register_component("embedding", "tied_gpt2", paper="Radford et al. 2019 (GPT-2)")
+class GPT2Embedding(UnscaledTiedEmbedding):
+    """GPT-2's token embedding ``wte``: E ~ N(0, 0.02^2), no input multiplier, tied to the
+    output layer (logits = h E^T). Sources: openai/gpt-2 ``src/model.py`` (``wte`` initialised
+    N(0, 0.02), logits ``h @ wte^T``); karpathy/nanoGPT ``model.py`` (``lm_head`` tied to ``wte``).
+    """
+
+    table_std = 0.02
+    scale_output = False
+
+
 @register_component("embedding", "untied")
 class UntiedEmbedding(nn.Module):
     """Separate input matrices per stack; the output layer owns its own matrix."""

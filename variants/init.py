@@ -13,6 +13,14 @@ Token embeddings, position tables, relative-bias tables and norm gains keep thei
 because the embedding component ties its scale to the sqrt(d) input multiplier and the tied
 output layer.
 
+Implementation schemes (selected by the ``torch``, ``t5`` and ``gpt2`` implementation profiles,
+see :mod:`modtransfer.implementations`):
+torch: what PyTorch's own modules do (``torch.nn.Linear.reset_parameters``,
+``torch.nn.MultiheadAttention._reset_parameters``, ``nn.TransformerEncoder`` cloning its layer,
+``nn.Transformer._reset_parameters``), see :func:`init_torch`.
+t5: Mesh TensorFlow's T5 init, N(0, 1/fan_in) on every projection (:func:`init_t5`).
+gpt2: N(0, 0.02^2), residual output projections N(0, 0.02^2 / (2 n_layers)) (:func:`init_gpt2`).
+
 Special inits: a module with its own initialisation (Fixup, ReZero alpha, DeepNorm beta, the
 unscaled-attention W_q) defines ``reset_special(topology, stack)``; every scheme ends with
 :func:`apply_special_inits`, so those inits win over the scheme. ``reset_special`` re-applies
@@ -22,15 +30,18 @@ the init from scratch, so a second call is harmless. A plugin init scheme should
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from modtransfer.components import register_component
 from modtransfer.errors import UserError
+from modtransfer.model import clone_blocks
 from modtransfer.spec import ModelSpec
 from modtransfer.variant import register_variant
+from modtransfer.variants.residual import branch_weights
 
 WeightInit = Callable[[Tensor], object]
 
@@ -42,13 +53,16 @@ def apply_special_inits(model: nn.Module) -> None:
     stacks = [(name, getattr(model, name, None)) for name in ("encoder", "decoder")]
     stacks.append(("", model))
     for stack, root in stacks:
-        if not isinstance(root, nn.Module):
-            continue
-        for m in root.modules():
-            hook = getattr(m, "reset_special", None)
-            if callable(hook) and id(m) not in seen:
-                seen.add(id(m))
-                hook(topology, stack)
+        if isinstance(root, nn.Module):
+            _special_inits(root, topology, stack, seen)
+
+
+def _special_inits(root: nn.Module, topology: str, stack: str, seen: set[int]) -> None:
+    for m in root.modules():
+        hook = getattr(m, "reset_special", None)
+        if callable(hook) and id(m) not in seen:
+            seen.add(id(m))
+            hook(topology, stack)
 
 
 @torch.no_grad()
@@ -83,6 +97,175 @@ def _scheme(name: str, make: Callable[[float], WeightInit], paper: str, what: st
 @register_component("init", "default")
 def init_default(model: nn.Module, spec: ModelSpec) -> None:
     """Keep each module's own initialisation (special inits re-applied with the model's topology)."""
+    apply_special_inits(model)
+
+
+# -- implementation schemes --------------------------------------------------------------
+def _is_attention(m: nn.Module) -> bool:
+    """An attention component: it names its projections by role (``branch_weights``)."""
+    return (not isinstance(m, nn.Linear) and callable(getattr(m, "branch_weights", None))
+            and callable(getattr(m, "output_layers", None)))
+
+
+@torch.no_grad()
+def _xavier_fused(views: list[Tensor]) -> None:
+    """Xavier-uniform over the views stacked row-wise as one matrix.
+
+    ``nn.MultiheadAttention`` keeps W_q, W_k, W_v as one ``in_proj_weight`` [3d, d] and
+    initialises it whole, so the bound is sqrt(6 / (d + 3d)), not the per-matrix sqrt(6 / 2d).
+    Drawn into one tensor and copied, so the numbers equal PyTorch's for the same RNG state.
+    """
+    if not views:
+        return
+    fused = torch.empty(sum(v.shape[0] for v in views), views[0].shape[1], device=views[0].device,
+                        dtype=views[0].dtype)
+    nn.init.xavier_uniform_(fused)
+    start = 0
+    for v in views:
+        v.copy_(fused[start:start + v.shape[0]])
+        start += v.shape[0]
+
+
+@torch.no_grad()
+def _torch_attention_init(m: nn.Module) -> None:
+    """``nn.MultiheadAttention``'s init, in its order: ``out_proj`` is an ``nn.Linear`` built
+    (kaiming-uniform a=sqrt(5) weight, uniform bias) before ``_reset_parameters`` draws the fused
+    in_proj weight xavier-uniform and sets in_proj_bias and out_proj.bias to 0."""
+    for layer in m.output_layers():
+        reset = getattr(layer, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    roles = m.branch_weights()
+    _xavier_fused(list(roles.get("score", [])) + list(roles.get("input", [])))
+    for layer in m.modules():
+        if isinstance(layer, nn.Linear) and layer.bias is not None:
+            layer.bias.zero_()
+
+
+@torch.no_grad()
+def _torch_module_init(root: nn.Module, skip: set[int] | None = None) -> None:
+    """Every module's own PyTorch init, in registration order (attention as ``nn.MultiheadAttention``)."""
+    done = set(skip or ())
+    for m in root.modules():
+        if id(m) in done:
+            continue
+        if _is_attention(m):
+            _torch_attention_init(m)
+            done.update(id(c) for c in m.modules())
+            continue
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
+@torch.no_grad()
+def _xavier_matrices(blocks: Iterable[nn.Module]) -> None:
+    """``nn.Transformer._reset_parameters``: xavier-uniform on every parameter of more than one
+    dimension, in parameter order (a fused attention input projection as one matrix)."""
+    for block in blocks:
+        done: set[int] = set()
+        for m in block.modules():
+            if id(m) in done:
+                continue
+            if _is_attention(m):
+                roles = m.branch_weights()
+                _xavier_fused(list(roles.get("score", [])) + list(roles.get("input", [])))
+                for layer in m.output_layers():
+                    nn.init.xavier_uniform_(layer.weight)
+                done.update(id(c) for c in m.modules())
+                continue
+            for p in m.parameters(recurse=False):
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+
+
+def _stacks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, s) for name in ("encoder", "decoder") if isinstance(s := getattr(model, name, None), nn.Module)]
+
+
+@register_component("init", "torch", paper="PyTorch torch.nn.Transformer* (torch/nn/modules/transformer.py)")
+@torch.no_grad()
+def init_torch(model: nn.Module, spec: ModelSpec) -> None:
+    """PyTorch's own initialisation of the modules ``torch.nn.Transformer*`` is built from.
+
+    1. Each stack's layers get the init PyTorch gives a freshly built ``TransformerEncoderLayer``
+       / ``TransformerDecoderLayer``: ``nn.Linear`` kaiming-uniform(a=sqrt(5)) weights and
+       U(-1/sqrt(fan_in), 1/sqrt(fan_in)) biases (``Linear.reset_parameters``), attention as
+       ``nn.MultiheadAttention`` (:func:`_torch_attention_init`), LayerNorm 1 and 0. With
+       ``spec.clone_layers`` only the first layer is drawn and copied into the others, as
+       ``nn.TransformerEncoder(layer, N)`` deep-copies the layer it is given (``_get_clones``).
+    2. In an encoder-decoder, as ``nn.Transformer.__init__`` ends: xavier-uniform on every
+       parameter of more than one dimension of both stacks (``_reset_parameters``), so there
+       the layers' matrices differ while their biases stay the clones'.
+    3. The rest of the model (input/output layers outside the stacks) gets each module's own
+       init (``reset_parameters``); token embeddings and position tables keep theirs.
+    Special inits (Fixup, ReZero, ...) are applied to a layer before it is copied and again
+    after step 2. The stacks are drawn first, encoder then decoder, so for the same RNG state
+    the layers are exactly PyTorch's (tested against ``torch.nn`` in tests/test_implementations.py).
+    """
+    topology = getattr(model, "topology", "")
+    seen: set[int] = set()
+    stacks = _stacks(model)
+    for name, stack in stacks:
+        blocks = list(getattr(stack, "blocks", []))
+        for block in blocks[:1] if spec.clone_layers else blocks:
+            _torch_module_init(block)
+        final = getattr(stack, "final_norm", None)
+        if isinstance(final, nn.Module):
+            _torch_module_init(final)
+        _special_inits(stack, topology, name, seen)
+    if spec.clone_layers:
+        clone_blocks(model)
+    if topology == "encoder_decoder":
+        for _, stack in stacks:
+            _xavier_matrices(getattr(stack, "blocks", []))
+        seen.clear()
+        for name, stack in stacks:
+            _special_inits(stack, topology, name, seen)
+    inside = {id(m) for _, stack in stacks for m in stack.modules()}
+    _torch_module_init(model, skip=inside)
+    _special_inits(model, topology, "", seen)
+
+
+init_torch.finishes = True  # type: ignore[attr-defined]  # applies special inits and cloning itself
+
+
+@register_component("init", "t5", paper="Raffel et al. 2020, arXiv 1910.10683 (Mesh TensorFlow T5)")
+def init_t5(model: nn.Module, spec: ModelSpec) -> None:
+    """Mesh TensorFlow's T5 init: every projection N(0, factor^2 / fan_in), biases 0.
+
+    In Mesh TF's T5 (and its Hugging Face port, ``T5PreTrainedModel._init_weights``): W_k, W_v
+    N(0, 1/d_model), W_o N(0, 1/(H d_kv)), FFN W_i N(0, 1/d_model) and W_o N(0, 1/d_ff), i.e.
+    1/fan_in for each (fused projections part by part); W_q N(0, 1/(d_model d_kv)) is the
+    ``unscaled`` attention's own special init (applied last). factor = ``spec.init_scale`` or 1.
+    The relative-bias table (N(0, 1/d_model)) and the ``tied_t5`` embedding (N(0, 1)) keep
+    their own init.
+    """
+    factor = spec.init_scale or 1.0
+    init_linear_weights(model, lambda w: nn.init.normal_(w, 0.0, factor * w.shape[1] ** -0.5))
+    apply_special_inits(model)
+
+
+@register_component("init", "gpt2", paper="Radford et al. 2019 (GPT-2); karpathy/nanoGPT model.py")
+@torch.no_grad()
+def init_gpt2(model: nn.Module, spec: ModelSpec) -> None:
+    """GPT-2's init: every projection N(0, std^2), biases 0, and the projection that ends each
+    residual branch (attention W_o, FFN W_2) N(0, std^2 / (2 n_layers)).
+
+    Radford et al. 2019, section 2.3: "we scale the weights of residual layers at
+    initialization by a factor of 1/sqrt(N) where N is the number of residual layers"; N =
+    2 n_layers (two branches per layer) as in nanoGPT (``c_proj.weight`` std
+    0.02 / sqrt(2 n_layer)). std = ``spec.init_scale`` or 0.02. Embeddings and position tables
+    keep their own init (``tied_gpt2``: N(0, 0.02^2); ``learned``: N(0, 0.02^2)).
+    """
+    std = spec.init_scale or 0.02
+    init_linear_weights(model, lambda w: nn.init.normal_(w, 0.0, std))
+    residual_std = std / math.sqrt(2 * spec.n_layers)
+    for m in model.modules():
+        sublayer = getattr(m, "sublayer", None)
+        if isinstance(sublayer, nn.Module):
+            for w in branch_weights(sublayer)["output"]:
+                w.normal_(0.0, residual_std)
     apply_special_inits(model)
 
 

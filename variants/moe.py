@@ -129,7 +129,7 @@ class MixtureOfExperts(nn.Module):
         return out.transpose(0, 1) if xs is not x else out
 
 
-@register_component("ffn", "switch", paper="Fedus et al. 2021, arXiv 2101.03961")
+@register_component("ffn", "switch", paper="Fedus et al. 2021, arXiv 2101.03961", honours_bias=True)
 def switch_ffn(spec: ModelSpec, activation: Callable[[Tensor], Tensor], layer_index: int = 0) -> nn.Module:
     """Switch FFN (top-1 routing) in every ``moe_every``-th layer, the dense FFN elsewhere."""
     if not is_moe_layer(spec, layer_index):
@@ -137,7 +137,7 @@ def switch_ffn(spec: ModelSpec, activation: Callable[[Tensor], Tensor], layer_in
     return MixtureOfExperts(spec, activation, top_k=1)
 
 
-@register_component("ffn", "moe", paper="Lepikhin et al. 2020, arXiv 2006.16668")
+@register_component("ffn", "moe", paper="Lepikhin et al. 2020, arXiv 2006.16668", honours_bias=True)
 def moe_ffn(spec: ModelSpec, activation: Callable[[Tensor], Tensor], layer_index: int = 0) -> nn.Module:
     """Top-``moe_top_k`` mixture of experts in every ``moe_every``-th layer, the dense FFN elsewhere."""
     if not is_moe_layer(spec, layer_index):

@@ -79,7 +79,7 @@ class PreNorm(nn.Module):
         super().__init__()
         self.norm = norm(spec.d_model, spec.norm_eps)
         self.sublayer = sublayer
-        self.drop = nn.Dropout(spec.dropout)
+        self.drop = nn.Dropout(spec.dropout_for("residual"))
 
     def forward(self, x: Tensor, **kw: Any) -> Tensor:
         return x + self.drop(self.sublayer(self.norm(x), **kw))
@@ -113,7 +113,7 @@ class ReZero(nn.Module):
         self.norm = norm(spec.d_model, spec.norm_eps)
         self.sublayer = sublayer
         self.alpha = nn.Parameter(torch.zeros(()))
-        self.drop = nn.Dropout(spec.dropout)
+        self.drop = nn.Dropout(spec.dropout_for("residual"))
 
     def forward(self, x: Tensor, **kw: Any) -> Tensor:
         return x + self.alpha * self.drop(self.sublayer(self.norm(x), **kw))
@@ -159,7 +159,7 @@ class Fixup(nn.Module):
         self.bias_mid = nn.Parameter(torch.zeros(()))
         self.bias_out = nn.Parameter(torch.zeros(()))
         self.scale = nn.Parameter(torch.ones(()))
-        self.drop = nn.Dropout(spec.dropout)
+        self.drop = nn.Dropout(spec.dropout_for("residual"))
         for m in output_layers(sublayer):
             m.register_forward_pre_hook(functools.partial(_shift_input, self))
         self.reset_special()
@@ -203,7 +203,7 @@ class SandwichNorm(nn.Module):
         self.norm_in = norm(spec.d_model, spec.norm_eps)
         self.norm_out = norm(spec.d_model, spec.norm_eps)
         self.sublayer = sublayer
-        self.drop = nn.Dropout(spec.dropout)
+        self.drop = nn.Dropout(spec.dropout_for("residual"))
 
     def forward(self, x: Tensor, **kw: Any) -> Tensor:
         return x + self.drop(self.norm_out(self.sublayer(self.norm_in(x), **kw)))
@@ -245,7 +245,7 @@ class DeepNorm(nn.Module):
         super().__init__()
         self.norm = norm(spec.d_model, spec.norm_eps)
         self.sublayer = sublayer
-        self.drop = nn.Dropout(spec.dropout)
+        self.drop = nn.Dropout(spec.dropout_for("residual"))
         self.n_layers = spec.n_layers
         has_cross = n_sublayers == 3 * spec.n_layers
         self.alpha, self.beta = deepnorm_constants(
