@@ -227,7 +227,7 @@ def _report(run_dir: Path, wandb_mode: str | None, wandb_report: bool, out: Path
 def _run(args: argparse.Namespace) -> int:
     plugins = [str(Path(p).resolve()) for p in _load_plugins(args, strict=True)]
     from .plan import load_plan
-    from .runner import EXECUTORS, Progress, execute, print_table, results_table
+    from .runner import EXECUTORS
     from .store import Store
 
     if args.seeds is not None and args.seeds < 1:
@@ -295,6 +295,18 @@ def _run(args: argparse.Namespace) -> int:
 
     task_info = _task_info(plan, cache)
     run_dir.mkdir(parents=True, exist_ok=True)
+    from .envinfo import clean_stale_tmp, run_tmp
+
+    clean_stale_tmp(run_dir)  # temporary files left by killed runs of this folder
+    with run_tmp(run_dir):    # before anything imports W&B, which makes temporary folders at import
+        return _train(args, plan, store, run_dir, todo, task_info, plugins, executor, workers, cache)
+
+
+def _train(args: argparse.Namespace, plan: Plan, store: Store, run_dir: Path, todo: list, task_info: dict,
+           plugins: list[str], executor: str, workers: int, cache: str | None) -> int:
+    """Record the plan and its task declarations, train the cells (in rounds with adaptive seeds), report."""
+    from .runner import Progress, execute, print_table, results_table
+
     _store_plan(store, {**plan.to_dict(), "source": str(Path(args.plan).resolve()),
                         "selection": {"variants": args.variants, "tasks": args.tasks, "seeds": args.seeds},
                         "plugins": plugins})

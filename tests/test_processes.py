@@ -90,7 +90,10 @@ def test_killed_cell_resumes_its_wandb_run_under_the_same_id(tmp_path: Path) -> 
     plan = _plan(tmp_path / "p.yaml", "resume-wb", steps=1500, seeds=1, wandb="offline")
     runs = tmp_path / "runs"
     args = [sys.executable, "-m", "modtransfer", "run", str(plan), "--runs-dir", str(runs), "--no-report"]
-    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    system_tmp = tmp_path / "system-tmp"   # stands for /tmp: nothing of the run may land there
+    system_tmp.mkdir()
+    env = {**_env(), "TMPDIR": str(system_tmp)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wb = runs / "resume-wb" / "wandb" / "wandb"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(wb.glob("offline-run-*")):
@@ -100,9 +103,14 @@ def test_killed_cell_resumes_its_wandb_run_under_the_same_id(tmp_path: Path) -> 
     proc.wait(timeout=30)
     first = {p.name.rsplit("-", 1)[1] for p in wb.glob("offline-run-*")}
     assert len(first) == 1, first
+    assert list(system_tmp.iterdir()) == [], "a killed run left temporary folders in the system temp dir"
+    stale = list((runs / "resume-wb" / "wandb" / ".tmp").iterdir())
+    assert [p.name for p in stale] == [str(proc.pid)]  # its own, inside the run folder
     # the same plan again: the killed cell (same cell id) is trained again and logs to the same W&B run id
-    done = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
+    assert list((runs / "resume-wb" / "wandb" / ".tmp").iterdir()) == [], "stale and own temp folders are removed"
+    assert list(system_tmp.iterdir()) == []
     rows = Store(runs / "resume-wb" / "results.sqlite").rows()
     ids = {p.name.rsplit("-", 1)[1] for p in wb.glob("offline-run-*")}
     baseline = next(r for r in rows if r["variant"] == "baseline")
