@@ -35,8 +35,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any
 
-import torch
-
 from .errors import UserError
 from .registry import Registry
 from .spec import SLOTS, ModelSpec
@@ -173,6 +171,8 @@ def _is_noop(impl: str, rv: ResolvedVariant, base: ModelSpec | None) -> str | No
 
 def _build_problem(rv: ResolvedVariant) -> str | None:
     """Build the variant's model on ``meta`` (nothing allocated) and report what fails."""
+    import torch  # only here: importing the registry (``ls``, the reports) must not pay for torch
+
     from .model import Transformer
 
     spec = rv.spec
