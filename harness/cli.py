@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     ls = sub.add_parser("ls", help="list variants, tasks or components")
-    ls.add_argument("what", choices=["variants", "tasks", "components"])
+    ls.add_argument("what", choices=["variants", "tasks", "components", "implementations"])
     ls.add_argument("pattern", nargs="?", default=None, help="glob, e.g. '*glu*'")
     ls.add_argument("--size", default="small", help="size preset for parameter/FLOP counts, or 'all' (default: small)")
     ls.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
@@ -193,6 +193,10 @@ def _ls(args: argparse.Namespace) -> int:
                                for s in sizes)
         elif args.what == "tasks":
             out = list_tasks(args.pattern, markdown=args.markdown)
+        elif args.what == "implementations":
+            from .listing import list_implementations
+
+            out = list_implementations(args.pattern, markdown=args.markdown)
         else:
             out = list_components(args.pattern)
         hit = {"out": out, "err": err.getvalue()}

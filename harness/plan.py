@@ -31,7 +31,8 @@ from .variant import BASELINE, VARIANTS, ResolvedVariant, canonical, resolve
 PLAN_KEYS = {
     "name": str, "description": str, "size": str, "sizes": list, "seeds": (int, list, dict), "variants": list, "tasks": list,
     "spec": dict, "budget": dict, "task_budget": dict, "task_config": dict, "hparams": (dict, list), "wandb": dict,
-    "executor": str, "workers": int, "include_baseline": bool, "margins": dict,
+    "executor": str, "workers": int, "include_baseline": bool, "margins": dict, "implementation": str,
+    "implementations": list,
 }
 SEED_KEYS = ("min", "max", "step")
 MAX_SEEDS = 1000
@@ -89,6 +90,7 @@ class Plan:
     source: str = ""
     margins: dict[str, float] = field(default_factory=dict)
     sizes: list[str] = field(default_factory=list)   # size axis; [] = just ``size``
+    implementations: list[str] = field(default_factory=lambda: ["modtransfer"])  # baselines the variants patch
     spec_overrides: dict[str, Any] = field(default_factory=dict)   # plan.spec, applied to every size preset
     looks: list[int] = field(default_factory=list)   # adaptive seeds: paired seeds at each look; [] = fixed
     cells: list[Cell] = field(default_factory=list)  # the cells to run now (first look when adaptive)
@@ -102,7 +104,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "size": self.size, "sizes": self.sizes,
+            "name": self.name, "size": self.size, "sizes": self.sizes, "implementations": self.implementations,
             "seeds": {"min": self.looks[0], "max": self.looks[-1], "step": self.looks[1] - self.looks[0]}
             if self.adaptive else self.seeds, "variants": self.variants,
             "tasks": self.tasks, "spec": self.spec_overrides, "budget": self.budget,
@@ -254,9 +256,11 @@ def load_plan(
         raise UserError(f"plan.sizes must be a list of distinct size preset names, got {sizes!r}")
     size = sizes[0] if sizes else raw.get("size", "tiny")
     spec_overrides = dict(raw.get("spec") or {})
+    impls = _implementations(raw)
     for sz in sizes or [size]:
-        base = _base_spec(sz, spec_overrides)
-    base = _base_spec(size, spec_overrides)
+        for impl in impls:
+            base = _base_spec(sz, spec_overrides, impl)
+    base = _base_spec(size, spec_overrides, impls[0])
 
     # seeds
     seed_value: Any = seeds if seeds is not None else raw.get("seeds", 1)
@@ -343,7 +347,7 @@ def load_plan(
     if workers < 1:
         raise UserError(f"plan.workers must be >= 1, got {workers}")
 
-    n_combos = len(rows) * max(1, len(sizes))
+    n_combos = len(rows) * max(1, len(sizes)) * len(impls)
     n_cells = len(variant_names) * len(task_names) * len(seed_list) * n_combos
     if n_cells > HARD_MAX_CELLS:
         raise UserError(f"plan has {n_cells} cells ({len(variant_names)} variants x {len(task_names)} tasks x "
@@ -357,7 +361,7 @@ def load_plan(
         name=plan_name, size=size, seeds=seed_list, variants=variant_names, tasks=task_names, base_spec=base,
         budget=budget, task_budget=task_budget, task_config=task_config, hparams=hparams, wandb=wandb_cfg,
         executor=executor, workers=workers, raw=raw, source=src, margins=margins, looks=looks, sizes=sizes,
-        spec_overrides=spec_overrides,
+        spec_overrides=spec_overrides, implementations=impls,
     )
     _expand_cells(plan)
     return plan
@@ -409,14 +413,29 @@ def _margins(value: dict[str, Any], task_names: list[str]) -> dict[str, float]:
     return out
 
 
-def _base_spec(size: str, overrides: dict[str, Any]) -> ModelSpec:
-    """The baseline spec of a size preset with the plan's ``spec`` overrides."""
-    base = size_preset(size)
-    if overrides:
-        try:
-            base = base.replace(**overrides)
-        except UserError as exc:
-            raise UserError(f"plan.spec: {exc}") from None
+def _implementations(raw: dict[str, Any]) -> list[str]:
+    """``implementation: NAME`` or ``implementations: [a, b]`` (an axis); default ``modtransfer``."""
+    from .implementations import IMPLEMENTATIONS
+
+    if "implementation" in raw and "implementations" in raw:
+        raise UserError("plan sets both implementation and implementations; use implementations: [a, b] for an "
+                        "axis, or implementation alone")
+    names = raw.get("implementations") or [raw.get("implementation", "modtransfer")]
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise UserError(f"plan.implementations must be a list of distinct implementation names, got {names!r}")
+    for n in names:
+        IMPLEMENTATIONS.entry(n)  # unknown -> one line with "did you mean"
+    return list(names)
+
+
+def _base_spec(size: str, overrides: dict[str, Any], implementation: str = "modtransfer") -> ModelSpec:
+    """The baseline spec of an implementation at a size preset, with the plan's ``spec`` overrides."""
+    from .implementations import apply_implementation
+
+    try:
+        base = apply_implementation(implementation, size_preset(size), overrides or None)
+    except UserError as exc:
+        raise UserError(f"plan.spec: {exc}") from None
     base.check_components()
     return base
 
@@ -497,28 +516,25 @@ def _expand_cells(plan: Plan) -> None:
             plan.resolved[vname] = resolve(vname, plan.base_spec)
         except UserError as exc:
             raise UserError(f"plan variant {vname!r}: {exc}") from None
+    from .implementations import resolve_on
+
     rows = hparam_rows(plan.hparams)
     spec_fields = set(ModelSpec().to_dict())
     budget_fields = set(Budget().to_dict())
-    resolved: dict[tuple[str, str, str], Any] = {}
+    resolved: dict[tuple[str, str, str, str], tuple[Any, str | None]] = {}
 
-    def variant_on(vname: str, size: str, spec_part: dict[str, Any]) -> Any:
-        """The variant resolved on the size's baseline with this setting's spec fields."""
-        key = (vname, size, json.dumps(spec_part, sort_keys=True))
+    def variant_on(vname: str, size: str, impl: str, spec_part: dict[str, Any]) -> tuple[Any, str | None]:
+        """(the variant resolved on the implementation's baseline at this size and setting, why it cannot run)."""
+        key = (vname, size, impl, json.dumps(spec_part, sort_keys=True))
         if key not in resolved:
-            base = _base_spec(size, plan.spec_overrides)
-            if spec_part:
-                try:
-                    base = base.replace(**spec_part)
-                except UserError as exc:
-                    raise UserError(f"plan.hparams: {exc}") from None
+            overrides = {**plan.spec_overrides, **spec_part}
             try:
-                resolved[key] = resolve(vname, base)
+                resolved[key] = resolve_on(impl, vname, size_preset(size), overrides or None)
             except UserError as exc:
-                raise UserError(f"plan variant {vname!r} with {spec_part}: {exc}") from None
+                raise UserError(f"plan variant {vname!r} on {impl} with {spec_part or 'the plan spec'}: {exc}") from None
         return resolved[key]
 
-    for size in plan.sizes or [plan.size]:
+    for size, impl in itertools.product(plan.sizes or [plan.size], plan.implementations):
         for tname, task in tasks.items():
             try:
                 budget = plan.task_budget_for(task)
@@ -537,8 +553,13 @@ def _expand_cells(plan: Plan) -> None:
                     except UserError as exc:
                         raise UserError(f"plan.hparams: {exc}") from None
                     spec_part = {k: v for k, v in hp.items() if k in spec_fields and k != INIT_AXIS}
-                    rv = variant_on(vname, size, spec_part)
-                    base_now = variant_on("baseline", size, spec_part).spec
+                    rv, why = variant_on(vname, size, impl, spec_part)
+                    if why:
+                        skip = {"variant": vname, "task": tname, "reason": f"on implementation {impl}: {why}"}
+                        if skip not in plan.skipped:
+                            plan.skipped.append(skip)
+                        continue
+                    base_now = variant_on("baseline", size, impl, spec_part)[0].spec
                     spec = rv.spec
                     init = hp.get(INIT_AXIS, "default")
                     if init != "default":

@@ -194,13 +194,18 @@ def results_table(plan: Plan, store: Store) -> tuple[list[str], list[list[str]]]
 
     ids = {c.cell_id for c in plan.all_cells}
     rows = [r for r in store.rows() if r["cell_id"] in ids]
+    def setting(hp: dict[str, Any], impl: str) -> str:
+        return json.dumps({**hp, **({"implementation": impl} if len(plan.implementations) > 1 else {})},
+                          sort_keys=True)
+
     by: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        by.setdefault((r["variant"], json.dumps(r.get("hparams") or {}, sort_keys=True), r["task"]), []).append(r)
+        impl = (r.get("spec") or {}).get("implementation", "modtransfer")
+        by.setdefault((r["variant"], setting(r.get("hparams") or {}, impl), r["task"]), []).append(r)
     metric = {t: next((r["primary_metric"] + (" ^" if r["higher_is_better"] else " v")
                        for r in rows if r["task"] == t), t) for t in plan.tasks}
     header = ["variant"] + [f"{t} {metric[t]}" for t in plan.tasks]
-    settings = list(dict.fromkeys(json.dumps(c.hparams, sort_keys=True) for c in plan.all_cells)) or ["{}"]
+    settings = list(dict.fromkeys(setting(c.hparams, c.spec.implementation) for c in plan.all_cells)) or ["{}"]
     body = []
     for v in plan.variants:
         for hp in settings:

@@ -204,7 +204,11 @@ def _config_json(row: dict[str, Any], axes: dict[str, set[str]]) -> str:
     budget = dict(row.get("budget") or {})
     for k in axes.get(row["task"], ()):
         budget.pop(k, None)
-    return json.dumps({"budget": budget, "task_config": row.get("task_config") or {}}, sort_keys=True)
+    out = {"budget": budget, "task_config": row.get("task_config") or {}}
+    impl = (row.get("spec") or {}).get("implementation", "modtransfer")
+    if impl != "modtransfer":
+        out["implementation"] = impl
+    return json.dumps(out, sort_keys=True)
 
 
 def _cond_key(row: dict[str, Any], axes: dict[str, set[str]]) -> tuple[str, str, str, str]:
@@ -217,7 +221,8 @@ def _config_diff(configs: list[str]) -> dict[str, str]:
     if len(configs) < 2:
         return {c: "" for c in configs}
     flat = [{**{f"budget.{k}": v for k, v in json.loads(c)["budget"].items()},
-             **{f"task.{k}": v for k, v in json.loads(c)["task_config"].items()}} for c in configs]
+             **{f"task.{k}": v for k, v in json.loads(c)["task_config"].items()},
+             "impl.implementation": json.loads(c).get("implementation", "modtransfer")} for c in configs]
     keys = sorted({k for f in flat for k in f})
     differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
     return {c: ", ".join(f"{k.split('.', 1)[1]}={f.get(k)}" for k in differ) for c, f in zip(configs, flat, strict=True)}
@@ -376,6 +381,43 @@ def tested(c: Comparison, settings: Settings) -> bool:
     """Whether a comparison enters the corrected family of tests."""
     return (c.n_used >= settings.min_seeds and not c.n_failed and c.gate.status != "not learned"
             and math.isfinite(c.p_value))
+
+
+def implementation_of(cond: Condition) -> str:
+    """The implementation profile a condition's cells were built on."""
+    return json.loads(cond.config_json).get("implementation", "modtransfer")
+
+
+def across_implementations(comps: list[Comparison]) -> list[dict[str, Any]]:
+    """Per variant and task setting run on two or more implementations: its effect and call on each.
+
+    ``sign``: "kept" when every implementation with a better/worse call agrees and none has the
+    opposite call; "flips" when one is better and another worse; "untested" otherwise. ``points``:
+    whether the point estimates all point the same way.
+    """
+    groups: dict[tuple[str, str, str, str, str], dict[str, Comparison]] = {}
+    for c in comps:
+        cfg = json.loads(c.cond.config_json)
+        impl = cfg.pop("implementation", "modtransfer")
+        key = (c.variant, c.cond.task, c.cond.size, c.cond.hparams_json, json.dumps(cfg, sort_keys=True))
+        groups.setdefault(key, {})[impl] = c
+    out = []
+    for (variant, task, size, hp, _), per in sorted(groups.items()):
+        if len(per) < 2:
+            continue
+        calls = {i: c.call for i, c in per.items()}
+        better = [i for i, k in calls.items() if k == "better"]
+        worse = [i for i, k in calls.items() if k == "worse"]
+        sign = "flips" if better and worse else ("kept" if (better or worse) and len(better) + len(worse) == len(per)
+                                                 else "untested")
+        signs = {math.copysign(1, c.mean_diff) for c in per.values() if c.n and math.isfinite(c.mean_diff)
+                 and c.mean_diff != 0}
+        label = task + (f"@{size}" if len({c.cond.size for c in comps}) > 1 else "") + (
+            " [" + ", ".join(f"{k}={v}" for k, v in sorted(json.loads(hp).items())) + "]" if json.loads(hp) else "")
+        out.append({"variant": variant, "task": label, "sign": sign, "points": len(signs) <= 1,
+                    "per": {i: {"effect": c.std_effect, "diff": c.mean_diff, "call": c.call, "n": c.n}
+                            for i, c in sorted(per.items())}})
+    return out
 
 
 def overall_effects(comps: list[Comparison]) -> dict[str, float]:

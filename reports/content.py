@@ -45,6 +45,9 @@ def build_document(a: Analysis, figs: Figures) -> Document:
                     agreement_section(a, figs), cost_section(a), reference_section(a)]
     if a.sensitivity:
         doc.sections.append(sensitivity_section(a, figs))
+    impl_rows = a.across_implementations()
+    if impl_rows:
+        doc.sections.append(implementations_section(impl_rows))
     doc.sections += [problems_section(a), repro_section(a)]
     return doc
 
@@ -307,6 +310,30 @@ def sensitivity_section(a: Analysis, figs: Figures) -> Section:
                           caption="Each setting compares the variant with the baseline at the same hyper-parameters"))
     for name, f in figs.sensitivity.items():
         s.blocks.append(Image(f, f"Sensitivity on {name}", f"{name}: primary metric over the hyper-parameter grid."))
+    return s
+
+
+def implementations_section(rows: list[dict[str, Any]]) -> Section:
+    """Does a variant's effect keep its sign across implementations (Narang et al. 2021's question)?"""
+    s = Section("Across implementations", "implementations")
+    impls = sorted({i for r in rows for i in r["per"]})
+    body = []
+    for r in rows:
+        cells: list[str | Cell] = [r["variant"], r["task"]]
+        for i in impls:
+            p = r["per"].get(i)
+            cells.append(Cell(f"{fmt(p['effect'], 2, True)} SD, {SYMBOLS.get(p['call'], p['call'])}",
+                              f"c-{p['call'].replace(' ', '-')}") if p else Cell("— not run", "c-missing"))
+        cells += [{"kept": "yes", "flips": "**no: flips**", "untested": "not shown (some calls unclear)"}[r["sign"]],
+                  "yes" if r["points"] else "no"]
+        body.append(cells)
+    s.blocks.append(Table(["Variant", "Task", *impls, "Sign kept (calls)", "Point estimates agree"], body,
+                          id="implementations-table",
+                          caption="Each cell: the variant's effect against that implementation's own baseline"))
+    s.blocks.append(Para("Each implementation is its own baseline (its own seeds, budget and task): a variant is "
+                         "compared only with the baseline of the same implementation. *Sign kept* asks for a better "
+                         "or worse call on every implementation, all the same way; *flips* means better on one and "
+                         "worse on another."))
     return s
 
 

@@ -76,6 +76,11 @@ class Analysis:
         """Most paired seeds any comparison has."""
         return max((c.n for c in self.comps), default=0)
 
+    def across_implementations(self) -> list[dict[str, Any]]:
+        from .analysis import across_implementations
+
+        return across_implementations(self.comps)
+
     def min_seeds(self) -> int:
         """Fewest paired seeds of any comparison with data."""
         return min((c.n for c in self.comps if c.n), default=0)

@@ -76,3 +76,29 @@ def test_a_spec_axis_runs_and_is_reported_per_setting(tmp_path: Path, capsys: py
     with open(tmp_path / "runs" / "sweep" / "report" / "transfer.csv", newline="") as f:
         labels = sorted(r["task"] for r in csv.DictReader(f))
     assert labels == ["regression [lr=0.002, n_layers=2]", "regression [n_layers=1]"]
+
+
+def test_implementations_axis_pairs_within_each_and_reports_the_sign(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(plan(variants=["gelu", "post_ln"], seeds=3, implementations=["modtransfer", "torch"],
+                                     task_budget={"regression": {"steps": 40, "batch_size": 16, "lr": 2.0e-3}})))
+    assert cli.main(["run", str(p), "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "post_ln" in out and "on implementation torch: equals the 'torch' baseline" in out
+    with open(tmp_path / "runs" / "sweep" / "report" / "transfer.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["variant"], r["task"]) for r in rows) == [
+        ("gelu", "regression {implementation=modtransfer}"), ("gelu", "regression {implementation=torch}"),
+        ("post_ln", "regression {implementation=modtransfer}")]
+    md = (tmp_path / "runs" / "sweep" / "report" / "report.md").read_text()
+    assert "## Across implementations" in md and "| gelu | regression |" in md
+
+
+def test_implementation_names_are_checked() -> None:
+    with pytest.raises(UserError, match="did you mean 'torch'"):
+        load_plan(plan(implementation="torhc"))
+    with pytest.raises(UserError, match="both implementation and implementations"):
+        load_plan(plan(implementation="torch", implementations=["t5"]))
+    p = load_plan(plan(implementation="gpt2"))
+    assert {c.spec.implementation for c in p.all_cells} == {"gpt2"}
