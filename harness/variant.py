@@ -120,7 +120,9 @@ def parse_variant(expr: str) -> list[VariantPart]:
             try:
                 call = ast.parse(f"f({arglist})", mode="eval").body
                 assert isinstance(call, ast.Call) and not call.args
-                params = [(kw.arg, ast.literal_eval(kw.value)) for kw in call.keywords]  # type: ignore[misc]
+                # a bare word is a string: scope=all is scope="all"
+                params = [(kw.arg, kw.value.id if isinstance(kw.value, ast.Name) else ast.literal_eval(kw.value))
+                          for kw in call.keywords]  # type: ignore[misc]
             except (SyntaxError, ValueError, AssertionError):
                 raise UserError(
                     f"cannot parse the parameters of variant {raw.strip()!r}; write name(key=value, ...) with literal values"

@@ -84,6 +84,16 @@ def init_linear_weights(model: nn.Module, init: WeightInit) -> None:
                 m.bias.zero_()
 
 
+#: ``scope`` of a scheme: "weights" (every Linear weight, biases zeroed; the default) or "all"
+#: (every parameter tensor: embeddings, position tables and, for the schemes defined on vectors,
+#: biases and norm gains too). Studies differ here and rarely say which they used.
+SCOPES = ("weights", "all")
+#: Schemes defined for any tensor; the fan-based ones (xavier, kaiming) need two dimensions, so
+#: with scope "all" they draw every parameter of two or more dimensions, as the idiom
+#: ``for p in model.parameters(): if p.dim() > 1: init(p)`` does (``nn.Transformer._reset_parameters``).
+VECTOR_SCHEMES = ("normal", "uniform")
+
+
 def _scheme(name: str, make: Callable[[float], WeightInit], paper: str, what: str) -> None:
     def scheme(model: nn.Module, spec: ModelSpec) -> None:
         init_linear_weights(model, make(spec.init_scale))
@@ -92,6 +102,20 @@ def _scheme(name: str, make: Callable[[float], WeightInit], paper: str, what: st
     scheme.__name__ = scheme.__qualname__ = f"init_{name}"
     scheme.__doc__ = f"{what} on every Linear weight, then the modules' special inits."
     register_component("init", name, paper=paper)(scheme)
+
+    @torch.no_grad()
+    def scheme_all(model: nn.Module, spec: ModelSpec) -> None:
+        init = make(spec.init_scale)
+        for p in model.parameters():
+            if p.dim() > 1 or name in VECTOR_SCHEMES:
+                init(p)
+        apply_special_inits(model)
+
+    scheme_all.__name__ = scheme_all.__qualname__ = f"init_{name}_all"
+    scheme_all.__doc__ = (f"{what} on every parameter" + (" (biases and norm gains included)" if name in VECTOR_SCHEMES
+                                                          else " of two or more dimensions (embeddings included)")
+                          + ", then the modules' special inits.")
+    register_component("init", f"{name}_all", paper=paper)(scheme_all)
 
 
 @register_component("init", "default")
@@ -286,6 +310,13 @@ _scheme("uniform", lambda s: lambda w: nn.init.uniform_(w, -(s or 0.05), s or 0.
 
 
 # -- variants --------------------------------------------------------------------------
+def _scoped(variant: str, name: str, scope: str) -> str:
+    if scope not in SCOPES:
+        raise UserError(f"variant {variant}: scope must be 'weights' (Linear weights only) or 'all' (every "
+                        f"parameter), got {scope!r}")
+    return name if scope == "weights" else f"{name}_all"
+
+
 def _positive(variant: str, key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise UserError(f"variant {variant}: {key} must be a positive number, got {value!r}")
@@ -293,36 +324,40 @@ def _positive(variant: str, key: str, value: object) -> float:
 
 
 @register_variant("init_xavier_uniform", slot="init", paper=_GLOROT)
-def init_xavier_uniform(spec: ModelSpec, gain: float = 1.0) -> ModelSpec:
-    """Xavier/Glorot uniform init of every Linear weight (gain a parameter, default 1)."""
-    return spec.replace(init="xavier_uniform", init_scale=_positive("init_xavier_uniform", "gain", gain))
+def init_xavier_uniform(spec: ModelSpec, gain: float = 1.0, scope: str = "weights") -> ModelSpec:
+    """Xavier/Glorot uniform init of every Linear weight (gain a parameter, default 1; scope=all: every matrix)."""
+    return spec.replace(init=_scoped("init_xavier_uniform", "xavier_uniform", scope),
+                        init_scale=_positive("init_xavier_uniform", "gain", gain))
 
 
 @register_variant("init_xavier_normal", slot="init", paper=_GLOROT)
-def init_xavier_normal(spec: ModelSpec, gain: float = 1.0) -> ModelSpec:
+def init_xavier_normal(spec: ModelSpec, gain: float = 1.0, scope: str = "weights") -> ModelSpec:
     """Xavier/Glorot normal init of every Linear weight (gain a parameter, default 1)."""
-    return spec.replace(init="xavier_normal", init_scale=_positive("init_xavier_normal", "gain", gain))
+    return spec.replace(init=_scoped("init_xavier_normal", "xavier_normal", scope),
+                        init_scale=_positive("init_xavier_normal", "gain", gain))
 
 
 @register_variant("init_kaiming_uniform", slot="init", paper=_HE)
-def init_kaiming_uniform(spec: ModelSpec) -> ModelSpec:
+def init_kaiming_uniform(spec: ModelSpec, scope: str = "weights") -> ModelSpec:
     """Kaiming/He uniform init (fan_in, ReLU gain) of every Linear weight."""
-    return spec.replace(init="kaiming_uniform")
+    return spec.replace(init=_scoped("init_kaiming_uniform", "kaiming_uniform", scope))
 
 
 @register_variant("init_kaiming_normal", slot="init", paper=_HE)
-def init_kaiming_normal(spec: ModelSpec) -> ModelSpec:
+def init_kaiming_normal(spec: ModelSpec, scope: str = "weights") -> ModelSpec:
     """Kaiming/He normal init (fan_in, ReLU gain) of every Linear weight."""
-    return spec.replace(init="kaiming_normal")
+    return spec.replace(init=_scoped("init_kaiming_normal", "kaiming_normal", scope))
 
 
 @register_variant("init_normal", slot="init", paper="Radford et al. 2019 (GPT-2)")
-def init_normal(spec: ModelSpec, std: float = 0.02) -> ModelSpec:
+def init_normal(spec: ModelSpec, std: float = 0.02, scope: str = "weights") -> ModelSpec:
     """N(0, std^2) init of every Linear weight (std a parameter, default 0.02)."""
-    return spec.replace(init="normal", init_scale=_positive("init_normal", "std", std))
+    return spec.replace(init=_scoped("init_normal", "normal", scope),
+                        init_scale=_positive("init_normal", "std", std))
 
 
 @register_variant("init_uniform", slot="init")
-def init_uniform(spec: ModelSpec, a: float = 0.05) -> ModelSpec:
+def init_uniform(spec: ModelSpec, a: float = 0.05, scope: str = "weights") -> ModelSpec:
     """U(-a, a) init of every Linear weight (a a parameter, default 0.05)."""
-    return spec.replace(init="uniform", init_scale=_positive("init_uniform", "a", a))
+    return spec.replace(init=_scoped("init_uniform", "uniform", scope),
+                        init_scale=_positive("init_uniform", "a", a))
