@@ -447,6 +447,8 @@ TASK_SET_FIELDS = ("vocab_size", "in_features", "out_features", "max_len")
 def hparam_rows(hparams: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
     """The settings of a plan's ``hparams``: the cross product of axes, or the explicit rows as given.
 
+    In a list of rows, an item ``{cross: {axis: [values], ...}}`` stands for the rows of that grid.
+
     A key may be a budget field (``lr``, ``steps``, ...), a ModelSpec field (``n_layers``,
     ``d_model``, ``dropout``, ...) or ``init`` (an init scheme applied to every variant).
     """
@@ -473,6 +475,11 @@ def hparam_rows(hparams: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
             raise UserError("plan.hparams is an empty list; give rows like [{lr: 1.0e-3}, {lr: 1.0e-4, n_layers: 2}]")
         rows = []
         for i, row in enumerate(hparams):
+            if isinstance(row, dict) and set(row) == {"cross"}:   # {cross: {axis: [values]}}: a grid among rows
+                if not isinstance(row["cross"], dict) or not row["cross"]:
+                    raise UserError(f"plan.hparams[{i}].cross must map axes to lists of values")
+                rows.extend(hparam_rows(row["cross"]))
+                continue
             if not isinstance(row, dict) or not row:
                 raise UserError(f"plan.hparams[{i}] must be a mapping like {{lr: 1.0e-3, n_layers: 2}}, got {row!r}")
             for key, value in row.items():

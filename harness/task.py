@@ -149,6 +149,10 @@ class Task:
     noise_sd: ClassVar[float] = 0.0
     #: A short description of the system :meth:`trivial_score` scores.
     trivial_name: ClassVar[str] = ""
+    #: A training run whose final metric stays within this fraction of the trivial score never
+    #: left the trivial plateau (e.g. a regression model still predicting the mean); None: the
+    #: task has no such plateau. Used by the report's training-sensitivity section.
+    plateau_fraction: ClassVar[float | None] = None
 
     def __init__(self, config: dict[str, Any] | None = None, cache_dir: str | Path | None = None) -> None:
         config = dict(config or {})
@@ -197,11 +201,14 @@ class Task:
         """
         if getattr(self, "_data", None) is None:  # tasks keep their prepared data in ``_data``
             self.prepare()
-        return {
+        info = {
             "margin": float(self.margin), "noise_sd": float(self.noise_sd), "trivial": float(self.trivial_score()),
             "trivial_name": self.trivial_name, "metric": self.primary_metric,
             "higher_is_better": bool(self.higher_is_better),
         }
+        if self.plateau_fraction is not None:
+            info["plateau_fraction"] = float(self.plateau_fraction)
+        return info
 
     # -- to implement ---------------------------------------------------------------
     def prepare(self) -> None:

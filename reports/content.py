@@ -8,6 +8,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from .analysis import BASELINE
 from .doc import Bullets, Cell, Document, Image, Para, Pre, Section, Table
 from .figures import Figures
@@ -45,6 +47,9 @@ def build_document(a: Analysis, figs: Figures) -> Document:
                     agreement_section(a, figs), cost_section(a), reference_section(a)]
     if a.sensitivity:
         doc.sections.append(sensitivity_section(a, figs))
+    plateau = a.plateau()
+    if plateau:
+        doc.sections.append(plateau_section(plateau, figs))
     impl_rows = a.across_implementations()
     if impl_rows:
         doc.sections.append(implementations_section(impl_rows))
@@ -310,6 +315,34 @@ def sensitivity_section(a: Analysis, figs: Figures) -> Section:
                           caption="Each setting compares the variant with the baseline at the same hyper-parameters"))
     for name, f in figs.sensitivity.items():
         s.blocks.append(Image(f, f"Sensitivity on {name}", f"{name}: primary metric over the hyper-parameter grid."))
+    return s
+
+
+def plateau_section(settings: list[Any], figs: Figures) -> Section:
+    """Training sensitivity: failure rate with its interval and the spread of the final metric, per setting."""
+    s = Section("Training sensitivity", "training-sensitivity")
+    body = []
+    for st in settings:
+        ci = st.interval
+        vals = sorted(st.values)
+        q = (np.percentile(vals, [25, 50, 75]) if vals else [math.nan] * 3)
+        body.append([st.task, st.variant, st.label, str(st.n),
+                     f"{st.failures} ({st.stuck} on plateau, {st.diverged} diverged)",
+                     fmt(st.rate, 2) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
+                     f"{fmt(q[1], 3)} [{fmt(q[0], 3)}, {fmt(q[2], 3)}]", fmt(min(vals), 3) if vals else "—"])
+    s.blocks.append(Table(["Task", "Variant", "Setting", "Seeds", "Failures", "Failure rate [95% Wilson]",
+                           "Final metric: median [quartiles]", "Best seed"], body, id="plateau-table",
+                          caption="A failure: the final metric stayed on the trivial plateau, or training diverged"))
+    thr = settings[0]
+    s.blocks.append(Para(f"On the plateau: the final {thr.metric} is within the task's declared fraction of its "
+                         f"trivial score (here {thr.threshold:.3g} or worse), i.e. the model never left predicting "
+                         "the trivial answer. Escaping it is partly chance, so each setting is a failure rate over "
+                         "seeds with a Wilson interval, not a single number."))
+    for name, f in figs.plateau.items():
+        s.blocks.append(Image(f, f"Failure rate per setting, {name}", f"{name}: failures / seeds per setting."))
+        if name in figs.spread:
+            s.blocks.append(Image(figs.spread[name], f"Final metric per seed, {name}",
+                                  f"{name}: the final metric of every seed; dashed: the plateau threshold."))
     return s
 
 

@@ -25,9 +25,12 @@ class Figures:
     curves: dict[str, str] = field(default_factory=dict)
     agreement: str = ""
     sensitivity: dict[str, str] = field(default_factory=dict)  # task -> file
+    plateau: dict[str, str] = field(default_factory=dict)      # "task / variant" -> failure-rate heatmap
+    spread: dict[str, str] = field(default_factory=dict)       # "task / variant" -> final-metric distribution
 
     def all(self) -> list[str]:
-        files = [self.heatmap, self.agreement, *self.forest.values(), *self.curves.values(), *self.sensitivity.values()]
+        files = [self.heatmap, self.agreement, *self.forest.values(), *self.curves.values(), *self.sensitivity.values(),
+                 *self.plateau.values(), *self.spread.values()]
         return [f for f in files if f]
 
 
@@ -42,6 +45,7 @@ def mark(call: str) -> str:
 def draw(a: Analysis, folder: Path) -> Figures:
     """All figures of ``a`` as PNGs in ``folder``."""
     figs = Figures()
+    _plateau(a, folder, figs)
     variants = list(a.order)
     if not variants:
         return figs
@@ -96,6 +100,28 @@ def _label(row: dict, cond_of: dict) -> str | None:
         if (cond.task, cond.size, cond.hparams_json) == (row["task"], row["size"], hp):
             return lab
     return None
+
+
+def _plateau(a: Analysis, folder: Path, figs: Figures) -> None:
+    """Failure-rate heatmap and final-metric spread per task and variant of a sensitivity study."""
+    from .plateau import grid
+
+    by: dict[tuple[str, str], list] = {}
+    for s in a.plateau():
+        by.setdefault((s.task, s.variant), []).append(s)
+    for (task, variant), settings in by.items():
+        name = f"{task} / {variant}"
+        rows, cols, values, texts = grid(settings)
+        keys = sorted({k for s in settings for k in s.hparams})
+        distinct = {k: {json.dumps(s.hparams.get(k)) for s in settings} for k in keys}
+        row_axis = max(keys, key=lambda k: (len(distinct[k]), k == "init")) if keys else ""
+        figs.plateau[name] = plots.failure_heatmap(
+            folder / f"plateau_{slug(name)}.png", f"{name}: seeds that never left the plateau", rows, cols, values,
+            texts, row_axis).name
+        figs.spread[name] = plots.final_distribution(
+            folder / f"spread_{slug(name)}.png", f"{name}: final {settings[0].metric} per seed",
+            [s.label for s in settings], [s.values for s in settings], settings[0].threshold,
+            f"{settings[0].metric} ({unit(settings[0].metric, task)})").name
 
 
 def _sensitivity(a: Analysis, folder: Path, figs: Figures) -> None:

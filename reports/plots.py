@@ -153,3 +153,45 @@ def sensitivity(path: Path, task: str, settings: Sequence[str], series: dict[str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(fig, path)
+
+
+def failure_heatmap(path: Path, title: str, rows: Sequence[str], cols: Sequence[str], values: np.ndarray,
+                    texts: Sequence[Sequence[str]], row_axis: str) -> Path:
+    """Share of seeds that never left the plateau (or diverged), per setting; text = failures / seeds."""
+    fig = Figure(layout="constrained", figsize=(2.5 + 1.1 * len(cols), 1.4 + 0.32 * len(rows)))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(values), cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_facecolor("#DDDDDD")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = values[i, j]
+            ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=8,
+                    color="white" if math.isfinite(v) and v > 0.6 else "black")
+    ax.set_ylabel(row_axis)
+    cb = fig.colorbar(im, ax=ax, shrink=0.8)
+    cb.set_label("failure rate (stayed on the plateau or diverged)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def final_distribution(path: Path, title: str, labels: Sequence[str], values: Sequence[Sequence[float]],
+                       threshold: float, ylabel: str) -> Path:
+    """Final metric of every seed per setting (one dot per seed), with the plateau threshold dashed."""
+    fig = Figure(layout="constrained", figsize=(max(6.0, 0.35 * len(labels) + 3), 4.5))
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)
+    for x, ys in enumerate(values):
+        if len(ys):
+            ax.scatter(x + rng.uniform(-0.15, 0.15, len(ys)), ys, s=12, color=BETTER, alpha=0.7)
+    ax.axhline(threshold, color=WORSE, ls="--", lw=1, label="plateau threshold")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    finite = [y for ys in values for y in ys if math.isfinite(y) and y > 0]
+    if finite and max(finite) / min(finite) > 50:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -81,6 +81,8 @@ def plan_power(tasks: list[str], metrics: dict[str, tuple[str, bool]], n: int, t
 def power_lines(power: list[TaskPower], alpha: float = 0.05) -> list[str]:
     """Lines for ``run --dry-run``: per task the detectable effect, then the warnings."""
     total = sum(p.tests for p in power)
+    if total == 0:
+        return ["power: the plan has no variant to compare with the baseline, so it makes no call"]
     lines = [f"power (paired t, {int(POWER * 100)}% power, alpha {alpha} / {total} tests):"]
     for p in power:
         det = f"{p.detectable:.3g}" if math.isfinite(p.detectable) else "unknown"

@@ -81,6 +81,12 @@ class Analysis:
 
         return across_implementations(self.comps)
 
+    def plateau(self) -> list[Any]:
+        """The training-sensitivity settings (tasks that declare a plateau, two or more settings)."""
+        from .plateau import plateau_settings
+
+        return plateau_settings(self.rows, self.settings.tasks)
+
     def min_seeds(self) -> int:
         """Fewest paired seeds of any comparison with data."""
         return min((c.n for c in self.comps if c.n), default=0)
