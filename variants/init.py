@@ -325,7 +325,7 @@ def _positive(variant: str, key: str, value: object) -> float:
 
 @register_variant("init_xavier_uniform", slot="init", paper=_GLOROT)
 def init_xavier_uniform(spec: ModelSpec, gain: float = 1.0, scope: str = "weights") -> ModelSpec:
-    """Xavier/Glorot uniform init of every Linear weight (gain a parameter, default 1; scope=all: every matrix)."""
+    """Xavier/Glorot uniform init of every Linear weight (gain a parameter, default 1)."""
     return spec.replace(init=_scoped("init_xavier_uniform", "xavier_uniform", scope),
                         init_scale=_positive("init_xavier_uniform", "gain", gain))
 
