@@ -3,18 +3,56 @@
 Public API for plugin authors::
 
     from modtransfer import ModelSpec, register_variant, register_component
+    from modtransfer import AttentionBase, ResidualBase, NormBase   # base classes to extend
+
+The registries (``VARIANTS``, ``COMPONENTS``, ``TASKS``, ``IMPLEMENTATIONS``) list the built-ins
+on first use. Importing the package stays light (no torch): the base classes, the slot
+``Protocol``s and the contract helpers are imported when first named.
 """
 
-from .components import COMPONENTS, register_component
+from typing import Any
+
+from .components import COMPONENTS, ensure_builtin_components, register_component
 from .errors import UserError
 from .implementations import IMPLEMENTATIONS, apply_implementation, implementation_conflict, register_implementation
+from .registry import set_builtin_loader
 from .spec import SLOTS, ModelSpec
 from .task import TASKS, Budget, Task, register_task
-from .variant import VARIANTS, register_variant
+from .variant import CAPABILITIES, VARIANTS, code_digest, register_variant
 
 __version__ = "0.1.0"
+
+#: Names served lazily (their modules import torch): name -> module that defines it.
+_LAZY = {
+    "AttentionBase": "modtransfer.variants.attention",
+    "ResidualBase": "modtransfer.variants.residual",
+    "NormBase": "modtransfer.variants.norms",
+    "ActivationFn": "modtransfer.model", "FFNFactory": "modtransfer.model", "NormFactory": "modtransfer.model",
+    "ResidualComponent": "modtransfer.model", "PositionComponent": "modtransfer.model",
+    "AttentionComponent": "modtransfer.model", "EmbeddingComponent": "modtransfer.model",
+    "OutputComponent": "modtransfer.model", "SharingFn": "modtransfer.model", "InitFn": "modtransfer.model",
+    "SLOT_PROTOCOLS": "modtransfer.model",
+    "plugin_frame": "modtransfer.contract", "run_contract": "modtransfer.contract",
+}
+
 __all__ = [
-    "COMPONENTS", "IMPLEMENTATIONS", "SLOTS", "TASKS", "VARIANTS", "Budget", "ModelSpec", "Task", "UserError",
-    "apply_implementation", "implementation_conflict", "register_component", "register_implementation", "register_task",
-    "register_variant",
+    "CAPABILITIES", "COMPONENTS", "IMPLEMENTATIONS", "SLOTS", "TASKS", "VARIANTS", "Budget", "ModelSpec", "Task",
+    "UserError", "apply_implementation", "code_digest", "implementation_conflict", "register_component",
+    "register_implementation", "register_task", "register_variant", *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-dependent exports, imported on first use (``modtransfer ls`` never pays for them)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modtransfer' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+# last: from here on, reading a registry (or registering from outside the package) loads the built-ins
+set_builtin_loader(ensure_builtin_components)

@@ -1,8 +1,10 @@
 """The component registries, one per slot of :class:`~modtransfer.spec.ModelSpec`.
 
 A component is a factory the builder calls for its slot (the interface of each slot is
-documented in :mod:`modtransfer.model`). Built-in components live in ``variants/`` next to
-the variants that select them; :func:`ensure_builtin_components` imports them once.
+documented in :mod:`modtransfer.model`, one ``Protocol`` per slot). Built-in components live in
+``variants/`` next to the variants that select them; :func:`ensure_builtin_components` imports
+them once. The package installs it as the registries' loader, so reading any registry
+(``VARIANTS.names()``, ``COMPONENTS["ffn"].get(...)``) loads the built-ins first by itself.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from .registry import Registry
+from .registry import Registry, loading_builtins
 from .spec import SLOTS
 
 COMPONENTS: dict[str, Registry[Any]] = {slot: Registry(f"{slot} component") for slot in SLOTS}
@@ -47,10 +49,11 @@ def ensure_builtin_components() -> None:
     if _loaded:
         return
     _loaded = True
-    for mod in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"modtransfer.variants.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"modtransfer.variants.{mod}":
-                raise
-    importlib.import_module("modtransfer.tasks")  # built-in tasks register with the rest
+    with loading_builtins():
+        for mod in _BUILTIN_MODULES:
+            try:
+                importlib.import_module(f"modtransfer.variants.{mod}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"modtransfer.variants.{mod}":
+                    raise
+        importlib.import_module("modtransfer.tasks")  # built-in tasks register with the rest

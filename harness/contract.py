@@ -9,28 +9,38 @@ each task it applies to, on a tiny model:
 
 ``forward``      shapes of hidden states and heads; finite outputs; log-probabilities that
                  normalise and agree with ``token_nll``;
+``meta``         the model builds and runs on the ``meta`` device, where ``run`` counts its
+                 parameters and FLOPs before training;
 ``loss``         a finite training loss (``task.loss`` on a real batch when the task's data is
                  on disk, a synthetic batch otherwise) plus the auxiliary loss;
 ``gradients``    every parameter that requires grad receives a finite gradient (modules whose
                  parameters are used conditionally, e.g. routed experts, declare
                  ``conditional_grad = True``; they are given extra batches first);
 ``causality``    in a decoder, changing tokens after position t never changes hidden states or
-                 log-probabilities at positions <= t;
+                 log-probabilities at positions <= t, in evaluation and in training mode (the
+                 two passes of a comparison share one random state, so dropout masks match;
+                 a router whose capacity is filled batch-major leaks only in training);
 ``padding``      on tasks with padding, outputs at real positions ignore what the padded
-                 positions hold (encoder memory, decoder states, and the decoder through memory);
+                 positions hold (encoder memory, decoder states, and the decoder through memory),
+                 in evaluation and in training mode;
 ``determinism``  the same seed builds the same model and gives the same loss;
 ``state_dict``   a ``torch.save`` / ``torch.load(weights_only=True)`` round trip into a model
                  built with another seed reproduces the outputs;
 ``matching``     a variant declaring ``matches="params"`` (``"flops"``) stays within 2% of the
                  baseline's parameters (forward FLOPs per token) at every size preset.
 
-Model-level checks use synthetic inputs built from the spec, so they never need data.
+Model-level checks use synthetic inputs built from the spec, so they never need data. Checks
+run in the order above; the first one that meets a non-finite output fails and every later
+check is ``skipped`` (a NaN makes every comparison after it meaningless). An exception raised
+in a plugin's code is reported with the plugin's file, line and function and the slot it was
+called through (:func:`plugin_frame`).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -47,7 +57,7 @@ from .spec import ModelSpec
 Status = Literal["passed", "failed", "skipped"]
 
 #: Checks in the order they are reported.
-CHECKS = ("forward", "loss", "gradients", "causality", "padding", "determinism", "state_dict", "matching")
+CHECKS = ("forward", "meta", "loss", "gradients", "causality", "padding", "determinism", "state_dict", "matching")
 
 #: The model the contract builds: small enough that every pair takes a fraction of a second.
 CONTRACT_SPEC = ModelSpec(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=64)
@@ -173,6 +183,28 @@ def _max_diff(a: Tensor, b: Tensor) -> float:
 
 
 _TOL = 1e-5
+_TRAIN_SEED = 1234    # the random state both passes of a train-mode comparison start from
+
+
+class NonFinite(Exception):
+    """A check met a non-finite output: it fails, and the checks after it are skipped."""
+
+
+def _finite(t: Tensor, what: str) -> None:
+    if not bool(torch.isfinite(t.detach()).all()):
+        raise NonFinite(f"{what} are not finite")
+
+
+def _mode_pass(model: Any, train: bool, fn: Callable[[], Any]) -> Any:
+    """``fn()`` without gradients, in training or evaluation mode; in training mode from the same
+    random state every time (the caller's state is restored afterwards)."""
+    model.train(train)
+    with torch.no_grad():
+        if not train:
+            return fn()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_TRAIN_SEED)
+            return fn()
 
 
 # -- the pair under test ------------------------------------------------------------------------
@@ -226,13 +258,13 @@ def _check_forward(pair: _Pair, model: Any) -> Outcome:
             return "failed", f"encoder memory has shape {tuple(memory.shape)}, expected {(b, inp.x.shape[1], spec.d_model)}"
         real = ~(inp.y_pad if inp.y is not None else inp.x_pad) if pair.padded else torch.ones(b, length, dtype=torch.bool)
         if not bool(torch.isfinite(h[real]).all()):
-            return "failed", "hidden states are not finite at real positions"
+            raise NonFinite("hidden states are not finite at real positions")
         if model.has_vocab:
             lp = model.log_probs(h)
             if tuple(lp.shape) != (b, length, spec.vocab_size):
                 return "failed", f"log_probs have shape {tuple(lp.shape)}, expected {(b, length, spec.vocab_size)}"
             if not bool(torch.isfinite(lp[real]).all()):
-                return "failed", "log_probs are not finite at real positions"
+                raise NonFinite("log_probs are not finite at real positions")
             norm = float((torch.logsumexp(lp[real].double(), dim=-1)).abs().max())
             if norm > 1e-3:
                 return "failed", f"log_probs do not normalise: |logsumexp| up to {norm:.2e}"
@@ -253,7 +285,7 @@ def _check_forward(pair: _Pair, model: Any) -> Outcome:
             if tuple(out.shape) != (b, length, spec.out_features):
                 return "failed", f"project() has shape {tuple(out.shape)}, expected {(b, length, spec.out_features)}"
             if not bool(torch.isfinite(out).all()):
-                return "failed", "project() outputs are not finite"
+                raise NonFinite("project() outputs are not finite")
             head = f"project {tuple(out.shape)}"
         aux = model.aux_loss()
         if isinstance(aux, Tensor) and (aux.numel() != 1 or not bool(torch.isfinite(aux).all())):
@@ -322,71 +354,115 @@ def _check_causality(pair: _Pair, model: Any) -> Outcome:
     if pair.topology == "encoder":
         return "skipped", "no decoder in an encoder task"
     spec, inp = pair.spec, pair.inputs
+    tokens = inp.y if pair.topology == "encoder_decoder" else inp.x
+    assert tokens is not None
+    n = tokens.shape[1]
+    cuts = sorted({0, n // 2, n - 2})
     gen = torch.Generator().manual_seed(pair.seed + 7)
-    model.eval()
-    with torch.no_grad():
-        memory, memory_pad = (None, None)
-        tokens = inp.x
-        if pair.topology == "encoder_decoder":
-            memory, memory_pad = model.encode(inp.x, inp.x_pad), inp.x_pad
-            tokens = inp.y
-        assert tokens is not None
-        n = tokens.shape[1]
-        h0, out0 = _decode_head(model, tokens, memory, memory_pad)
-        for t in sorted({0, n // 2, n - 2}):
-            future = torch.zeros(tokens.shape[:2], dtype=torch.bool)
-            future[:, t + 1:] = True
-            h1, out1 = _decode_head(model, _replace_where(tokens, future, spec, gen), memory, memory_pad)
+    changed = []
+    for t in cuts:
+        future = torch.zeros(tokens.shape[:2], dtype=torch.bool)
+        future[:, t + 1:] = True
+        changed.append(_replace_where(tokens, future, spec, gen))
+
+    def run(train: bool, target: Tensor) -> tuple[Tensor, Tensor]:
+        def fn() -> tuple[Tensor, Tensor]:
+            memory = model.encode(inp.x, inp.x_pad) if pair.topology == "encoder_decoder" else None
+            return _decode_head(model, target, memory, inp.x_pad if memory is not None else None)
+        return _mode_pass(model, train, fn)
+
+    for train in (False, True):
+        mode = "training" if train else "evaluation"
+        h0, out0 = run(train, tokens)
+        _finite(h0, f"decoder states ({mode} mode)")
+        _finite(out0, f"decoder outputs ({mode} mode)")
+        for t, other in zip(cuts, changed, strict=True):
+            h1, out1 = run(train, other)
             for what, a, b in (("hidden states", h0, h1), ("log-probs" if model.has_vocab else "outputs", out0, out1)):
                 gap = _max_diff(a[:, : t + 1], b[:, : t + 1])
                 if gap > _TOL:
-                    return "failed", (f"{what} at positions <= {t} changed (scaled diff {gap:.2e}) when only "
-                                      f"tokens after {t} of {n} changed: the decoder sees the future")
-    return "passed", f"positions <= t unchanged for t in {sorted({0, n // 2, n - 2})} of {n}"
+                    return "failed", (f"{what} at positions <= {t} changed (scaled diff {gap:.2e}) in {mode} mode "
+                                      f"when only tokens after {t} of {n} changed: the decoder sees the future")
+    return "passed", f"positions <= t unchanged for t in {cuts} of {n}, in evaluation and training mode"
 
 
 def _check_padding(pair: _Pair, model: Any) -> Outcome:
     if not pair.padded:
         return "skipped", "the task has no padding"
+    for train in (False, True):
+        outcome = _padding_pass(pair, model, train)
+        if outcome is not None:
+            return outcome
+    checked = ["decoder"] if pair.topology == "decoder" else ["encoder"] if pair.topology == "encoder" else [
+        "encoder", "memory", "decoder"]
+    return "passed", f"real positions ignore padded tokens ({', '.join(checked)}; evaluation and training mode)"
+
+
+def _padding_pass(pair: _Pair, model: Any, train: bool) -> Outcome | None:
+    """A failure of the padding check in one mode, or None."""
     spec, inp = pair.spec, pair.inputs
     gen = torch.Generator().manual_seed(pair.seed + 11)
-    model.eval()
-    checked: list[str] = []
-    with torch.no_grad():
-        assert inp.x_pad is not None
-        x2 = _replace_where(inp.x, inp.x_pad, spec, gen)
-        real_x = ~inp.x_pad
-        if pair.topology == "decoder":
-            h1, o1 = _decode_head(model, inp.x, None, None, inp.x_pad)
-            h2, o2 = _decode_head(model, x2, None, None, inp.x_pad)
-            for what, a, b in (("decoder states", h1, h2), ("decoder outputs", o1, o2)):
-                if (gap := _max_diff(a[real_x], b[real_x])) > _TOL:
-                    return "failed", f"{what} at real positions depend on padded tokens (scaled diff {gap:.2e})"
-            return "passed", "decoder outputs at real positions ignore padded tokens"
-        m1, m2 = model.encode(inp.x, inp.x_pad), model.encode(x2, inp.x_pad)
-        if (gap := _max_diff(m1[real_x], m2[real_x])) > _TOL:
-            return "failed", f"encoder states at real positions depend on padded tokens (scaled diff {gap:.2e})"
-        checked.append("encoder")
-        if pair.topology == "encoder":
-            o1, o2 = _head(model, m1), _head(model, m2)
-            if (gap := _max_diff(o1[real_x], o2[real_x])) > _TOL:
-                return "failed", f"encoder outputs at real positions depend on padded tokens (scaled diff {gap:.2e})"
-            return "passed", "encoder outputs at real positions ignore padded tokens"
-        assert inp.y is not None and inp.y_pad is not None
-        real_y = ~inp.y_pad
-        h1, o1 = _decode_head(model, inp.y, m1, inp.x_pad, inp.y_pad)
-        h2, o2 = _decode_head(model, inp.y, m2, inp.x_pad, inp.y_pad)
-        for what, a, b in (("decoder states", h1, h2), ("decoder log-probs", o1, o2)):
-            if (gap := _max_diff(a[real_y], b[real_y])) > _TOL:
-                return "failed", f"{what} depend on padded source tokens through memory (scaled diff {gap:.2e})"
-        checked.append("memory")
-        y2 = _replace_where(inp.y, inp.y_pad, spec, gen)
-        h3, o3 = _decode_head(model, y2, m1, inp.x_pad, inp.y_pad)
-        for what, a, b in (("decoder states", h1, h3), ("decoder log-probs", o1, o3)):
-            if (gap := _max_diff(a[real_y], b[real_y])) > _TOL:
-                return "failed", f"{what} at real positions depend on padded target tokens (scaled diff {gap:.2e})"
-        checked.append("decoder")
-    return "passed", f"real positions ignore padded tokens ({', '.join(checked)})"
+    mode = "training" if train else "evaluation"
+    assert inp.x_pad is not None
+    x2 = _replace_where(inp.x, inp.x_pad, spec, gen)
+    real_x = ~inp.x_pad
+
+    def differs(what: str, a: Tensor, b: Tensor, real: Tensor, why: str) -> Outcome | None:
+        _finite(a[real], f"{what} at real positions ({mode} mode)")
+        if (gap := _max_diff(a[real], b[real])) > _TOL:
+            return "failed", f"{what} {why} (scaled diff {gap:.2e}, {mode} mode)"
+        return None
+
+    if pair.topology == "decoder":
+        h1, o1 = _mode_pass(model, train, lambda: _decode_head(model, inp.x, None, None, inp.x_pad))
+        h2, o2 = _mode_pass(model, train, lambda: _decode_head(model, x2, None, None, inp.x_pad))
+        for what, a, b in (("decoder states", h1, h2), ("decoder outputs", o1, o2)):
+            if bad := differs(what, a, b, real_x, "at real positions depend on padded tokens"):
+                return bad
+        return None
+    if pair.topology == "encoder":
+        m1, o1 = _mode_pass(model, train, lambda: _encode_head(model, inp.x, inp.x_pad))
+        m2, o2 = _mode_pass(model, train, lambda: _encode_head(model, x2, inp.x_pad))
+        for what, a, b in (("encoder states", m1, m2), ("encoder outputs", o1, o2)):
+            if bad := differs(what, a, b, real_x, "at real positions depend on padded tokens"):
+                return bad
+        return None
+    assert inp.y is not None and inp.y_pad is not None
+    real_y = ~inp.y_pad
+    y2 = _replace_where(inp.y, inp.y_pad, spec, gen)
+
+    def seq2seq(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        memory = model.encode(x, inp.x_pad)
+        return (memory, *_decode_head(model, y, memory, inp.x_pad, inp.y_pad))
+
+    m1, h1, o1 = _mode_pass(model, train, lambda: seq2seq(inp.x, inp.y))
+    m2, h2, o2 = _mode_pass(model, train, lambda: seq2seq(x2, inp.y))
+    if bad := differs("encoder states", m1, m2, real_x, "at real positions depend on padded tokens"):
+        return bad
+    for what, a, b in (("decoder states", h1, h2), ("decoder log-probs", o1, o2)):
+        if bad := differs(what, a, b, real_y, "depend on padded source tokens through memory"):
+            return bad
+    _, h3, o3 = _mode_pass(model, train, lambda: seq2seq(inp.x, y2))
+    for what, a, b in (("decoder states", h1, h3), ("decoder log-probs", o1, o3)):
+        if bad := differs(what, a, b, real_y, "at real positions depend on padded target tokens"):
+            return bad
+    return None
+
+
+def _encode_head(model: Any, x: Tensor, pad: Tensor | None) -> tuple[Tensor, Tensor]:
+    m = model.encode(x, pad)
+    return m, _head(model, m)
+
+
+def _check_meta(pair: _Pair) -> Outcome:
+    """Build and run the model on ``meta`` exactly as ``run`` does to count parameters and FLOPs."""
+    from .model import count_flops, count_params
+
+    config = getattr(pair.task, "config", {}) or {}
+    seq = int(config.get("seq_len") or config.get("max_len") or pair.spec.max_len)
+    params = count_params(pair.spec, pair.topology)
+    flops = count_flops(pair.spec, pair.topology, seq)
+    return "passed", f"{params:,} parameters and {flops:,.0f} FLOPs per token counted on meta (sequence {seq})"
 
 
 def _check_determinism(loss_a: Tensor, loss_b: Tensor) -> Outcome:
@@ -579,37 +655,54 @@ def _run_pair(expr: str, task_name: str, *, seed: int, cache_dir: str | Path | N
     else:
         pair = _Pair(expr, task, resolved.spec, resolved, seed, None, data_note)
 
-    outcomes: dict[str, Outcome] = {}
     try:
         model = pair.build(seed)
         loss_a = pair.loss(model)
     except Exception as exc:
         add("build", ("failed", _error(exc)))
         return out
-    try:
-        loss_b = pair.loss(pair.build(seed)).detach()  # with autograd on, as loss_a: same kernels
-        outcomes["determinism"] = _check_determinism(loss_a, loss_b)
-    except Exception as exc:
-        outcomes["determinism"] = ("failed", _error(exc))
-
     source = (f"task.loss on a real '{task_name}' batch" if pair.real_batch is not None
               else f"synthetic batch ({data_note})")
-    if bool(torch.isfinite(loss_a.detach()).all()) and loss_a.numel() == 1:
-        outcomes["loss"] = ("passed", f"{float(loss_a.detach()):.4g} from {source}")
-        outcomes["gradients"] = _guard(lambda: _check_gradients(pair, model, loss_a))
-    else:
-        outcomes["loss"] = ("failed", f"loss is {loss_a.detach().flatten()[:4].tolist()} from {source}")
-        outcomes["gradients"] = ("skipped", "the loss is not a finite scalar")
-    fwd = _guard(lambda: _check_forward(pair, model))
-    if spec_note:
-        fwd = (fwd[0], f"{fwd[1]}; {spec_note}")
-    outcomes["forward"] = fwd
-    outcomes["causality"] = _guard(lambda: _check_causality(pair, model))
-    outcomes["padding"] = _guard(lambda: _check_padding(pair, model))
-    outcomes["state_dict"] = _guard(lambda: _check_state_dict(pair, model))
-    outcomes["matching"] = _guard(lambda: _check_matching(pair, configure))
+
+    def forward() -> Outcome:
+        status, detail = _check_forward(pair, model)
+        return status, f"{detail}; {spec_note}" if spec_note else detail
+
+    def loss() -> Outcome:
+        value = loss_a.detach()
+        if not bool(torch.isfinite(value).all()):
+            raise NonFinite(f"the loss is {value.flatten()[:4].tolist()} from {source}")
+        if value.numel() != 1:
+            return "failed", f"the loss has shape {tuple(value.shape)}, not a scalar, from {source}"
+        return "passed", f"{float(value):.4g} from {source}"
+
+    def gradients() -> Outcome:
+        if loss_a.numel() != 1:
+            return "skipped", "the loss is not a scalar"
+        return _check_gradients(pair, model, loss_a)
+
+    def determinism() -> Outcome:
+        loss_b = pair.loss(pair.build(seed)).detach()  # with autograd on, as loss_a: same kernels
+        return _check_determinism(loss_a, loss_b)
+
+    checks: dict[str, Callable[[], Outcome]] = {
+        "forward": forward, "meta": lambda: _check_meta(pair), "loss": loss, "gradients": gradients,
+        "causality": lambda: _check_causality(pair, model), "padding": lambda: _check_padding(pair, model),
+        "determinism": determinism, "state_dict": lambda: _check_state_dict(pair, model),
+        "matching": lambda: _check_matching(pair, configure),
+    }
+    stopped = ""
     for check in CHECKS:
-        add(check, outcomes[check])
+        if stopped:
+            add(check, ("skipped", f"not run: {stopped}"))
+            continue
+        try:
+            add(check, checks[check]())
+        except NonFinite as exc:
+            add(check, ("failed", str(exc)))
+            stopped = f"the {check} check met non-finite outputs"
+        except Exception as exc:
+            add(check, ("failed", _error(exc)))
     return out
 
 
@@ -626,16 +719,77 @@ def _requirements(expr: str) -> Any:
     )
 
 
-def _guard(fn: Callable[[], Outcome]) -> Outcome:
-    try:
-        return fn()
-    except Exception as exc:
-        return "failed", _error(exc)
-
-
 def _error(exc: BaseException) -> str:
+    """One line: where in a plugin it was raised (when it was), the exception and its first line."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    message = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    where = plugin_frame(exc)
+    return f"{where}: {message}" if where else message
+
+
+# -- where a plugin failed ----------------------------------------------------------------------
+def _plugin_files() -> dict[Path, list[tuple[str, str, Any]]]:
+    """Files holding plugin code -> the registered things each defines, as ``(kind, name, obj)``.
+
+    Registered objects not defined by the package, the files of their own (non-library) base
+    classes, and every module loaded with ``--plugin``.
+    """
+    from .variant import plugin_entries, plugin_source_files
+
+    files: dict[Path, list[tuple[str, str, Any]]] = {}
+    for kind, name, obj in plugin_entries():
+        for f in plugin_source_files(obj):
+            files.setdefault(f, []).append((kind, name, obj))
+    for modname, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if modname.startswith("modtransfer_plugin_") and path:
+            files.setdefault(Path(path).resolve(), [])
+    return files
+
+
+def _defines(obj: Any, code: Any, path: Path) -> bool:
+    """Whether the code object ``code`` (from ``path``) belongs to ``obj``: a method of the class
+    or of one of its plugin base classes, the function itself, or a function nested in it."""
+    from .variant import source_file
+
+    qual = getattr(code, "co_qualname", code.co_name)
+    if isinstance(obj, type):
+        return any(qual.startswith(c.__qualname__ + ".") for c in obj.__mro__ if source_file(c) == path)
+    target = getattr(obj, "__func__", obj)
+    own = getattr(target, "__qualname__", None)
+    return own is not None and (qual == own or qual.startswith(own + ".<locals>."))
+
+
+def plugin_frame(exc: BaseException) -> str | None:
+    """Where in plugin code ``exc`` was raised, e.g. ``"ffn 'my_ffn' (plugin /x.py:42 in forward)"``.
+
+    The deepest traceback frame in a plugin's file gives the place; the registered component,
+    variant or task it belongs to (searched from that frame outwards) gives the interface the
+    harness called it through. Chained exceptions are followed (a ``UserError`` raised about a
+    plugin's own error still points at it). None when no frame is in plugin code: the error is
+    the harness's, or a built-in's.
+    """
+    files = _plugin_files()
+    if not files:
+        return None
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        hits = []
+        tb = current.__traceback__
+        while tb is not None:
+            path = Path(tb.tb_frame.f_code.co_filename).resolve()
+            if path in files:
+                hits.append((path, tb.tb_frame.f_code, tb.tb_lineno))
+            tb = tb.tb_next
+        if hits:
+            path, code, line = hits[-1]
+            label = next((f"{kind} {name!r} " for p, c, _ in reversed(hits) for kind, name, obj in files[p]
+                          if _defines(obj, c, p)), "")
+            return f"{label}(plugin {path}:{line} in {code.co_name})"
+        current = current.__cause__ or current.__context__
+    return None
 
 
 # -- reporting ----------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ Slot interfaces (what a plugin's component must provide):
 ``activation``  ``fn(x) -> x``, elementwise.
 ``ffn``         ``factory(spec, activation, layer_index) -> Module``; ``forward(x) -> x``; may set
                 ``self.aux_loss`` (a scalar tensor) after each forward, added to the training loss.
+                A module with ``takes_pad_mask = True`` is called ``forward(x, pad_mask=...)``
+                (True at padded positions, or None), e.g. so routing can leave padding out.
 ``norm``        ``factory(dim, eps) -> Module``.
 ``residual``    ``cls(spec, sublayer, norm_factory, index, n_sublayers) -> Module``;
                 ``forward(x, **kw)`` calls ``sublayer(h, **kw)``; class attribute ``final_norm``
@@ -37,10 +39,21 @@ A component of the ``attention`` or ``ffn`` slot that builds its projections wit
 ``bias=spec.bias`` says so with ``honours_bias = True`` (see
 :func:`modtransfer.spec.honours_bias`); without it a spec with ``bias=True`` is rejected.
 Dropout rates come from ``spec.dropout_for(site)``, so ``spec.dropout_at`` decides where
-dropout is applied.
+dropout is applied. The same interfaces, typed, are the ``Protocol`` classes below
+(:data:`SLOT_PROTOCOLS`); base classes that implement most of them are
+:class:`~modtransfer.variants.attention.AttentionBase`,
+:class:`~modtransfer.variants.residual.ResidualBase` and :class:`~modtransfer.variants.norms.NormBase`.
+
+Capabilities a task offers and a variant may require (``register_variant(requires=...)``):
+``vocab`` (token inputs and a softmax output), ``padding`` (batches carry padded positions),
+``decoder`` / ``encoder`` / ``encoder_decoder`` (the task's topology), ``causal`` (the model
+has a causal decoder stack: ``decoder`` and ``encoder_decoder`` tasks).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +63,106 @@ from .errors import UserError
 from .spec import ModelSpec
 
 IGNORE_INDEX = -100
+
+
+# -- slot interfaces ------------------------------------------------------------------------------
+@runtime_checkable
+class ActivationFn(Protocol):
+    """``activation``: an elementwise function, applied inside the FFN (``relu``, ``gelu``)."""
+
+    def __call__(self, x: Tensor, /) -> Tensor: ...
+
+
+class FFNFactory(Protocol):
+    """``ffn``: builds the position-wise branch of block ``layer_index`` (from 0, per stack).
+
+    The module's ``forward(x) -> x`` maps [B, T, d_model] to the same shape, position by
+    position: a FFN must never mix positions (``check`` tests causality and padding). It may
+    set ``aux_loss`` (a scalar tensor, weighted by ``spec.aux_loss_weight``) after each forward;
+    with ``takes_pad_mask = True`` it is called ``forward(x, pad_mask=pad_mask)``; a module
+    whose parameters are used only for some tokens sets ``conditional_grad = True``.
+    """
+
+    def __call__(self, spec: Any, activation: Callable[[Tensor], Tensor], layer_index: int = 0, /) -> nn.Module: ...
+
+
+class NormFactory(Protocol):
+    """``norm``: builds a normalisation of the last dimension, ``forward(x) -> x``."""
+
+    def __call__(self, dim: int, eps: float, /) -> nn.Module: ...
+
+
+class ResidualComponent(Protocol):
+    """``residual``: wraps one sublayer (attention or FFN) of a block.
+
+    ``forward(x, **kw)`` must call ``sublayer(h, **kw)`` (passing the keywords on: masks and
+    positions travel in them) and combine the result with ``x``. ``index`` counts the stack's
+    sublayers from 0 out of ``n_sublayers``; ``final_norm`` says whether a stack of these ends
+    with a norm (pre-norm: yes; post-norm: no).
+    """
+
+    final_norm: ClassVar[bool]
+
+    def __call__(self, spec: Any, sublayer: nn.Module, norm: NormFactory, index: int = 0,
+                 n_sublayers: int = 1, /) -> nn.Module: ...
+
+
+class PositionComponent(Protocol):
+    """``position``: one per stack (``causal`` for a decoder); the built module provides
+    ``embed(x) -> x`` (applied to the stack's input), ``bias(q_len, k_len, device, dtype) ->
+    Tensor[H, q_len, k_len] | None`` (added to attention logits; set ``adds_bias = True``) and
+    ``rotate(q, k) -> (q, k)`` (used when ``rotates = True``)."""
+
+    def __call__(self, spec: Any, causal: bool = False, /) -> nn.Module: ...
+
+
+class AttentionComponent(Protocol):
+    """``attention``: builds self- (``cross=False``) or cross-attention (``cross=True``).
+
+    ``forward(x, kv=None, *, pad_mask=None, bias=None, position=None) -> x``: ``kv`` is the
+    encoder memory for cross-attention, ``pad_mask`` [B, S] is True at padded keys, ``bias`` is
+    the position bias [H, T, S], ``position`` the stack's position module (rotation). A causal
+    module must never let query i see keys after i, in training as in evaluation.
+    """
+
+    def __call__(self, spec: Any, causal: bool = False, cross: bool = False, /) -> nn.Module: ...
+
+
+class EmbeddingComponent(Protocol):
+    """``embedding``: token embeddings (``embed(tokens, stack) -> x``), the tied output weight
+    (``output_weight() -> Tensor[V, d_out] | None``), ``to_output(h)`` and ``output_dim``."""
+
+    def __call__(self, spec: Any, topology: str, /) -> nn.Module: ...
+
+
+class OutputComponent(Protocol):
+    """``output``: ``log_probs(h, weight) -> Tensor[B, T, V]`` (normalised) and
+    ``token_nll(h, targets, weight) -> Tensor[B, T]`` (0 where ``targets == -100``)."""
+
+    def __call__(self, spec: Any, in_dim: int, tied: bool, /) -> nn.Module: ...
+
+
+@runtime_checkable
+class SharingFn(Protocol):
+    """``sharing``: whether the stack ``"encoder"`` / ``"decoder"`` reuses one block for all layers."""
+
+    def __call__(self, stack: str, /) -> bool: ...
+
+
+@runtime_checkable
+class InitFn(Protocol):
+    """``init``: initialises a built model in place, once; ``finishes = True`` when it applies
+    the components' special inits and ``clone_layers`` itself."""
+
+    def __call__(self, model: nn.Module, spec: Any, /) -> None: ...
+
+
+#: The interface each slot's components implement.
+SLOT_PROTOCOLS: dict[str, type] = {
+    "activation": ActivationFn, "ffn": FFNFactory, "norm": NormFactory, "residual": ResidualComponent,
+    "position": PositionComponent, "attention": AttentionComponent, "embedding": EmbeddingComponent,
+    "output": OutputComponent, "sharing": SharingFn, "init": InitFn,
+}
 
 
 class Block(nn.Module):
@@ -69,7 +182,9 @@ class Block(nn.Module):
         self.cross = (
             residual(spec, attention(spec, causal=False, cross=True), norm, first + 1, total) if cross else None
         )
-        self.ffn = residual(spec, ffn(spec, activation, index), norm, first + per_block - 1, total)
+        branch = ffn(spec, activation, index)
+        self.ffn_takes_pad = bool(getattr(branch, "takes_pad_mask", False))
+        self.ffn = residual(spec, branch, norm, first + per_block - 1, total)
 
     def forward(
         self, x: Tensor, *, pad_mask: Tensor | None, bias: Tensor | None, position: nn.Module,
@@ -78,7 +193,7 @@ class Block(nn.Module):
         x = self.attn(x, pad_mask=pad_mask, bias=bias, position=position)
         if self.cross is not None:
             x = self.cross(x, kv=memory, pad_mask=memory_pad_mask)
-        return self.ffn(x)
+        return self.ffn(x, pad_mask=pad_mask) if self.ffn_takes_pad else self.ffn(x)
 
 
 def has_final_norm(spec: ModelSpec, topology: str) -> bool:

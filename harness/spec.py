@@ -184,6 +184,17 @@ class ModelSpec:
         """A plugin's free-form option from ``extra``."""
         return dict(self.extra).get(key, default)
 
+    def with_options(self, **options: Any) -> ModelSpec:
+        """This spec with ``options`` set in ``extra``, the other keys kept.
+
+        ``extra`` is shared by every variant of a combination, keyed per option: two variants
+        setting different keys compose, two setting the same key conflict (checked by
+        :func:`modtransfer.variant.resolve`, which names both). Prefix keys with the plugin's
+        name (``layerscale_init``) so they stay distinct.
+        """
+        merged = {**dict(self.extra), **options}
+        return dataclasses.replace(self, extra=tuple(sorted(merged.items(), key=lambda kv: kv[0])))
+
     # -- (de)serialisation ------------------------------------------------------------
     def replace(self, **changes: Any) -> ModelSpec:
         unknown = [k for k in changes if k not in _FIELD_NAMES]

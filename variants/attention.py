@@ -12,6 +12,10 @@ linear (Katharopoulos et al. 2020, arXiv 2006.16236): phi(Q) (phi(K)^T V), linea
 Every attention module exposes ``branch_weights()`` (its weights by role, views of the fused
 matrices, covering all its Linear layers) and ``output_layers()`` so that init schemes and
 residual schemes such as Fixup and DeepNorm can initialise them part by part.
+
+:class:`AttentionBase` (exported as ``modtransfer.AttentionBase``) is the base for plugins: it
+owns the projections, heads, masking (causal, padding), position bias and rotation, dropout
+and the init hooks, so a new attention overrides only ``scores(q, k)`` (the logits).
 """
 
 from __future__ import annotations
@@ -44,9 +48,19 @@ def additive_mask(
     return mask
 
 
-@register_component("attention", "sdpa", paper="Vaswani et al. 2017, arXiv 1706.03762")
-class MultiHeadAttention(nn.Module):
-    """Scaled dot-product multi-head attention (self or cross)."""
+class AttentionBase(nn.Module):
+    """Multi-head attention with every duty but the logits: a base class for new attentions.
+
+    softmax(scores(q, k) + B + M) V, with B the position bias and M the causal and padding
+    masks (-inf), then dropout on the weights, concatenated heads and W_o. It builds the
+    projections (fused QKV for self-attention, Q and KV for cross-attention, with biases when
+    ``spec.bias``), splits heads, rotates q and k when the stack's position rotates, and
+    provides ``branch_weights()`` and ``output_layers()`` for init and residual schemes.
+    A subclass overrides :meth:`scores` (and adds its parameters in ``__init__`` after
+    ``super().__init__``); without an override the fused ``scaled_dot_product_attention`` runs.
+    Class attributes: ``scaled`` (multiply by 1/sqrt(d_k) in the default scores),
+    ``shared_kv`` (one key/value head), ``supports_bias`` (can add a position bias).
+    """
 
     scaled = True
     shared_kv = False        # one K/V head for all query heads (multi-query attention)
@@ -122,16 +136,31 @@ class MultiHeadAttention(nn.Module):
         b, _, n, _ = out.shape
         return self.out(out.transpose(1, 2).reshape(b, n, self.n_heads * self.d_head))
 
+    def scores(self, q: Tensor, k: Tensor) -> Tensor:
+        """Attention logits [B, H, T, S] of queries q [B, H, T, d] and keys k [B, H, S, d]
+        (before bias and masks): q k^T / sqrt(d_k), or q k^T when ``scaled`` is false."""
+        return (q @ k.transpose(-1, -2)) * self.scale
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, pad_mask: Tensor | None, bias: Tensor | None) -> Tensor:
         if k.shape[1] != q.shape[1]:
             k = k.expand(-1, q.shape[1], -1, -1)
             v = v.expand(-1, q.shape[1], -1, -1)
         drop = self.dropout if self.training else 0.0
+        if type(self).scores is not AttentionBase.scores:  # a subclass's own logits
+            mask = additive_mask(q.shape[2], k.shape[2], causal=self.causal, pad_mask=pad_mask, bias=bias,
+                                 device=q.device, dtype=torch.float32)
+            weights = torch.softmax(self.scores(q, k).float() + mask, dim=-1).to(v.dtype)
+            return F.dropout(weights, drop, training=drop > 0) @ v
         if pad_mask is None and bias is None:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=self.causal, scale=self.scale)
         mask = additive_mask(q.shape[2], k.shape[2], causal=self.causal, pad_mask=pad_mask, bias=bias,
                              device=q.device, dtype=q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, scale=self.scale)
+
+
+@register_component("attention", "sdpa", paper="Vaswani et al. 2017, arXiv 1706.03762")
+class MultiHeadAttention(AttentionBase):
+    """Scaled dot-product multi-head attention (self or cross), the baseline."""
 
 
 @register_component("attention", "unscaled", paper="Raffel et al. 2020, arXiv 1910.10683")

@@ -21,9 +21,11 @@ the model adds ``aux_loss_weight`` (alpha = 0.01 in Fedus et al.) times it to th
 Capacity (optional, ``switch(capacity_factor=1.25)``): in training each expert takes at most
 ceil(capacity_factor * k * tokens / N) assignments of the batch; the overflow gets no update
 from this layer (the residual carries it). Earlier positions win (time-major order over the
-batch), so a decoder stays causal; padded positions still take capacity. Evaluation is
-dropless (Fedus et al. also evaluate with a larger capacity factor). Without a capacity
-factor (the default) routing is dropless throughout.
+batch), so a decoder stays causal. Padded positions are not routed at all (the block passes
+the padding mask, ``takes_pad_mask``): they take no capacity, do not count as tokens and stay
+out of the load-balancing loss, so what padding holds never changes a real position's output.
+Evaluation is dropless (Fedus et al. also evaluate with a larger capacity factor). Without a
+capacity factor (the default) routing is dropless throughout.
 
 Dispatch sorts the token-expert assignments by expert and runs each expert once on its
 contiguous slice (a loop over the N experts, never over tokens). On the ``meta`` device,
@@ -80,6 +82,7 @@ class MixtureOfExperts(nn.Module):
     """Top-k routed experts (dense FFNs of width d_ff / k) with a load-balancing loss."""
 
     conditional_grad = True  # an expert no token was routed to gets no gradient from that batch
+    takes_pad_mask = True    # padded positions are left out of routing
 
     def __init__(self, spec: ModelSpec, activation: Callable[[Tensor], Tensor], top_k: int) -> None:
         super().__init__()
@@ -101,19 +104,29 @@ class MixtureOfExperts(nn.Module):
             gates = gates / gates.sum(dim=-1, keepdim=True)
         return probs, gates, experts
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         limited = bool(self.capacity_factor) and self.training
         # with a capacity, earlier positions win (time-major order), so a token's update never
         # depends on tokens after it in any sequence of the batch
-        xs = x.transpose(0, 1) if limited and x.dim() == 3 else x
+        time_major = limited and x.dim() == 3
+        xs = x.transpose(0, 1) if time_major else x
         tokens = xs.reshape(-1, x.shape[-1])
-        probs, gates, experts = self.route(tokens)
+        real: Tensor | None = None          # indices of the routed (unpadded) tokens
+        if pad_mask is not None and x.dim() == 3 and not x.is_meta:
+            keep = ~(pad_mask.transpose(0, 1) if time_major else pad_mask)
+            real = keep.reshape(-1).nonzero().squeeze(1)
+        routed = tokens if real is None else tokens[real]
+        out = torch.zeros_like(tokens)
+        if routed.shape[0] == 0:  # nothing to route: keep the router in the graph with a zero loss
+            self.aux_loss = self.router.weight.sum() * 0.0
+            return out.view_as(xs).transpose(0, 1) if time_major else out.view_as(x)
+        probs, gates, experts = self.route(routed)
         self.aux_loss = load_balancing_loss(probs, experts[:, 0])
         expert_of = experts.reshape(-1)                      # assignment a = token * k + j
         order = torch.sort(expert_of, stable=True).indices   # grouped by expert, in token order
         flat_gates = gates.reshape(-1)
         capacity = math.ceil(self.capacity_factor * expert_of.numel() / self.n) if limited else None
-        out = torch.zeros_like(tokens)
+        routed_out = torch.zeros_like(routed)
         start = 0
         for e, count in enumerate(split_counts(expert_of, self.n)):
             chosen = order[start: start + count]
@@ -123,10 +136,11 @@ class MixtureOfExperts(nn.Module):
             if chosen.numel() == 0:
                 continue
             rows = chosen // self.k
-            update = self.experts[e](tokens[rows]) * flat_gates[chosen].unsqueeze(1).to(tokens.dtype)
-            out = out.index_add(0, rows, update)
+            update = self.experts[e](routed[rows]) * flat_gates[chosen].unsqueeze(1).to(routed.dtype)
+            routed_out = routed_out.index_add(0, rows, update)
+        out = routed_out if real is None else out.index_copy(0, real, routed_out)
         out = out.view_as(xs)
-        return out.transpose(0, 1) if xs is not x else out
+        return out.transpose(0, 1) if time_major else out
 
 
 @register_component("ffn", "switch", paper="Fedus et al. 2021, arXiv 2101.03961", honours_bias=True)

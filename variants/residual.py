@@ -10,6 +10,10 @@ deepnorm (Wang et al. 2022, DeepNet, arXiv 2203.00555): norm(alpha x + F(x)), be
 Components with their own initialisation apply it when built and again in
 ``reset_special(topology, stack)``, which the init component calls after its scheme (see
 :mod:`modtransfer.variants.init`); it re-initialises from scratch, so a second call is harmless.
+
+:class:`ResidualBase` (exported as ``modtransfer.ResidualBase``) is the base for plugins: it
+builds the norm, keeps the sublayer and the residual dropout, passes the masks and positions
+on, and leaves :meth:`~ResidualBase.combine` (how the branch joins the stream) to override.
 """
 
 from __future__ import annotations
@@ -68,9 +72,18 @@ def output_layers(sublayer: nn.Module) -> list[nn.Module]:
     return [m for role, m in _linear_roles(sublayer) if role == "output"]
 
 
-@register_component("residual", "pre", paper="Xiong et al. 2020, arXiv 2002.04745")
-class PreNorm(nn.Module):
-    """x + F(norm(x))."""
+class ResidualBase(nn.Module):
+    """A residual connection around one sublayer: combine(x, drop(F(norm(x)))), pre-norm by default.
+
+    The slot's duties are done here: ``norm`` is built with the spec's width and eps,
+    ``sublayer`` (attention or FFN) is called with every keyword the block passes (padding
+    mask, position bias, encoder memory), ``drop`` is the residual dropout, and ``index`` /
+    ``n_sublayers`` say where the sublayer sits in its stack (for depth-scaled inits). A
+    subclass overrides :meth:`combine` (e.g. x + lambda * branch), or :meth:`branch` to move
+    the norm, and sets ``final_norm = False`` when its stack must not end with a norm. An
+    own initialisation belongs in ``reset_special(topology, stack)``, which runs after the
+    model's init scheme.
+    """
 
     final_norm = True
 
@@ -80,6 +93,23 @@ class PreNorm(nn.Module):
         self.norm = norm(spec.d_model, spec.norm_eps)
         self.sublayer = sublayer
         self.drop = nn.Dropout(spec.dropout_for("residual"))
+        self.index, self.n_sublayers = index, n_sublayers
+
+    def branch(self, x: Tensor, **kw: Any) -> Tensor:
+        """The branch's contribution before it joins the stream: drop(F(norm(x)))."""
+        return self.drop(self.sublayer(self.norm(x), **kw))
+
+    def combine(self, x: Tensor, branch: Tensor) -> Tensor:
+        """How the branch joins the residual stream: x + branch."""
+        return x + branch
+
+    def forward(self, x: Tensor, **kw: Any) -> Tensor:
+        return self.combine(x, self.branch(x, **kw))
+
+
+@register_component("residual", "pre", paper="Xiong et al. 2020, arXiv 2002.04745")
+class PreNorm(ResidualBase):
+    """x + F(norm(x))."""
 
     def forward(self, x: Tensor, **kw: Any) -> Tensor:
         return x + self.drop(self.sublayer(self.norm(x), **kw))
