@@ -321,7 +321,7 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
         row["primary_metric"] = task.primary_metric
         row["higher_is_better"] = int(task.higher_is_better)
         accel = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        row["env"] = environment(accel)
+        row["env"] = {**environment(accel), "contract_gate": cell.gate}
         task.prepare()
         spec = task.configure_spec(cell.spec)
         row["spec"] = spec.to_dict()
@@ -396,7 +396,11 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        row.update(status="failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        from .contract import plugin_frame
+
+        where = plugin_frame(exc)  # a plugin's file, line and function, when the error came from one
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}" + (f" [{where}]" if where else "")
+                   + f"\n{traceback.format_exc()}")
     finally:
         if logger is not None:
             try:

@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the cells and train nothing")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.add_argument("--yes", action="store_true", help="allow a plan of more than 5000 cells")
+    run.add_argument("--no-check", action="store_true",
+                     help="skip the contract gate on plugin variants (recorded in every row it trains)")
     run.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="FILE.py")
 
     check = sub.add_parser("check", help="run the contract suite on a variant")
@@ -241,6 +243,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.wandb:
         plan.wandb["mode"] = args.wandb
     check_device(args.device)
+    if args.no_check:
+        for c in plan.all_cells:
+            if c.code:
+                object.__setattr__(c, "gate", "skipped")
+    elif not args.dry_run:
+        from .gate import gate
+        from .task import default_cache_dir
+
+        cache_root = Path(os.environ["MODTRANSFER_CACHE"]) if os.environ.get("MODTRANSFER_CACHE") else default_cache_dir()
+        lines = gate(list(plan.variants), list(plan.tasks), cache_root)
+        if lines:
+            raise UserError(f"{len(lines)} contract check(s) failed for plugin variants, nothing trained "
+                            "(--no-check skips this gate):\n  " + "\n  ".join(lines))
     executor = args.executor or plan.executor
     if executor not in EXECUTORS:
         raise UserError(f"plan.executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")

@@ -26,7 +26,7 @@ from .errors import UserError, did_you_mean
 from .sizes import size_preset
 from .spec import ModelSpec
 from .task import TASKS, Budget, Task
-from .variant import BASELINE, VARIANTS, ResolvedVariant, canonical, resolve
+from .variant import BASELINE, VARIANTS, ResolvedVariant, canonical, code_digest, resolve
 
 PLAN_KEYS = {
     "name": str, "description": str, "size": str, "sizes": list, "seeds": (int, list, dict), "variants": list, "tasks": list,
@@ -55,14 +55,16 @@ class Cell:
     budget: Budget
     hparams: dict[str, Any] = field(default_factory=dict)
     slots: tuple[str, ...] = ()
+    code: str = ""            # digest of the plugin code the cell uses ("" when all built in)
+    gate: str = "built-in"    # the contract gate: "built-in", "passed" or "skipped" (--no-check); not in the id
 
     @property
     def cell_id(self) -> str:
-        blob = json.dumps(
-            {"variant": self.variant, "task": self.task, "seed": self.seed, "spec": self.spec.to_dict(),
-             "task_config": self.task_config, "budget": self.budget.to_dict(), "hparams": self.hparams},
-            sort_keys=True, default=str,
-        )
+        data = {"variant": self.variant, "task": self.task, "seed": self.seed, "spec": self.spec.to_dict(),
+                "task_config": self.task_config, "budget": self.budget.to_dict(), "hparams": self.hparams}
+        if self.code:  # a changed plugin trains anew; built-in cells keep their ids
+            data["code"] = self.code
+        blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     @property
@@ -541,6 +543,15 @@ def _expand_cells(plan: Plan) -> None:
                 raise UserError(f"plan variant {vname!r} on {impl} with {spec_part or 'the plan spec'}: {exc}") from None
         return resolved[key]
 
+    digests: dict[tuple[str, str, str], str] = {}
+
+    def digest(vname: str, spec: ModelSpec, tname: str) -> str:
+        """The plugin-code digest of a cell's variant (computed once per variant, spec and task)."""
+        key = (vname, spec.digest() if hasattr(spec, "digest") else json.dumps(spec.to_dict(), sort_keys=True), tname)
+        if key not in digests:
+            digests[key] = code_digest(vname, spec, task=tname)
+        return digests[key]
+
     for size, impl in itertools.product(plan.sizes or [plan.size], plan.implementations):
         for tname, task in tasks.items():
             try:
@@ -575,10 +586,12 @@ def _expand_cells(plan: Plan) -> None:
                                                  "reason": f"sets its own initialisation (hparams init={init})"})
                             continue
                         spec = resolve(_init_expr(init), rv.spec).spec
+                    code = digest(vname, spec, tname)
                     for seed in plan.seeds:
                         plan.all_cells.append(Cell(
                             benchmark=plan.name, variant=vname, task=tname, seed=seed, size=size, spec=spec,
                             task_config=dict(task.config), budget=cell_budget, hparams=hp, slots=tuple(rv.slots),
+                            code=code, gate="passed" if code else "built-in",
                         ))
     plan.all_cells = seed_major(plan.all_cells, plan.variants, plan.seeds)
     plan.cells = plan.cells_through(plan.looks[0]) if plan.adaptive else list(plan.all_cells)

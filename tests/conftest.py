@@ -46,6 +46,7 @@ def temporary_plugin() -> Iterator[Callable[[str | Path], str | None]]:
     """
     before = {slot: set(reg.names()) for slot, reg in COMPONENTS.items()}
     before_variants, before_tasks = set(VARIANTS.names()), set(TASKS.names())
+    before_modules = {m for m in sys.modules if m.startswith("modtransfer_plugin_")}
     modules: list[str] = []
 
     def load(path: str | Path) -> str | None:
@@ -63,4 +64,7 @@ def temporary_plugin() -> Iterator[Callable[[str | Path], str | None]]:
     for name in set(TASKS.names()) - before_tasks:
         TASKS.unregister(name)
     for name in modules:
+        sys.modules.pop(name, None)
+    # plugins the CLI loaded in-process during the test: forget them too, so a later load registers again
+    for name in {m for m in sys.modules if m.startswith("modtransfer_plugin_")} - before_modules:
         sys.modules.pop(name, None)

@@ -126,7 +126,7 @@ def test_device_cuda_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_every_cell_failing_exits_1_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plugin = Path(__file__).parent / "plugins" / "raising_plugin.py"
     code = cli.main(["run", str(_plan(tmp_path, variants=["raise_in_forward"])), "--runs-dir", str(tmp_path / "runs"),
-                     "--plugin", str(plugin), "--no-report"])
+                     "--plugin", str(plugin), "--no-report", "--no-check"])
     err = capsys.readouterr().err
     assert code == 1
     assert "1 cell(s) failed" in err and "deliberate failure inside forward" in err

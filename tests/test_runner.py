@@ -240,8 +240,9 @@ def mixed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     runs = tmp / "runs"
     saved_environ = dict(os.environ)
     with plugin_scope():
+        # --no-check: this plugin fails the contract on purpose, to show how a failing cell is recorded
         code, out, err = cli_run(["run", str(plan_path), "--runs-dir", str(runs), "--plugin", str(RAISING_PLUGIN),
-                                  "--variants", "raise_in_forward", "--no-report"])
+                                  "--variants", "raise_in_forward", "--no-report", "--no-check"])
         yield {"code": code, "out": out, "err": err, "plan": plan_path, "runs": runs, "run_dir": runs / "mixed",
                "store": Store(runs / "mixed" / "results.sqlite")}
     os.environ.clear()
@@ -282,6 +283,8 @@ def test_raising_plugin_cell_fails_with_traceback(mixed_run: dict[str, Any]) -> 
         assert r["error"].startswith(f"RuntimeError: {RAISING_MESSAGE}")
         assert "Traceback (most recent call last)" in r["error"]
         assert "raising_plugin.py" in r["error"], "the traceback should reach the plugin's forward"
+        assert "[ffn 'raise_in_forward' (plugin " in r["error"].splitlines()[0]   # located on the first line
+        assert r["env"]["contract_gate"] == "skipped"   # the row says the gate was skipped
     assert "failed   regression/raise_in_forward/0" in mixed_run["out"]
     assert [r["status"] for r in rows if r["variant"] == "baseline"].count("done") == 1
 
