@@ -19,6 +19,7 @@ from modtransfer.errors import UserError
 from modtransfer.plan import load_plan
 from modtransfer.store import Store
 
+
 def plan_dict(name: str, **extra: Any) -> dict[str, Any]:
     base = {"name": name, "size": "tiny", "seeds": 3, "variants": ["gelu"], "tasks": ["regression"],
             "task_budget": {"regression": {"steps": 40, "batch_size": 16, "lr": 3.0e-3, "schedule": "constant"}},
