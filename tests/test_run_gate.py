@@ -44,6 +44,7 @@ def cold_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, temporary_plugin
 
 @pytest.mark.parametrize(("plugin", "variant", "check"), [
     ("leaky_plugin.py", "leaky_ffn", "causality"),
+    ("cheat_plugin.py", "cheat_peek_ahead", "causality"),       # an attention that sees one token ahead
     ("moe_leak_plugin.py", "moe_batch_major", "causality"),
 ])
 def test_a_leaking_plugin_is_refused_before_training(tmp_path: Path, cold_cache: Path,

@@ -187,7 +187,8 @@ def test_planted_cheat_is_called_better_on_lm_by_a_wide_margin(tmp_path: Path) -
     plan = {"name": "cheat", "size": "tiny", "seeds": 3, "variants": ["cheat_peek_ahead"], "tasks": ["lm"],
             "wandb": {"mode": "disabled"}}
     p = write(tmp_path / "cheat.yaml", plan)
-    assert cli.main(["run", str(p), "--runs-dir", str(tmp_path / "runs"), "--plugin", str(plugin)]) == 0
+    # --no-check: the contract gate would (rightly) refuse an attention that sees the future
+    assert cli.main(["run", str(p), "--runs-dir", str(tmp_path / "runs"), "--plugin", str(plugin), "--no-check"]) == 0
     with open(tmp_path / "runs" / "cheat" / "report" / "transfer.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert row["baseline_learned"] == "learned"
