@@ -99,7 +99,11 @@ def run_tmp(run_dir: Path) -> Iterator[Path]:
     import shutil
     import tempfile
 
+    import atexit
+    import sys
+
     keys = ("TMPDIR", "MODTRANSFER_RUN_TMP")
+    wandb_before = "wandb" in sys.modules
     saved_env = {k: os.environ.get(k) for k in keys}
     saved_tempdir = tempfile.tempdir
     os.environ.pop("MODTRANSFER_RUN_TMP", None)
@@ -116,7 +120,10 @@ def run_tmp(run_dir: Path) -> Iterator[Path]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        shutil.rmtree(tmp, ignore_errors=True)
+        if wandb_before or "wandb" not in sys.modules:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:  # W&B, imported meanwhile, keeps process-lifetime media folders in there: remove at exit
+            atexit.register(shutil.rmtree, tmp, True)
 
 
 def use_run_tmp(run_dir: Path) -> Path:

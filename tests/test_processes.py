@@ -103,14 +103,16 @@ def test_killed_cell_resumes_its_wandb_run_under_the_same_id(tmp_path: Path) -> 
     proc.wait(timeout=30)
     first = {p.name.rsplit("-", 1)[1] for p in wb.glob("offline-run-*")}
     assert len(first) == 1, first
-    assert list(system_tmp.iterdir()) == [], "a killed run left temporary folders in the system temp dir"
+    # torch's own compile cache (torchinductor_<user>) is shared and persistent by design: not a leftover
+    leftovers = [p for p in system_tmp.iterdir() if not p.name.startswith("torchinductor_")]
+    assert leftovers == [], "a killed run left temporary folders in the system temp dir"
     stale = list((runs / "resume-wb" / "wandb" / ".tmp").iterdir())
     assert [p.name for p in stale] == [str(proc.pid)]  # its own, inside the run folder
     # the same plan again: the killed cell (same cell id) is trained again and logs to the same W&B run id
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert list((runs / "resume-wb" / "wandb" / ".tmp").iterdir()) == [], "stale and own temp folders are removed"
-    assert list(system_tmp.iterdir()) == []
+    assert [p for p in system_tmp.iterdir() if not p.name.startswith("torchinductor_")] == []
     rows = Store(runs / "resume-wb" / "results.sqlite").rows()
     ids = {p.name.rsplit("-", 1)[1] for p in wb.glob("offline-run-*")}
     baseline = next(r for r in rows if r["variant"] == "baseline")

@@ -76,8 +76,8 @@ def test_regression_trivial_is_the_target_variance():
     # Var((a + 1)^2 + b) = 6 + 1 for a, b ~ N(0, 1); 64,000 held-out values: SE about 0.05
     assert task.trivial_score() == pytest.approx(7.0, abs=0.25)
     info = task.gate_info()
-    assert set(info) == GATE_KEYS
-    assert info["metric"] == "val_mse" and info["higher_is_better"] is False
+    assert set(info) == GATE_KEYS | {"plateau_fraction"}   # regression declares its predict-the-mean plateau
+    assert info["metric"] == "val_mse" and info["higher_is_better"] is False and info["plateau_fraction"] == 0.9
     assert info["trivial"] == task.trivial_score()
 
 
