@@ -1,4 +1,4 @@
-"""Regenerate the README's variant table from the registry, so the two cannot drift.
+"""Regenerate the README's variant table and slot-interface table from the code, so they cannot drift.
 
     python -m modtransfer.readme          # rewrite the section in README.md
     python -m modtransfer.readme --check  # exit 1 if README.md is out of date
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 START, END = "<!-- variants:start -->", "<!-- variants:end -->"
+SLOTS_START, SLOTS_END = "<!-- slots:start -->", "<!-- slots:end -->"
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -20,12 +21,31 @@ def section() -> str:
     return list_variants(None, size="small", markdown=True, counts=True)
 
 
+def slots_section() -> str:
+    """One row per slot: the call a component must answer to, and its Protocol's docstring."""
+    import inspect
+
+    from .model import SLOT_PROTOCOLS
+
+    rows = ["| slot | a component is called as | contract |", "|---|---|---|"]
+    for slot, proto in SLOT_PROTOCOLS.items():
+        sig = str(inspect.signature(proto.__call__)).replace("(self, ", "(").replace(", /", "").replace("'", "")
+        doc = " ".join((proto.__doc__ or "").split()).replace("``", "`").replace("|", "\\|")
+        rows.append(f"| `{slot}` | `{sig}` | {doc} |")
+    return "\n".join(rows)
+
+
+def _replace(text: str, start: str, end: str, body: str) -> str:
+    if start not in text or end not in text:
+        raise SystemExit(f"{README} has no {start} ... {end} section")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def render(text: str) -> str:
-    if START not in text or END not in text:
-        raise SystemExit(f"{README} has no {START} ... {END} section")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{section()}\n{END}{tail}"
+    text = _replace(text, START, END, section())
+    return _replace(text, SLOTS_START, SLOTS_END, slots_section()) if SLOTS_START in text else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     new = render(text)
     if args.check:
         if new != text:
-            print("README.md variant table is out of date: run python -m modtransfer.readme", file=sys.stderr)
+            print("README.md variant or slot table is out of date: run python -m modtransfer.readme", file=sys.stderr)
             return 1
         return 0
     README.write_text(new)
