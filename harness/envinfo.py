@@ -96,11 +96,10 @@ def run_tmp(run_dir: Path) -> Iterator[Path]:
     The environment and ``tempfile.tempdir`` are restored and the folder removed afterwards, so an
     in-process caller (a test, a notebook) is left as it was.
     """
-    import shutil
-    import tempfile
-
     import atexit
+    import shutil
     import sys
+    import tempfile
 
     keys = ("TMPDIR", "MODTRANSFER_RUN_TMP")
     wandb_before = "wandb" in sys.modules
