@@ -18,15 +18,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from .contract import CONTRACT_SPEC, CheckResult, run_contract
+from .lscache import read_json, write_json
 from .spec import SLOTS
 from .variant import canonical, code_digest, parse_variant, plugin_entries, plugin_source_files, resolve
 
@@ -55,26 +54,6 @@ def _key(expr: str, task: str, digest: str, fingerprint: str, data_dir: Path | N
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write(path: Path, data: dict[str, Any]) -> None:
-    """Atomically, keeping the newest entries; a cache that cannot be written is only slower."""
-    data = dict(list(data.items())[-_KEEP:])
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
-    except OSError:
-        pass
-
-
 def plugin_args(expr: str) -> str:
     """`` --plugin FILE`` for each ``--plugin`` file the expression's code comes from (for the hint;
     entry points load by themselves)."""
@@ -100,7 +79,7 @@ def gate(variant_exprs: list[str], task_names: list[str], cache_dir: Path, *,
     should not occur).
     """
     path = Path(cache_dir) / CACHE_FILE
-    cache = _read(path)
+    cache = read_json(path)
     fingerprint = ""
     lines: list[str] = []
     dirty = False
@@ -129,5 +108,5 @@ def gate(variant_exprs: list[str], task_names: list[str], cache_dir: Path, *,
                 lines.append(f"variant {expr!r} fails the contract on task {r.task!r}, check {r.check!r}: {detail}; "
                              f"details: {hint.format(task=r.task)}")
     if dirty:
-        _write(path, cache)
+        write_json(path, cache, _KEEP)
     return lines

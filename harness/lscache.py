@@ -67,15 +67,18 @@ def lookup(key: str) -> dict[str, str] | None:
         return None
 
 
-def save(key: str, out: str, err: str) -> None:
-    path = _path()
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON-object cache file; empty when missing or unreadable."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        data = {}
-    data.pop(key, None)
-    data[key] = {"out": out, "err": err}
-    data = dict(list(data.items())[-_KEEP:])
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_json(path: Path, data: dict[str, Any], keep: int) -> None:
+    """Atomically, keeping the ``keep`` newest entries; a cache that cannot be written is only slower."""
+    data = dict(list(data.items())[-keep:])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -83,3 +86,11 @@ def save(key: str, out: str, err: str) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+def save(key: str, out: str, err: str) -> None:
+    path = _path()
+    data = read_json(path)
+    data.pop(key, None)
+    data[key] = {"out": out, "err": err}
+    write_json(path, data, _KEEP)

@@ -547,7 +547,7 @@ def _expand_cells(plan: Plan) -> None:
 
     def digest(vname: str, spec: ModelSpec, tname: str) -> str:
         """The plugin-code digest of a cell's variant (computed once per variant, spec and task)."""
-        key = (vname, spec.digest() if hasattr(spec, "digest") else json.dumps(spec.to_dict(), sort_keys=True), tname)
+        key = (vname, spec.digest(), tname)
         if key not in digests:
             digests[key] = code_digest(vname, spec, task=tname)
         return digests[key]
