@@ -6,6 +6,7 @@
     modtransfer check VARIANT [--plugin FILE.py] [--tasks LIST]
     modtransfer status runs/<benchmark>
     modtransfer report runs/<benchmark> [--wandb-report]
+    modtransfer compare RUN_A RUN_B [RUN_C ...] [--out DIR]
     modtransfer store repair runs/<benchmark>
     modtransfer prepare [TASKS]
     modtransfer bench speed|overhead|runner [OPTIONS]
@@ -79,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="folder to write the report to (default: RUN_DIR/report)")
     report.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="FILE.py")
 
+    cmp = sub.add_parser("compare", help="compare two or more run (or report) folders side by side")
+    cmp.add_argument("inputs", nargs="*", metavar="RUN_OR_REPORT", help="run folders or report folders")
+    cmp.add_argument("--out", help="folder to write index.html and compare.md to (default: ./compare-A-vs-B)")
+
     store = sub.add_parser("store", help="maintain a results store (store repair RUN_DIR)")
     store_sub = store.add_subparsers(dest="store_command", required=True)
     repair = store_sub.add_parser("repair", help="rebuild a damaged results.sqlite from its readable rows; "
@@ -140,6 +145,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         _load_plugins(args)
         return _report(Path(args.run_dir), args.wandb, args.wandb_report, Path(args.out) if args.out else None)
+    if args.command == "compare":
+        from modtransfer.reports.compare import write_comparison
+
+        print(f"comparison: {write_comparison([Path(p) for p in args.inputs], Path(args.out) if args.out else None)}")
+        return 0
     if args.command == "store":
         from .store import format_repair, repair
 
