@@ -1,46 +1,39 @@
 """Push a report to Weights & Biases: one run of job type "report", and optionally a W&B Report.
 
 The run (offline by default) carries the transfer matrix as a ``wandb.Table``, every figure as
-a ``wandb.Image`` and each variant's verdict as a summary value. All W&B folders are kept
-inside ``RUN_DIR/wandb``. The W&B Report is first built as plain JSON (the same shape as the
-``wandb-workspaces`` reports API, ``wandb_workspaces.reports.v2``: one dict per block or panel
-with its class name under "type"), so it can be saved and checked without network; only in
-online mode is it turned into API objects and saved.
+a ``wandb.Image`` and each variant's verdict as a summary value. Its id is fixed by the run
+folder and the report's output folder (:func:`report_run_id`), so building the report again
+replaces that run instead of adding one: older local folders of the id are removed before it
+logs (offline, ``RUN_DIR/wandb`` then holds exactly one report run per report folder; online,
+W&B resumes the same run). Its group is the cells' group (benchmark + run folder id), so the
+report and its cells stay together and apart from any other run folder of the same benchmark.
+
+The W&B Report is first built as plain JSON (the shape of the ``wandb-workspaces`` reports API,
+``wandb_workspaces.reports.v2``: one dict per block or panel with its class name under "type"),
+so it can be saved and checked without network; only in online mode is it turned into API
+objects and saved. Its charts plot on ``trainer/global_step``, group each task's runs by
+variant with the seeds' standard error as the band, and draw the baseline in black.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from modtransfer.envinfo import RUN_UID_KEY, remove_local_runs, wandb_env_for, wandb_group
 
 from .figures import Figures
 from .summary import Analysis, fmt, transfer_table
 
-WANDB_ENV_DIRS = {"WANDB_DIR": "", "WANDB_CACHE_DIR": "cache", "WANDB_CONFIG_DIR": "config", "WANDB_DATA_DIR": "data"}
-
-
-@contextmanager
-def wandb_dirs(run_dir: Path) -> Iterator[Path]:
-    """Point every W&B folder inside ``run_dir/wandb`` for the duration; restore the environment after."""
-    root = Path(run_dir).resolve() / "wandb"
-    saved = {k: os.environ.get(k) for k in WANDB_ENV_DIRS}
-    try:
-        for k, sub in WANDB_ENV_DIRS.items():
-            path = root / sub if sub else root
-            path.mkdir(parents=True, exist_ok=True)
-            os.environ[k] = str(path)
-        yield root
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+#: the x axis of the cells' charts (the trainer's optimiser step; see ``modtransfer.cell.WANDB_STEP``)
+STEP = "trainer/global_step"
+#: how a variant's seeds are drawn: their mean, with the standard error of the mean as the band
+AGG, BAND = "mean", "stderr"
+BASELINE_COLOR = "#000000"
 
 
 def target(a: Analysis) -> tuple[str, str | None]:
@@ -51,8 +44,24 @@ def target(a: Analysis) -> tuple[str, str | None]:
     return str(project), (str(entity) if entity else None)
 
 
-def log_run(a: Analysis, folder: Path, figs: Figures, run_dir: Path, mode: str) -> dict[str, Any] | None:
-    """Log the report to a W&B run; returns its id, project, entity, folder and URL (online only)."""
+def group_of(a: Analysis) -> str:
+    """The W&B group of the run folder's runs (cells and report): benchmark + run folder id."""
+    uid = a.meta.get(RUN_UID_KEY)
+    return wandb_group(a.benchmark, str(uid) if uid else None)
+
+
+def report_run_id(a: Analysis, out: Path) -> str:
+    """The report run's id: the same for the same run folder and report folder, so a rebuild replaces it."""
+    uid = a.meta.get(RUN_UID_KEY) or a.benchmark
+    key = f"{uid}\n{Path(out).resolve()}"
+    return "report-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def log_run(a: Analysis, folder: Path, figs: Figures, run_dir: Path, mode: str,
+            out: Path | None = None) -> dict[str, Any] | None:
+    """Log the report to its W&B run (W&B folders in ``run_dir/wandb``); returns id, project, entity,
+    folder and URL (online only). ``out``: the report's final folder, which names the run
+    (default ``run_dir/report``); ``folder``: where the figures are now."""
     if mode == "disabled":
         return None
     if mode not in ("offline", "online"):
@@ -60,25 +69,18 @@ def log_run(a: Analysis, folder: Path, figs: Figures, run_dir: Path, mode: str) 
     import wandb
 
     project, entity = target(a)
-    with wandb_dirs(run_dir) as root:
-        settings = wandb.Settings(console="off", disable_git=True, save_code=False, x_disable_stats=True,
-                                  silent=True)
-        run = wandb.init(project=project, entity=entity, group=a.benchmark, job_type="report",
-                         name=f"report-{a.benchmark}", mode=mode, dir=str(root), settings=settings,
-                         config={"benchmark": a.benchmark, "stats": {k: v for k, v in vars(a.settings).items() if k != "tasks"},
+    run_id = report_run_id(a, out if out is not None else Path(run_dir) / "report")
+    with wandb_env_for(run_dir, mode) as root:
+        remove_local_runs(run_dir, run_id)
+        settings = wandb.Settings(console="off", disable_git=True, save_code=False, x_disable_stats=True, silent=True)
+        run = wandb.init(project=project, entity=entity, id=run_id, resume="allow", group=group_of(a),
+                         job_type="report", name=f"report {a.benchmark}", mode=mode, dir=str(root), settings=settings,
+                         config={"benchmark": a.benchmark, "stats": {k: v for k, v in vars(a.settings).items()
+                                                                     if k != "tasks"},
                                  "tasks": a.settings.tasks, "plan": a.plan},
                          reinit="create_new")
-        columns, records = transfer_table(a)
         try:
-            payload: dict[str, Any] = {
-                "transfer_matrix": wandb.Table(columns=columns, data=records),
-                "verdicts": wandb.Table(columns=["variant", "verdict", "why", "overall_effect_sd"],
-                                        data=[[v, *a.verdicts[v], a.overall[v] if math.isfinite(a.overall[v])
-                                               else None] for v in a.order]),
-            }
-            for f in figs.all():
-                payload[f"plots/{Path(f).stem}"] = wandb.Image(str(folder / f))
-            run.log(payload)
+            run.log(_payload(a, folder, figs))
             for v in a.order:
                 run.summary[f"verdict/{v}"] = a.verdicts[v][0]
             if math.isfinite(a.agreement.mean_tau):
@@ -90,46 +92,86 @@ def log_run(a: Analysis, folder: Path, figs: Figures, run_dir: Path, mode: str) 
     return info
 
 
-def report_definition(a: Analysis, figs: Figures, project: str, entity: str | None) -> dict[str, Any]:
-    """The W&B Report as plain data: verdict table, heatmap, per-task metric panels grouped by variant."""
-    bench = a.benchmark.replace("'", "")
-    runset_report = {"type": "Runset", "project": project, "entity": entity or "", "name": "report",
-                     "filters": f"JobType = 'report' and Group = '{bench}'"}
+def _payload(a: Analysis, folder: Path, figs: Figures) -> dict[str, Any]:
+    """The report run's one history row: transfer matrix and verdicts as tables, every figure as an image."""
+    import wandb
+
+    columns, records = transfer_table(a)
+    payload: dict[str, Any] = {
+        "transfer_matrix": wandb.Table(columns=columns, data=records),
+        "verdicts": wandb.Table(columns=["variant", "verdict", "why", "overall_effect_sd"],
+                                data=[[v, *a.verdicts[v], a.overall[v] if math.isfinite(a.overall[v]) else None]
+                                      for v in a.order]),
+    }
+    for f in figs.all():
+        payload[media_key(f)] = wandb.Image(str(folder / f))
+    return payload
+
+
+def media_key(file: str) -> str:
+    """The key a figure is logged under in the report run (and shown by the Report's media panels)."""
+    return f"plots/{Path(file).stem}"
+
+
+def _report_panels(a: Analysis, figs: Figures, folder: Path, runset: dict[str, Any]) -> list[dict[str, Any]]:
+    """The blocks of the report run: verdicts, rules, the main table, the heatmap and the forest plots."""
+    from .verdicts import VERDICT_RULE, call_rule
+
     lines = ["| variant | verdict | why | overall effect |", "|---|---|---|---|"]
     for v in a.order:
         verdict, why = a.verdicts[v]
         lines.append(f"| {v} | {verdict} | {why} | {fmt(a.overall[v], 3, True)} |")
-    from .verdicts import VERDICT_RULE, call_rule
-
     blocks: list[dict[str, Any]] = [
         {"type": "H1", "text": "Verdicts"},
         {"type": "MarkdownBlock", "text": "\n".join(lines)},
         {"type": "MarkdownBlock", "text": f"**Rule per variant.** {VERDICT_RULE}\n\n"
                                           f"**Rule per task.** {call_rule(a.settings)}"},
-        {"type": "PanelGrid", "runsets": [runset_report], "panels": [
-            {"type": "WeavePanelSummaryTable", "table_name": "transfer_matrix"},
-            *([{"type": "MediaBrowser", "title": "Transfer heatmap", "media_keys": [f"plots/{Path(figs.heatmap).stem}"]}]
-              if figs.heatmap else []),
-        ]},
-        {"type": "H1", "text": "Metrics per task, grouped by variant"},
     ]
-    tasks: dict[str, tuple[str, str]] = {}
+    table = Path(folder) / "main_table.md"
+    if table.is_file():
+        blocks += [{"type": "H1", "text": "Main results"},
+                   {"type": "MarkdownBlock", "text": table.read_text(encoding="utf-8")}]
+    panels: list[dict[str, Any]] = [{"type": "WeavePanelSummaryTable", "table_name": "transfer_matrix"}]
+    if figs.heatmap:
+        panels.append({"type": "MediaBrowser", "title": "Transfer heatmap", "media_keys": [media_key(figs.heatmap)]})
+    if figs.forest:
+        panels.append({"type": "MediaBrowser", "title": "Forest plots: effect per variant with its interval",
+                       "media_keys": [media_key(f) for f in figs.forest.values()]})
+    return [*blocks, {"type": "PanelGrid", "runsets": [runset], "panels": panels}]
+
+
+def _task_grid(task: str, metric: str, group: str, project: str, entity: str | None) -> dict[str, Any]:
+    """One task's runs grouped by variant: the primary metric and the training loss on the trainer's step
+    (mean over seeds, standard error band), the final value as bars; the baseline in black."""
+    runset = {"type": "Runset", "project": project, "entity": entity or "", "name": task,
+              "filters": f"JobType = '{task}' and Group = '{group}'", "groupby": ["config.variant"]}
+    by = {"groupby": "config.variant", "groupby_aggfunc": AGG, "groupby_rangefunc": BAND}
+    baseline = {"type": "RunsetGroup", "runset_name": task,
+                "keys": [{"type": "RunsetGroupKey", "key": {"type": "Config", "name": "variant"}, "value": "baseline"}]}
+    return {"type": "PanelGrid", "runsets": [runset],
+            "custom_run_colors": [{"group": baseline, "color": BASELINE_COLOR}],
+            "panels": [
+                {"type": "LinePlot", "title": f"{task}: {metric}", "x": STEP, "y": [metric], **by},
+                {"type": "LinePlot", "title": f"{task}: train_loss", "x": STEP, "y": ["train_loss"], **by},
+                {"type": "BarPlot", "title": f"{task}: final {metric}", "metrics": [metric], "orientation": "h", **by},
+            ]}
+
+
+def report_definition(a: Analysis, figs: Figures, project: str, entity: str | None,
+                      folder: Path | None = None) -> dict[str, Any]:
+    """The W&B Report as plain data: verdicts, main table (``folder/main_table.md`` if there), heatmap,
+    forest plots, and per task its metrics on ``trainer/global_step`` grouped by variant."""
+    group = group_of(a).replace("'", "")
+    runset_report = {"type": "Runset", "project": project, "entity": entity or "", "name": "report",
+                     "filters": f"JobType = 'report' and Group = '{group}'"}
+    blocks = _report_panels(a, figs, Path(folder) if folder else Path("."), runset_report)
+    blocks.append({"type": "H1", "text": "Metrics per task, grouped by variant (baseline in black; band: "
+                                         "standard error over seeds)"})
+    tasks: dict[str, str] = {}
     for c in a.comps:
-        tasks.setdefault(c.cond.task, (c.cond.metric, c.cond.label))
-    for task, (metric, _) in sorted(tasks.items()):
-        runset = {"type": "Runset", "project": project, "entity": entity or "", "name": task,
-                  "filters": f"Config('task') = '{task}' and Group = '{bench}'", "groupby": ["config.variant"]}
-        blocks += [
-            {"type": "H2", "text": task},
-            {"type": "PanelGrid", "runsets": [runset], "panels": [
-                {"type": "LinePlot", "title": f"{task}: {metric}", "x": "Step", "y": [metric],
-                 "groupby": "config.variant"},
-                {"type": "LinePlot", "title": f"{task}: train_loss", "x": "Step", "y": ["train_loss"],
-                 "groupby": "config.variant"},
-                {"type": "BarPlot", "title": f"{task}: final {metric}", "metrics": [metric],
-                 "groupby": "config.variant", "orientation": "h"},
-            ]},
-        ]
+        tasks.setdefault(c.cond.task, c.cond.metric)
+    for task, metric in sorted(tasks.items()):
+        blocks += [{"type": "H2", "text": task}, _task_grid(task.replace("'", ""), metric, group, project, entity)]
     return {"api": "wandb_workspaces.reports.v2", "type": "Report", "project": project, "entity": entity or "",
             "title": f"Transfer report: {a.benchmark}"[:128],
             "description": "Does each modification's gain transfer across tasks? Generated by modtransfer.",
@@ -137,13 +179,21 @@ def report_definition(a: Analysis, figs: Figures, project: str, entity: str | No
 
 
 def to_api(defn: Any) -> Any:
-    """Turn a definition (or part of one) into ``wandb_workspaces.reports.v2`` objects; no network."""
+    """Turn a definition (or part of one) into ``wandb_workspaces.reports.v2`` objects; no network.
+
+    ``custom_run_colors`` is stored as a list of ``{"group": RunsetGroup, "color": ...}`` (JSON
+    keys cannot be objects) and becomes the API's dict keyed by ``RunsetGroup``.
+    """
     import wandb_workspaces.reports.v2 as wr
 
     if isinstance(defn, list):
         return [to_api(x) for x in defn]
     if isinstance(defn, dict) and "type" in defn:
-        kwargs = {k: to_api(v) for k, v in defn.items() if k not in ("type", "api")}
+        kwargs = {k: to_api(v) for k, v in defn.items() if k not in ("type", "api", "custom_run_colors")}
+        if "custom_run_colors" in defn:
+            kwargs["custom_run_colors"] = {to_api(c["group"]): c["color"] for c in defn["custom_run_colors"]}
+        if defn["type"] == "RunsetGroup":
+            kwargs["keys"] = tuple(kwargs["keys"])
         if defn["type"] == "Report" and not kwargs.get("entity"):
             kwargs.pop("entity", None)  # let the API pick the default entity
         return getattr(wr, defn["type"])(**kwargs)
@@ -153,7 +203,7 @@ def to_api(defn: Any) -> Any:
 def write_report_definition(a: Analysis, figs: Figures, folder: Path, mode: str) -> dict[str, Any]:
     """Save the definition as ``wandb_report.json`` in ``folder``; online, also save it to W&B and print its URL."""
     project, entity = target(a)
-    defn = report_definition(a, figs, project, entity)
+    defn = report_definition(a, figs, project, entity, folder)
     path = folder / "wandb_report.json"
     path.write_text(json.dumps(defn, indent=2), encoding="utf-8")
     if mode != "online":

@@ -351,30 +351,45 @@ def test_report_files_and_self_contained_html(report_run: Path) -> None:
 def test_wandb_offline_run_and_report_definition(report_run: Path) -> None:
     runs = list((report_run / "wandb").rglob("offline-run-*"))
     assert len(runs) == 1 and report_run in runs[0].parents
+    assert runs[0].name.endswith("-" + report_run_id_of(report_run)), "the report run's id is fixed by its folders"
     assert list(runs[0].glob("*.wandb"))
     media = runs[0] / "files" / "media"
     table = json.loads(next((media / "table").glob("transfer_matrix_*.table.json")).read_text())
     assert table["columns"][:2] == ["variant", "task"] and len(table["data"]) == 8
     assert list((media / "images" / "plots").glob("heatmap_*.png"))
+    assert list((media / "images" / "plots").glob("forest_lm_*.png"))
     defn = json.loads((report_run / "report" / "wandb_report.json").read_text())
     assert defn["type"] == "Report" and defn["title"] == "Transfer report: synth-bench"
     kinds = [b["type"] for b in defn["blocks"]]
     assert kinds[0] == "H1" and "MarkdownBlock" in kinds
     assert "| swiglu | transfers |" in defn["blocks"][1]["text"]
     grids = [b for b in defn["blocks"] if b["type"] == "PanelGrid"]
-    top = [p["type"] for p in grids[0]["panels"]]
-    assert top == ["WeavePanelSummaryTable", "MediaBrowser"] and grids[0]["panels"][0]["table_name"] == "transfer_matrix"
+    top = grids[0]["panels"]
+    assert [p["type"] for p in top] == ["WeavePanelSummaryTable", "MediaBrowser", "MediaBrowser"]
+    assert top[0]["table_name"] == "transfer_matrix" and top[2]["media_keys"] == ["plots/forest_lm", "plots/forest_mt"]
+    # a store without a run folder id (written before ids existed) keeps the benchmark name as its group
     assert grids[0]["runsets"][0]["filters"] == "JobType = 'report' and Group = 'synth-bench'"
     per_task = grids[1:]
-    assert len(per_task) == 2
+    assert [g["runsets"][0]["name"] for g in per_task] == ["lm", "mt"]
     for g in per_task:
         assert g["runsets"][0]["groupby"] == ["config.variant"]
-        assert all(p.get("groupby") == "config.variant" for p in g["panels"])
+        assert all(p["groupby"] == "config.variant" and p["groupby_rangefunc"] == "stderr" for p in g["panels"])
+        assert all(p["x"] == "trainer/global_step" for p in g["panels"] if p["type"] == "LinePlot")
+        assert g["custom_run_colors"][0]["group"]["keys"][0]["value"] == "baseline"
     wr = pytest.importorskip("wandb_workspaces.reports.v2")
     from modtransfer.reports.wandb_push import to_api
 
     report = to_api({**defn, "entity": "someone"})  # builds API objects; nothing is sent
-    assert isinstance(report, wr.Report) and isinstance(report.blocks[3], wr.PanelGrid)
+    api_grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
+    assert isinstance(report, wr.Report) and len(api_grids) == 3
+    assert all(isinstance(k, wr.RunsetGroup) for k in api_grids[1].custom_run_colors)
+
+
+def report_run_id_of(run: Path) -> str:
+    from modtransfer.reports.summary import analyse_run
+    from modtransfer.reports.wandb_push import report_run_id
+
+    return report_run_id(analyse_run(run, Settings(n_boot=200)), run / "report")
 
 
 def test_failed_report_leaves_previous_report_intact(report_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
