@@ -2,7 +2,7 @@
 
     modtransfer bench speed [--device cpu|cuda] [--size tiny|small|base] [--steps N] [--repeats R]
                             [--variants LIST] [--compile] [--batch-size B] [--warmup W] [--threads T]
-                            [--task lm] [--json FILE]
+                            [--precision auto|fp32|bf16] [--remeasure-peak] [--task lm] [--json FILE]
 
 For the baseline decoder LM cell and a few representative variants (a gated FFN, RoPE, the
 adaptive softmax, a Switch mixture of experts), all measured in one run:
@@ -15,9 +15,13 @@ adaptive softmax, a Switch mixture of experts), all measured in one run:
   depth, heads, sequence length, batch and vocabulary, ``ff_mult = d_ff / d_model`` with ReLU and
   no biases, tied embedding, sinusoidal positions, trained in the same plain loop, once with its
   default attention (explicit attention matrix) and once with ``attn_flash=True`` (PyTorch SDPA).
+* **precision** (``--precision``, a plan's ``precision``): every path trains in it (bf16 autocast or
+  fp32; ``auto`` is bf16 on CUDA, fp32 on CPU). In bf16 an extra plain loop in fp32 runs in the
+  same lockstep: **bf16/fp32** is the harness's speed-up over it.
 * **MFU**: 3 x forward FLOPs per token (``modtransfer.model.count_flops``) x harness tok/s over the
-  matrix-multiply peak of the machine, measured in the same iterations (fp32 ``torch.mm`` on CPU,
-  bf16 on CUDA).
+  machine's matmul peak in the same precision (:func:`modtransfer.peak.machine_peak`: the best
+  ``torch.mm`` FLOP/s over sizes and repeats, measured once per machine and cached), the same
+  peak a ``run_cell`` row's ``mfu`` divides by.
 * **peak memory** of one cell: ``run_cell`` in a fresh process, peak RSS growth on CPU,
   ``torch.cuda.max_memory_allocated`` growth on CUDA.
 * **start-up**: ``startup_s`` of real ``run_cell`` rows (cell start to first step) in this warm
@@ -27,8 +31,8 @@ adaptive softmax, a Switch mixture of experts), all measured in one run:
 The paths advance in lockstep, so the load other processes put on a shared machine hits both
 sides of every ratio alike: each iteration is one harness step, then (inside a Trainer callback,
 whose time is subtracted from the harness step) one step of each plain loop, their order
-alternating, then the matmul probe. Ratios and MFU are taken per iteration; the table shows
-medians over the iterations after the warm-up, then medians over repeats.
+alternating. Ratios and MFU are taken per iteration; the table shows medians over the
+iterations after the warm-up, then medians over repeats.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +54,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .peak import machine_peak
+from .precision import autocast, resolve_precision
+
 DEFAULT_VARIANTS = "baseline,swiglu,rope,adaptive_softmax,switch"
 #: targets at the default size on a 2-core CPU (printed next to the measurements, never asserted)
 TARGETS = {"harness/plain": 0.97, "ours/x-tf": 1.15, "mfu": 0.60, "ls_s": 1.0, "startup_s": 1.0}
-PEAK_N = {"cpu": 1024, "cuda": 8192}
-PEAK_REPS = 3
 MIB = 2**20
 
 Batch = dict[str, Any]
@@ -85,48 +90,6 @@ class Clock:
             torch.cuda.synchronize()
 
 
-class MatmulPeak:
-    """Samples of the machine's matmul peak: FLOP/s of an n x n ``torch.mm`` in the training precision."""
-
-    def __init__(self, device: torch.device, clock: Clock, n: int | None = None) -> None:
-        self.n = n or PEAK_N.get(device.type, 1024)
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        gen = torch.Generator().manual_seed(0)
-        self.a = torch.randn(self.n, self.n, generator=gen).to(device, self.dtype)
-        self.b = torch.randn(self.n, self.n, generator=gen).to(device, self.dtype)
-        self.c = torch.empty(self.n, self.n, device=device, dtype=self.dtype)
-        self.clock = clock
-        self.samples: list[list[tuple[Any, Any]]] = []
-        torch.mm(self.a, self.b, out=self.c)  # first-call set-up (threads, kernels) outside every sample
-
-    def sample(self) -> None:
-        marks = []
-        for _ in range(PEAK_REPS):
-            start = self.clock.mark()
-            torch.mm(self.a, self.b, out=self.c)
-            marks.append((start, self.clock.mark()))
-        self.samples.append(marks)
-
-    def flops_per_s(self, i: int) -> float:
-        """Median FLOP/s of sample ``i`` (after the clock is synchronised)."""
-        flops = 2.0 * self.n**3
-        return statistics.median(flops / max(self.clock.seconds(s, e), 1e-12) for s, e in self.samples[i])
-
-
-def matmul_peak_flops(device: torch.device | str = "cpu", samples: int = 5) -> float:
-    """The matmul peak (FLOP/s, median of ``samples`` probes) in a cell's training precision.
-
-    What an ``mfu`` entry of a run_cell row could divide by (about 0.3 s on a 2-core CPU).
-    """
-    device = torch.device(device)
-    clock = Clock(device)
-    probe = MatmulPeak(device, clock)
-    for _ in range(samples):
-        probe.sample()
-    clock.synchronize()
-    return statistics.median(probe.flops_per_s(i) for i in range(samples))
-
-
 # -- training paths -------------------------------------------------------------------------------
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
@@ -135,23 +98,21 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
 class PlainLoop:
     """A bare PyTorch training loop advanced one step at a time.
 
-    forward + loss (bf16 autocast on CUDA, as the cell's ``bf16-mixed``), backward, gradient-norm
+    forward + loss (under bf16 autocast in bf16, as the cell's ``bf16-mixed``), backward, gradient-norm
     clipping, AdamW step, LR schedule step: what a cell's Trainer does, without Lightning.
     """
 
     def __init__(self, name: str, model: nn.Module, loss_fn: Callable[[nn.Module, Batch], Tensor],
                  optimizer: torch.optim.Optimizer, scheduler: Any, batches: Iterator[Batch], grad_clip: float,
-                 device: torch.device, clock: Clock, count_tokens: Callable[[Batch], int]) -> None:
-        self.name, self.model, self.loss_fn = name, model, loss_fn
+                 device: torch.device, clock: Clock, count_tokens: Callable[[Batch], int], precision: str) -> None:
+        self.name, self.model, self.loss_fn, self.precision = name, model, loss_fn, precision
         self.optimizer, self.scheduler, self.batches = optimizer, scheduler, batches
         self.grad_clip, self.device, self.clock, self.count_tokens = grad_clip, device, clock, count_tokens
         self.marks: list[tuple[Any, Any]] = []
         self.tokens: list[int] = []
 
     def autocast(self) -> AbstractContextManager[Any]:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast(self.device.type, self.precision)
 
     def step(self) -> None:
         start = self.clock.mark()
@@ -225,53 +186,63 @@ def compile_stacks(model: nn.Module) -> None:
 # -- one lockstep fit -----------------------------------------------------------------------------
 @dataclasses.dataclass
 class FitTimes:
-    """Per-iteration seconds of each path, tokens per step and matmul-peak FLOP/s."""
+    """Per-iteration seconds of each path and tokens per step."""
 
     harness: list[float]
     plain: dict[str, list[float]]
     tokens: list[int]
-    peak: list[float]
+
+
+def plain_loops(cell: Any, task: Any, spec: Any, device: torch.device, clock: Clock, *, xtf: list[str],
+                compile_model: bool, precision: str, log_every: int) -> list[PlainLoop]:
+    """The plain loops of a lockstep fit: ours (``plain``), x-transformers' (``xtf`` names) in
+    ``precision``, and ours in fp32 (``plain fp32``) when ``precision`` is bf16."""
+    import lightning as L
+
+    from .cell import make_module
+    from .model import build
+
+    def ours() -> nn.Module:
+        L.seed_everything(cell.seed, workers=False, verbose=False)  # as run_cell: same initial weights
+        return build(spec, task.topology)
+
+    paths: list[tuple[str, nn.Module, Callable[[nn.Module, Batch], Tensor], str]] = [
+        ("plain", ours(), cell_loss(task), precision)]
+    for name in xtf:
+        torch.manual_seed(cell.seed)
+        paths.append((name, build_xtransformers(spec, flash=name.endswith("flash")), xtf_loss, precision))
+    if precision == "bf16":
+        paths.append(("plain fp32", ours(), cell_loss(task), "fp32"))
+    loops = []
+    for name, model, loss_fn, prec in paths:
+        model.to(device)
+        if compile_model:
+            compile_stacks(model) if name.startswith("plain") else model.compile()
+        # the cell's own configure_optimizers (AdamW groups, fused kernel where supported, LR schedule)
+        config = make_module(model, task, cell, [], log_every, time.perf_counter()).to(device).configure_optimizers()
+        loops.append(PlainLoop(name, model, loss_fn, config["optimizer"], config["lr_scheduler"]["scheduler"],
+                               task.train_batches(cell.seed, cell.budget.batch_size), cell.budget.grad_clip, device,
+                               clock, task.count_tokens, prec))
+    return loops
 
 
 def lockstep_fit(cell: Any, task: Any, device: torch.device, *, iterations: int, xtf: list[str],
-                 compile_model: bool, peak: MatmulPeak, clock: Clock) -> FitTimes:
-    """One Lightning fit of ``cell`` with the plain loops and the matmul probe run between its steps."""
+                 compile_model: bool, clock: Clock, precision: str = "auto") -> FitTimes:
+    """One Lightning fit of ``cell`` in ``precision`` with the plain loops run between its steps."""
     import lightning as L
 
     from .cell import LOG_EVERY, make_datamodule, make_module, make_trainer
     from .model import build
 
+    resolved = resolve_precision(precision, device.type)
     budget = cell.budget.replace(steps=iterations)
     cell = dataclasses.replace(cell, budget=budget)
     spec = task.configure_spec(cell.spec)
     log_every = max(1, min(LOG_EVERY, budget.steps // 10 or 1))
-
-    def fresh_model() -> nn.Module:
-        L.seed_everything(cell.seed, workers=False, verbose=False)  # as run_cell: same initial weights
-        return build(spec, task.topology)
-
-    def optimiser(model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-        # the cell's own configure_optimizers (AdamW groups, fused kernel where supported, LR schedule)
-        config = make_module(model, task, cell, [], log_every, time.perf_counter()).to(device).configure_optimizers()
-        return config["optimizer"], config["lr_scheduler"]["scheduler"]
-
-    loops: list[PlainLoop] = []
-    paths: list[tuple[str, nn.Module, Callable[[nn.Module, Batch], Tensor]]] = [("plain", fresh_model(), cell_loss(task))]
-    for name in xtf:
-        torch.manual_seed(cell.seed)
-        paths.append((name, build_xtransformers(spec, flash=name.endswith("flash")), xtf_loss))
-    for name, model, loss_fn in paths:
-        model.to(device)
-        if compile_model:
-            if name == "plain":
-                compile_stacks(model)
-            else:
-                model.compile()
-        opt, sched = optimiser(model)
-        loops.append(PlainLoop(name, model, loss_fn, opt, sched, task.train_batches(cell.seed, budget.batch_size),
-                               budget.grad_clip, device, clock, task.count_tokens))
-
-    model = fresh_model()
+    loops = plain_loops(cell, task, spec, device, clock, xtf=xtf, compile_model=compile_model, precision=resolved,
+                        log_every=log_every)
+    L.seed_everything(cell.seed, workers=False, verbose=False)
+    model = build(spec, task.topology)
     if compile_model:
         compile_stacks(model)
     module = make_module(model, task, cell, [], log_every, time.perf_counter())
@@ -286,21 +257,17 @@ def lockstep_fit(cell: Any, task: Any, device: torch.device, *, iterations: int,
             begin = clock.mark()
             for loop in loops if len(starts) % 2 else loops[::-1]:
                 loop.step()
-            peak.sample()
             inserted.append((begin, clock.mark()))
 
-    first_peak = len(peak.samples)
-    trainer = make_trainer(budget, device.type, None, log_every, callbacks=[Lockstep()])
+    trainer = make_trainer(budget, device.type, None, log_every, callbacks=[Lockstep()], precision=resolved)
     trainer.fit(module, datamodule=make_datamodule(task, cell.seed, budget.batch_size))
     clock.synchronize()
     if module.status != "done":
         raise RuntimeError(f"the harness fit of {cell.variant} ended {module.status}: {module.reason}")
     n = len(starts) - 1  # the last harness step has no closing mark
     harness = [clock.seconds(starts[i], starts[i + 1]) - clock.seconds(*inserted[i]) for i in range(n)]
-    return FitTimes(
-        harness=harness, plain={loop.name: loop.seconds()[:n] for loop in loops}, tokens=loops[0].tokens[:n],
-        peak=[peak.flops_per_s(first_peak + i) for i in range(n)],
-    )
+    return FitTimes(harness=harness, plain={loop.name: loop.seconds()[:n] for loop in loops},
+                    tokens=loops[0].tokens[:n])
 
 
 # -- memory and start-up --------------------------------------------------------------------------
@@ -367,7 +334,7 @@ def memory_probe(args: argparse.Namespace) -> int:
 def cell_memory(args: argparse.Namespace, variant: str) -> tuple[float | None, str]:
     """Peak memory (MiB) of a short cell of ``variant`` in a fresh process, and how it was measured."""
     cmd = [sys.executable, "-m", "modtransfer.bench_speed", "--memory-probe", variant, "--size", args.size,
-           "--device", args.device, "--task", args.task]
+           "--device", args.device, "--task", args.task, "--precision", args.precision]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
     if args.threads:
@@ -419,7 +386,7 @@ def make_plan(args: argparse.Namespace, variants: list[str], steps: int) -> Any:
     if args.batch_size:
         budget["batch_size"] = args.batch_size
     return load_plan({"name": "bench-speed", "size": args.size, "tasks": [args.task], "variants": variants,
-                      "budget": budget, "wandb": {"mode": "disabled"}})
+                      "budget": budget, "wandb": {"mode": "disabled"}, "precision": args.precision})
 
 
 def _median(xs: list[float]) -> float | None:
@@ -439,6 +406,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=0, help="default: the task's budget")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the stacks (x-transformers: whole model)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="training precision of every path (auto: bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--remeasure-peak", action="store_true", help="measure the matmul peak again (keeps the best)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (one process each)")
     ap.add_argument("--no-ls", action="store_true", help="skip timing `modtransfer ls variants`")
     ap.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
@@ -458,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
 
         raise UserError("--steps and --repeats must be >= 1 and --warmup >= 0")
     device = resolve_device(args.device)
+    resolve_precision(args.precision, device.type)  # bf16 on a CPU without it: one line, before anything runs
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     results = run_benchmark(args, device, variants)
     print(format_table(results))
@@ -497,7 +468,7 @@ def run_benchmark(args: argparse.Namespace, device: torch.device, variants: list
         xtf_note = f"x-transformers columns only for a decoder LM task, not {args.task!r}"
 
     clock = Clock(device)
-    peak = MatmulPeak(device, clock)
+    peak = machine_peak(device, args.precision, args.cache_dir, remeasure=args.remeasure_peak)
     seq = int(task.config.get("seq_len") or task.config.get("max_len") or cells["baseline"].spec.max_len)
     rows: dict[str, dict[str, Any]] = {}
     for v in variants:
@@ -518,9 +489,9 @@ def run_benchmark(args: argparse.Namespace, device: torch.device, variants: list
                                 device=device.type)
                 times = lockstep_fit(cells[v], task, device, iterations=iterations,
                                      xtf=xtf_paths if v == "baseline" else [], compile_model=args.compile,
-                                     peak=peak, clock=clock)
+                                     clock=clock, precision=args.precision)
                 rows[v]["repeats"].append(summarise_fit(times, rows[v]["flops_per_token"], args.warmup,
-                                                        args.steps, warm["startup_s"]))
+                                                        args.steps, warm["startup_s"], peak["flops"]))
     for v in variants:
         rows[v].update(aggregate(rows[v]["repeats"]))
         if not args.no_memory:
@@ -533,8 +504,7 @@ def run_benchmark(args: argparse.Namespace, device: torch.device, variants: list
         "seq_len": seq, "shape": {"d_model": spec.d_model, "n_layers": spec.n_layers, "n_heads": spec.n_heads,
                                   "d_ff": spec.d_ff, "vocab_size": spec.vocab_size},
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "compile": args.compile,
-        "peak_flops": _median([p for v in variants for rep in rows[v]["repeats"] for p in rep["peak"]]),
-        "peak_n": peak.n, "peak_dtype": str(peak.dtype).replace("torch.", ""),
+        "precision": resolve_precision(args.precision, device.type), "peak_flops": peak["flops"], "peak": peak,
         "xtf_note": xtf_note, "cold_startup_s": cold["startup_s"],
         "ls_s": _median(ls_times), "ls_runs": ls_times, "rows": rows,
     }
@@ -548,7 +518,8 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def summarise_fit(t: FitTimes, flops_per_token: float, warmup: int, steps: int, startup_s: float | None) -> dict[str, Any]:
+def summarise_fit(t: FitTimes, flops_per_token: float, warmup: int, steps: int, startup_s: float | None,
+                  peak_flops: float) -> dict[str, Any]:
     """One fit's medians over its timed iterations (per-iteration ratios, so load drifts cancel)."""
     window = range(warmup, min(warmup + steps, len(t.harness)))
     if not window:
@@ -556,8 +527,8 @@ def summarise_fit(t: FitTimes, flops_per_token: float, warmup: int, steps: int, 
     tok = [t.tokens[i] for i in window]
     out: dict[str, Any] = {
         "harness_tok_s": statistics.median(tok[k] / t.harness[i] for k, i in enumerate(window)),
-        "mfu": statistics.median(3 * flops_per_token * t.tokens[i] / t.harness[i] / t.peak[i] for i in window),
-        "peak": [t.peak[i] for i in window], "startup_s": startup_s,
+        "mfu": statistics.median(3 * flops_per_token * t.tokens[i] / t.harness[i] / peak_flops for i in window),
+        "startup_s": startup_s,
     }
     for name, secs in t.plain.items():
         key = name.replace(" ", "_").replace("-", "")
@@ -567,13 +538,14 @@ def summarise_fit(t: FitTimes, flops_per_token: float, warmup: int, steps: int, 
         if name in t.plain:
             key = name.replace(" ", "_").replace("-", "")
             out[f"ours_over_{key}"] = statistics.median(t.plain[name][i] / t.plain["plain"][i] for i in window)
+    if "plain fp32" in t.plain:  # ours in bf16 against ours in fp32, same loop, same batches
+        out["bf16_speedup"] = statistics.median(t.plain["plain fp32"][i] / t.plain["plain"][i] for i in window)
     return out
 
 
 def aggregate(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over repeats of every per-fit number."""
-    keys = [k for k in repeats[0] if k != "peak"]
-    return {k: _median([rep.get(k) for rep in repeats]) for k in keys}
+    return {k: _median([rep.get(k) for rep in repeats]) for k in repeats[0]}
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -581,39 +553,52 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+#: the table's columns: header and the cell text of a row
+COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("params", lambda r: f"{r['params'] / 1e6:.2f}M"),
+    ("GFLOP/tok", lambda r: f"{3 * r['flops_per_token'] / 1e9:.4f}"),
+    ("harness tok/s", lambda r: _fmt(r.get("harness_tok_s"), ".0f")),
+    ("plain tok/s", lambda r: _fmt(r.get("plain_tok_s"), ".0f")),
+    ("harness/plain", lambda r: _fmt(r.get("harness_over_plain"), ".3f")),
+    ("x-tf tok/s", lambda r: _fmt(r.get("xtf_tok_s"), ".0f")),
+    ("ours/x-tf", lambda r: _fmt(r.get("ours_over_xtf"), ".3f")),
+    ("x-tf flash tok/s", lambda r: _fmt(r.get("xtf_flash_tok_s"), ".0f")),
+    ("ours/x-tf flash", lambda r: _fmt(r.get("ours_over_xtf_flash"), ".3f")),
+    ("bf16/fp32", lambda r: _fmt(r.get("bf16_speedup"), ".3f")),
+    ("MFU", lambda r: _pct(r.get("mfu"))),
+    ("peak MiB", lambda r: _fmt(r.get("peak_mib"), ".0f")),
+    ("start-up s", lambda r: _fmt(r.get("startup_s"), ".3f")),
+]
+
+
 def format_table(res: dict[str, Any]) -> str:
     """The one table (plus its header lines and the targets) that ``bench speed`` prints."""
-    shape = res["shape"]
-    header = ["variant", "params", "GFLOP/tok", "harness tok/s", "plain tok/s", "harness/plain",
-              "x-tf tok/s", "ours/x-tf", "x-tf flash tok/s", "ours/x-tf flash", "MFU", "peak MiB", "start-up s"]
-    body = []
-    for name, r in res["rows"].items():
-        body.append([
-            name, f"{r['params'] / 1e6:.2f}M", f"{3 * r['flops_per_token'] / 1e9:.4f}",
-            _fmt(r.get("harness_tok_s"), ".0f"), _fmt(r.get("plain_tok_s"), ".0f"), _fmt(r.get("harness_over_plain"), ".3f"),
-            _fmt(r.get("xtf_tok_s"), ".0f"), _fmt(r.get("ours_over_xtf"), ".3f"),
-            _fmt(r.get("xtf_flash_tok_s"), ".0f"), _fmt(r.get("ours_over_xtf_flash"), ".3f"),
-            _fmt(None if r.get("mfu") is None else 100 * r["mfu"], ".1f") + ("%" if r.get("mfu") is not None else ""),
-            _fmt(r.get("peak_mib"), ".0f"), _fmt(r.get("startup_s"), ".3f"),
-        ])
+    shape, peak = res["shape"], res["peak"]
+    columns = [c for c in COLUMNS if c[0] != "bf16/fp32" or res["precision"] == "bf16"]
+    header = ["variant", *(c[0] for c in columns)]
+    body = [[name, *(fn(r) for _, fn in columns)] for name, r in res["rows"].items()]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
-    peak = res["peak_flops"]
+    sizes = ", ".join(f"{n}^3 {f / 1e9:.1f}" for n, f in peak["by_size"].items())
     methods = sorted({r.get("memory_method") for r in res["rows"].values() if r.get("memory_method")})
     out = [
         f"bench speed: task {res['task']}, size {res['size']} (d_model {shape['d_model']}, {shape['n_layers']} layers, "
         f"{shape['n_heads']} heads, d_ff {shape['d_ff']}, vocab {shape['vocab_size']}), batch {res['batch_size']} x "
-        f"seq {res['seq_len']}; {res['device']} ({res['device_name']}), {res['threads']} threads, torch {res['torch']}"
-        + (", torch.compile" if res["compile"] else ""),
+        f"seq {res['seq_len']}; {res['device']} ({res['device_name']}), {res['threads']} threads, torch {res['torch']}, "
+        f"precision {res['precision']}" + (", torch.compile" if res["compile"] else ""),
         f"{res['steps']} timed steps after {res['warmup']} warm-up, {res['repeats']} repeats; medians of per-iteration "
         "values over steps, then over repeats; paths interleaved step by step",
-        f"matmul peak: {_fmt(None if peak is None else peak / 1e9, '.1f')} GFLOP/s ({res['peak_dtype']} torch.mm "
-        f"{res['peak_n']}^3, median); MFU = 3 x forward FLOPs/token x harness tok/s / peak, per iteration",
-        f"{res['xtf_note']}; ours/x-tf = our plain loop / x-transformers in the same loop (baseline only; "
-        "'flash' = attn_flash=True)",
+        f"matmul peak: {peak['flops'] / 1e9:.1f} GFLOP/s ({peak['dtype']} torch.mm, best of {peak['repeats']} repeats "
+        f"at each size: {sizes} GFLOP/s; cached per machine); MFU = 3 x forward FLOPs/token x harness tok/s / peak",
+        f"{res['xtf_note']}; ours/x-tf = our plain loop / x-transformers in the same loop and precision (baseline only; "
+        "'flash' = attn_flash=True)" + ("; bf16/fp32 = our plain loop in bf16 / in fp32" if res["precision"] == "bf16" else ""),
         "",
         line(header), line(["-" * w for w in widths]), *(line(b) for b in body), "",
         f"peak MiB: one cell in a fresh process, {', '.join(methods) or 'not measured'}; start-up s: run_cell "

@@ -274,26 +274,30 @@ def make_datamodule(task: Any, seed: int, batch_size: int):
     return TaskDataModule()
 
 
-def make_trainer(budget: Any, accel: str, logger: Any, log_every: int, callbacks: list[Any] | None = None):
+def make_trainer(budget: Any, accel: str, logger: Any, log_every: int, callbacks: list[Any] | None = None,
+                 precision: str = "auto"):
     """The Lightning Trainer of a cell: ``budget.steps`` optimiser steps, no checkpoints, no sanity
-    or Lightning validation (the cell evaluates itself), bf16 autocast on CUDA, fp32 elsewhere."""
+    or Lightning validation (the cell evaluates itself), in the cell's ``precision``
+    (:mod:`modtransfer.precision`: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere)."""
+    from .precision import lightning_precision, resolve_precision
+
     L = _lightning()
-    precision = "bf16-mixed" if accel == "cuda" else "32-true"
     return L.Trainer(
         accelerator=accel, devices=1, max_steps=budget.steps, max_epochs=-1, logger=logger or False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=log_every,
-        gradient_clip_val=budget.grad_clip or None, precision=precision, deterministic=False,
-        use_distributed_sampler=False, callbacks=callbacks,
+        gradient_clip_val=budget.grad_clip or None, precision=lightning_precision(resolve_precision(precision, accel)),
+        deterministic=False, use_distributed_sampler=False, callbacks=callbacks,
     )
 
 
 @functools.cache
-def matmul_peak(device: str) -> float:
-    """This machine's measured matmul peak in the cell's precision (FLOP/s), once per process."""
-    from .bench_speed import matmul_peak_flops
+def matmul_peak(device: str, precision: str = "auto") -> float:
+    """This machine's matmul peak in the cell's precision (FLOP/s): :func:`modtransfer.peak.machine_peak`,
+    measured once per machine (cached on disk) and read once per process."""
+    from .peak import machine_peak
 
-    return matmul_peak_flops(device)
+    return float(machine_peak(device, precision)["flops"])
 
 
 def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = None, cache_dir: Path | None = None,

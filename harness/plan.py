@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError, did_you_mean
+from .precision import check_precision, resolve_precision
 from .sizes import size_preset
 from .spec import ModelSpec
 from .task import TASKS, Budget, Task
@@ -32,7 +33,7 @@ PLAN_KEYS = {
     "name": str, "description": str, "size": str, "sizes": list, "seeds": (int, list, dict), "variants": list, "tasks": list,
     "spec": dict, "budget": dict, "task_budget": dict, "task_config": dict, "hparams": (dict, list), "wandb": dict,
     "executor": str, "workers": int, "include_baseline": bool, "margins": dict, "implementation": str,
-    "implementations": list,
+    "implementations": list, "precision": str,
 }
 SEED_KEYS = ("min", "max", "step")
 MAX_SEEDS = 1000
@@ -57,6 +58,7 @@ class Cell:
     slots: tuple[str, ...] = ()
     code: str = ""            # digest of the plugin code the cell uses ("" when all built in)
     gate: str = "built-in"    # the contract gate: "built-in", "passed" or "skipped" (--no-check); not in the id
+    precision: str = "auto"   # plan.precision: auto (bf16 on CUDA, fp32 elsewhere), fp32 or bf16
 
     @property
     def cell_id(self) -> str:
@@ -64,6 +66,8 @@ class Cell:
                 "task_config": self.task_config, "budget": self.budget.to_dict(), "hparams": self.hparams}
         if self.code:  # a changed plugin trains anew; built-in cells keep their ids
             data["code"] = self.code
+        if self.precision != "auto":  # cells of an explicit precision never pair with auto ones
+            data["precision"] = self.precision
         blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -99,6 +103,7 @@ class Plan:
     all_cells: list[Cell] = field(default_factory=list)  # every cell up to the largest look
     skipped: list[dict[str, str]] = field(default_factory=list)
     resolved: dict[str, ResolvedVariant] = field(default_factory=dict)
+    precision: str = "auto"   # see modtransfer.precision
 
     def task_budget_for(self, task: Task) -> Budget:
         base = task.default_budget.replace(**self.budget)
@@ -112,7 +117,7 @@ class Plan:
             "tasks": self.tasks, "spec": self.spec_overrides, "budget": self.budget,
             "task_budget": self.task_budget, "task_config": self.task_config, "hparams": self.hparams,
             "wandb": self.wandb, "executor": self.executor, "workers": self.workers, "source": self.source,
-            "margins": self.margins, "looks": self.looks,
+            "margins": self.margins, "looks": self.looks, "precision": self.precision,
         }
 
     @property
@@ -344,6 +349,7 @@ def load_plan(
             raise UserError(f"plan.wandb.{key} {v!r} is not a valid W&B name: use 1-128 letters, digits, '.', '_' "
                             "or '-' (no '/', '#', '?', '%', ':' or spaces)")
     margins = _margins(raw.get("margins") or {}, task_names)
+    precision = _precision(raw.get("precision", "auto"))
     executor = raw.get("executor", "local")
     workers = raw.get("workers", 1)
     if workers < 1:
@@ -363,7 +369,7 @@ def load_plan(
         name=plan_name, size=size, seeds=seed_list, variants=variant_names, tasks=task_names, base_spec=base,
         budget=budget, task_budget=task_budget, task_config=task_config, hparams=hparams, wandb=wandb_cfg,
         executor=executor, workers=workers, raw=raw, source=src, margins=margins, looks=looks, sizes=sizes,
-        spec_overrides=spec_overrides, implementations=impls,
+        spec_overrides=spec_overrides, implementations=impls, precision=precision,
     )
     _expand_cells(plan)
     return plan
@@ -413,6 +419,20 @@ def _margins(value: dict[str, Any], task_names: list[str]) -> dict[str, float]:
             raise UserError(f"plan.margins.{task} must be a positive number in the task's metric units, got {m!r}")
         out[task] = float(m)
     return out
+
+
+def _precision(value: Any) -> str:
+    """``plan.precision``, refused (before anything trains) when it cannot run on this machine.
+
+    A machine without CUDA trains on its CPU, so ``bf16`` there needs native bf16 instructions.
+    """
+    check_precision(value)
+    if value == "bf16":
+        import torch
+
+        if not torch.cuda.is_available():
+            resolve_precision(value, "cpu")
+    return value
 
 
 def _implementations(raw: dict[str, Any]) -> list[str]:
@@ -591,7 +611,7 @@ def _expand_cells(plan: Plan) -> None:
                         plan.all_cells.append(Cell(
                             benchmark=plan.name, variant=vname, task=tname, seed=seed, size=size, spec=spec,
                             task_config=dict(task.config), budget=cell_budget, hparams=hp, slots=tuple(rv.slots),
-                            code=code, gate="passed" if code else "built-in",
+                            code=code, gate="passed" if code else "built-in", precision=plan.precision,
                         ))
     plan.all_cells = seed_major(plan.all_cells, plan.variants, plan.seeds)
     plan.cells = plan.cells_through(plan.looks[0]) if plan.adaptive else list(plan.all_cells)

@@ -2,8 +2,8 @@
 
 The end-to-end run is the command's smallest form (tiny size, a couple of steps, one repeat,
 the baseline only) as a real subprocess; a second, in-process run hides x-transformers to
-check that its columns are skipped with a note. The per-fit arithmetic (ratios, MFU) is
-checked on made-up step times.
+check that its columns are skipped with a note; a third trains every path in bf16 (where the CPU
+has it). The per-fit arithmetic (ratios, MFU, bf16 speed-up) is checked on made-up step times.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 
 from modtransfer import bench_speed
 from modtransfer.errors import UserError
+from modtransfer.precision import cpu_bf16_flag
 from modtransfer.tasks.lm import LanguageModelling
 
 COLUMNS = ["variant", "params", "GFLOP/tok", "harness tok/s", "plain tok/s", "harness/plain", "x-tf tok/s",
@@ -70,6 +71,8 @@ def test_smallest_run_prints_the_table(cache_dir: Path, tmp_path: Path) -> None:
     for key in ("harness_tok_s", "plain_tok_s", "harness_over_plain", "mfu", "startup_s", "flops_per_token", "params"):
         assert row[key] is not None and row[key] > 0, key
     assert res["ls_s"] > 0 and res["peak_flops"] > 0 and res["cold_startup_s"] > 0
+    assert res["precision"] == "fp32" and res["peak"]["dtype"] == "float32" and "precision fp32" in proc.stdout
+    assert "bf16/fp32" not in header
     assert row["peak_mib"] is not None, row.get("memory_method")
     if bench_speed.xtransformers_version():
         assert row["xtf_tok_s"] > 0 and row["ours_over_xtf"] > 0 and row["ours_over_xtf_flash"] > 0
@@ -95,13 +98,30 @@ def test_without_xtransformers_the_columns_are_skipped(cache_dir: Path, monkeypa
     assert float(base["harness tok/s"]) > 0 and float(base["harness/plain"]) > 0
 
 
+@pytest.mark.skipif(cpu_bf16_flag() is None, reason="this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
+def test_bf16_run_has_the_speedup_column(cache_dir: Path, tmp_path: Path) -> None:
+    """Every path in bf16, plus our plain loop in fp32 for the bf16/fp32 column; the peak in bf16."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = bench_speed.main([*SMALLEST, "--precision", "bf16", "--no-memory", "--no-ls", "--cache-dir", str(cache_dir),
+                               "--json", str(tmp_path / "bf16.json")])
+    text = out.getvalue()
+    print(text)
+    assert rc == 0 and "precision bf16" in text
+    header, body = table_lines(text)
+    assert "bf16/fp32" in header
+    res = json.loads((tmp_path / "bf16.json").read_text())
+    assert res["precision"] == "bf16" and res["peak"]["dtype"] == "bfloat16"
+    assert res["rows"]["baseline"]["bf16_speedup"] > 0
+
+
 def test_fit_summary_arithmetic() -> None:
     """Per-iteration ratios and MFU from made-up step times (the warm-up iteration is left out)."""
     times = bench_speed.FitTimes(
         harness=[9.0, 2.0, 2.0, 4.0], plain={"plain": [9.0, 1.0, 1.0, 2.0], "x-tf": [9.0, 2.0, 3.0, 4.0]},
-        tokens=[100, 100, 100, 100], peak=[1e3, 1e3, 1e3, 1e3],
+        tokens=[100, 100, 100, 100],
     )
-    s = bench_speed.summarise_fit(times, flops_per_token=2.0, warmup=1, steps=3, startup_s=0.5)
+    s = bench_speed.summarise_fit(times, flops_per_token=2.0, warmup=1, steps=3, startup_s=0.5, peak_flops=1e3)
     assert s["harness_over_plain"] == pytest.approx(0.5)
     assert s["harness_tok_s"] == pytest.approx(50.0)
     assert s["plain_tok_s"] == pytest.approx(100.0)
@@ -111,5 +131,10 @@ def test_fit_summary_arithmetic() -> None:
     assert agg["harness_over_plain"] == pytest.approx(0.7)
 
 
-def test_matmul_peak_is_measured() -> None:
-    assert bench_speed.matmul_peak_flops("cpu", samples=1) > 0
+def test_bf16_speedup_is_ours_in_fp32_over_ours_in_bf16() -> None:
+    times = bench_speed.FitTimes(harness=[1.0, 1.0, 1.0], plain={"plain": [9.0, 1.0, 2.0], "plain fp32": [9.0, 3.0, 4.0]},
+                                 tokens=[10, 10, 10])
+    s = bench_speed.summarise_fit(times, flops_per_token=1.0, warmup=1, steps=2, startup_s=None, peak_flops=1.0)
+    assert s["bf16_speedup"] == pytest.approx(2.5)  # median of 3/1 and 4/2
+    assert "bf16_speedup" not in bench_speed.summarise_fit(
+        bench_speed.FitTimes([1.0, 1.0], {"plain": [1.0, 1.0]}, [1, 1]), 1.0, 0, 2, None, 1.0)
