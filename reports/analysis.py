@@ -211,7 +211,7 @@ def _config_json(row: dict[str, Any], axes: dict[str, set[str]]) -> str:
     return json.dumps(out, sort_keys=True)
 
 
-def _cond_key(row: dict[str, Any], axes: dict[str, set[str]]) -> tuple[str, str, str, str]:
+def cond_key(row: dict[str, Any], axes: dict[str, set[str]]) -> tuple[str, str, str, str]:
     return (row["task"], row["size"], json.dumps(row.get("hparams") or {}, sort_keys=True),
             _config_json(row, axes))
 
@@ -241,7 +241,7 @@ def conditions(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], Co
     names = {t: _config_diff(cfgs) for t, cfgs in configs_per_task.items()}
     out: dict[tuple[str, str, str, str], Condition] = {}
     for r in rows:
-        key = _cond_key(r, axes)
+        key = cond_key(r, axes)
         if key in out:
             continue
         cfg_name = names[r["task"]][key[3]]
@@ -304,7 +304,7 @@ def compare(rows: list[dict[str, Any]], settings: Settings = Settings()) -> list
     axes = axis_keys(rows)
     grouped: dict[tuple[tuple[str, str, str, str], str], list[dict[str, Any]]] = {}
     for r in rows:
-        grouped.setdefault((_cond_key(r, axes), r["variant"]), []).append(r)
+        grouped.setdefault((cond_key(r, axes), r["variant"]), []).append(r)
     comps: list[Comparison] = []
     for ckey, cond in conds.items():
         base = _by_seed(grouped.get((ckey, BASELINE), []))

@@ -1,4 +1,5 @@
-"""Write ``RUN_DIR/report/``: index.html, report.md, transfer.csv, PNGs (and wandb_report.json).
+"""Write ``RUN_DIR/report/``: index.html, report.md, the main table (md/tex/csv), transfer.csv, cells.csv,
+results.json, a README, PNGs (and wandb_report.json).
 
 Everything is written into a temporary folder inside RUN_DIR and renamed into place at the end,
 so a report that fails leaves the previous report (or nothing) and never a half-written one.
@@ -14,8 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from modtransfer.errors import UserError
+
 from .analysis import Settings
+from .exports import write_cells_csv, write_readme, write_results_json
 from .summary import Analysis, analyse_run, transfer_table
+from .table import MainTable, latex, main_table
+from .table import write_csv as write_table_csv
 
 T = TypeVar("T")
 
@@ -63,11 +69,14 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
     run_dir = Path(run_dir)
     a = analyse_run(run_dir, settings)
     final = Path(out_dir) if out_dir is not None else run_dir / "report"
+    _check_target(final, run_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=final.parent))
     try:
         figs = draw(a, tmp)
-        doc = build_document(a, figs)
+        table = main_table(a)
+        doc = build_document(a, figs, table)
+        _write_tables(a, table, doc, tmp, run_dir)
         wb = _online_tolerant(wandb_mode, "logging the report run", log_run, a, tmp, figs,
                              run_dir if out_dir is None else final.parent, wandb_mode)
         if wb is not None:
@@ -77,12 +86,44 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
             _online_tolerant(wandb_mode, "saving the W&B Report", write_report_definition, a, figs, tmp, wandb_mode)
         (tmp / "index.html").write_text(render_html.render(doc, tmp), encoding="utf-8")
         (tmp / "report.md").write_text(render_md.render(doc), encoding="utf-8")
-        write_csv(a, tmp / "transfer.csv")
+        (tmp / MARKER).write_text(f"{run_dir.resolve()}\n", encoding="utf-8")
+        write_readme(tmp, a, run_dir)
+        if final.exists():
+            print(f"note: replacing the earlier report in {final}", file=sys.stderr)
         _replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final / "index.html"
+
+
+#: A file every report folder holds; a folder without it is never replaced.
+MARKER = ".modtransfer-report"
+
+
+def _check_target(final: Path, run_dir: Path) -> None:
+    """Refuse to write over a folder that is not a report (the run folder itself, a user's folder, a file)."""
+    if final.resolve() == run_dir.resolve() or run_dir.resolve().is_relative_to(final.resolve()):
+        raise UserError(f"--out {final} is the run folder or holds it; choose a new folder, e.g. {run_dir}/report")
+    if final.is_file():
+        raise UserError(f"--out {final} is a file; give a folder path")
+    if final.is_dir() and any(final.iterdir()) and not (final / MARKER).is_file() \
+            and not (final / "index.html").is_file():
+        raise UserError(f"--out {final} holds files that are not a modtransfer report; choose an empty or new folder")
+
+
+def _write_tables(a: Analysis, table: MainTable, doc: Any, folder: Path, run_dir: Path) -> None:
+    """The main table as Markdown, LaTeX and CSV, and the exports (transfer.csv, cells.csv, results.json)."""
+    from . import render_md
+    from .doc import Document
+
+    md = render_md.render(Document(f"Main results: {a.benchmark}", doc.headline, [doc.sections[0]]))
+    (folder / "main_table.md").write_text(md, encoding="utf-8")
+    (folder / "main_table.tex").write_text(latex(table, a.benchmark), encoding="utf-8")
+    write_table_csv(table, folder / "main_table.csv")
+    write_csv(a, folder / "transfer.csv")
+    write_cells_csv(a, folder / "cells.csv")
+    write_results_json(a, run_dir, folder / "results.json")
 
 
 def _online_tolerant(mode: str, what: str, fn: Callable[..., T], *args: Any) -> T | None:

@@ -13,8 +13,10 @@ import numpy as np
 from .analysis import BASELINE
 from .doc import Bullets, Cell, Document, Image, Para, Pre, Section, Table
 from .figures import Figures
+from .front import caveats, headline, main_section, sweep_section
 from .reference import RefRow
 from .summary import Analysis, fmt
+from .table import MainTable, main_table
 from .verdicts import VERDICT_RULE, call_rule
 
 SYMBOLS = {"better": "▲ better", "worse": "▼ worse", "no change": "= no change", "unclear": "? unclear",
@@ -36,48 +38,43 @@ def ci_text(ci: tuple[float, float] | None, n: int) -> str:
     return f"[{ci[0]:+.3g}, {ci[1]:+.3g}]"
 
 
-def build_document(a: Analysis, figs: Figures) -> Document:
+def build_document(a: Analysis, figs: Figures, table: MainTable | None = None) -> Document:
+    """The report: headline, caveats, the main table first, then the evidence behind it."""
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    n_var = len(a.order)
     settings = f" in {len(a.labels)} settings" if len(a.labels) != len(a.groups) else ""
-    sub = (f"Benchmark `{a.benchmark}` · {len(a.rows)} cells · {n_var} variant(s) against `{BASELINE}` on "
-           f"{len(a.groups)} task(s){settings} · up to {a.seeds()} paired seed(s) · generated {now}")
-    doc = Document(f"Transfer report: {a.benchmark}", sub)
-    doc.sections = [*warning_sections(a), verdict_section(a, figs), noise_section(a), effects_section(a, figs), curves_section(figs),
-                    agreement_section(a, figs), cost_section(a), reference_section(a)]
-    if a.sensitivity:
-        doc.sections.append(sensitivity_section(a, figs))
+    who = (f"{len(a.order)} variant(s) against `{BASELINE}`" if a.order else f"`{BASELINE}` only")
+    sub = (f"Benchmark `{a.benchmark}` · {len(a.rows)} cells · {who} on {len(a.groups)} task(s){settings} · "
+           f"generated {now}")
+    doc = Document(f"Transfer report: {a.benchmark}", sub, headline=headline(a), banner=caveats(a))
+    table = table if table is not None else main_table(a)
+    optional: list[tuple[str, Section | None, str]] = [
+        ("Verdicts", verdict_section(a, figs) if a.order else None, "no variant besides the baseline"),
+        ("Baseline per hyper-parameter setting", sweep_section(a, figs), "one setting per task"),
+        ("Noise floor and margins", noise_section(a) if a.comps else None, "no comparison with the baseline"),
+        ("Effects per task", effects_section(a, figs) if a.comps else None, "no comparison with the baseline"),
+        ("Learning curves", curves_section(figs) if figs.curves else None, "no cell recorded a curve"),
+        ("Agreement between tasks", agreement_section(a, figs) if a.agreement.pairs else None,
+         "needs at least two tasks and two variants"),
+        ("Cost next to benefit", cost_section(a) if a.order else None, "no variant besides the baseline"),
+        ("Reference study", reference_section(a) if a.reference else None,
+         "no variant of this run has a row in Narang et al. 2021's table on a task it measured"),
+        ("Hyper-parameter sensitivity", sensitivity_section(a, figs) if a.sensitivity else None,
+         "no variant was compared over hyper-parameter settings"),
+    ]
     plateau = a.plateau()
-    if plateau:
-        doc.sections.append(plateau_section(plateau, figs))
     impl_rows = a.across_implementations()
-    if impl_rows:
-        doc.sections.append(implementations_section(impl_rows))
+    optional += [("Training sensitivity", plateau_section(plateau, figs) if plateau else None,
+                  "no task declares a plateau threshold for these rows"),
+                 ("Across implementations", implementations_section(impl_rows) if impl_rows else None,
+                  "one implementation only")]
+    doc.sections = [main_section(a, table)]
+    for title, section, why in optional:
+        if section is not None:
+            doc.sections.append(section)
+        else:
+            doc.omitted.append(f"**{title}**: {why}.")
     doc.sections += [problems_section(a), repro_section(a)]
     return doc
-
-
-def warning_sections(a: Analysis) -> list[Section]:
-    """Loud notices at the top of the page: too few seeds, tasks the baseline did not learn."""
-    out = []
-    if a.too_few_seeds():
-        k = a.settings.min_seeds
-        s = Section("⚠ Too few seeds", "too-few-seeds")
-        s.blocks.append(Para(f"**Too few seeds: some comparisons have only {a.min_seeds()} paired seed(s); at least "
-                             f"{k} are needed for any better / worse / no change call.** Their numbers are shown, "
-                             f"but they say nothing reliable about the variant: one seed's change can be the "
-                             f"baseline's own seed-to-seed noise. Run the plan with `seeds: {max(k, 6)}` (or "
-                             f"`seeds: {{min: {k}, max: 12}}` for adaptive seeds)."))
-        out.append(s)
-    bad = sorted({c.cond.label: c.gate.text for c in a.comps if c.gate.status == "not learned"}.items())
-    if bad:
-        s = Section("⚠ Baseline did not learn", "not-learned")
-        s.blocks.append(Para("**On these tasks the baseline is not clearly better than a trivial system, so no call "
-                             "is made there and they are left out of every overall verdict and ranking** (greyed "
-                             "out below). Train longer or with a better learning rate before reading them."))
-        s.blocks.append(Bullets([f"{lab}: {text}" for lab, text in bad]))
-        out.append(s)
-    return out
 
 
 def noise_section(a: Analysis) -> Section:
@@ -138,8 +135,12 @@ def verdict_section(a: Analysis, figs: Figures) -> Section:
         notes.append(f"The store holds no variant besides `{BASELINE}`: there is nothing to compare.")
     fam = sum(c.p_adjusted is not None for c in a.comps)
     corr = "Benjamini-Hochberg" if a.settings.correction == "bh" else "Holm"
-    notes.append(f"Multiple comparisons: {corr} over the {fam} tested variant × task comparison(s) (and separately "
-                 "over their equivalence tests).")
+    if fam:
+        notes.append(f"Multiple comparisons: {corr} over the {fam} tested variant × task comparison(s) (and "
+                     "separately over their equivalence tests).")
+    else:
+        notes.append("No comparison could be tested (too few paired seeds, or no learned baseline), so no p-value "
+                     "was corrected and no call was made.")
     if any(c.cost_noisy.get("tokens_per_s") for c in a.comps):
         notes.append("Tokens/s × marked (noisy): the per-seed throughput ratio varies by more than "
                      "10% across seeds (machine load), so read it as a rough figure.")
@@ -155,9 +156,9 @@ def verdict_section(a: Analysis, figs: Figures) -> Section:
 
 def effects_section(a: Analysis, figs: Figures) -> Section:
     s = Section("Effects per task", "effects")
-    headers = ["Variant", "Task", "Metric", "n", "Baseline mean ± SD", "Variant mean", "Δ (+ = better)",
-               f"{int(a.settings.level * 100)}% CI of Δ", "Margin", "Effect (SDs)", "P(improve)", "p (t)",
-               "p adj.", "p equiv. adj.", "p sign-flip", "Diverged", "Call"]
+    headers = ["Variant", "Task", "Call", "Metric", "n", "Baseline mean ± SD", "Variant mean", "Δ (+ = better)",
+               f"{int(a.settings.level * 100)}% CI of Δ", "Margin", "Effect (SDs)", "Win rate", "p adj.",
+               "p equiv. adj.", "Diverged"]
     rows = []
     for v in a.order:
         for lab in a.labels:
@@ -165,20 +166,21 @@ def effects_section(a: Analysis, figs: Figures) -> Section:
             if c is None:
                 continue
             n = str(c.n) if c.n_used in (0, c.n) else f"{c.n_used} of {c.n}"
-            rows.append([v, lab, f"{c.cond.metric} ({'↑' if c.cond.higher_is_better else '↓'})", n,
-                         f"{fmt(c.baseline_mean, 4)} ± {fmt(c.baseline_std, 2)}", fmt(c.variant_mean, 4),
+            rows.append([v, lab, call_cell(c.call), f"{c.cond.metric} ({'↑' if c.cond.higher_is_better else '↓'})",
+                         n, f"{fmt(c.baseline_mean, 4)} ± {fmt(c.baseline_std, 2)}", fmt(c.variant_mean, 4),
                          fmt(c.mean_diff, 3, True), ci_text(c.ci, c.n), "±" + fmt(c.margin, 3),
-                         fmt(c.std_effect, 3, True), fmt(c.p_improve, 2), fmt(c.p_value, 2),
-                         fmt(c.p_adjusted, 2), fmt(c.p_equiv_adjusted, 2), fmt(c.p_signflip, 2),
-                         f"{c.n_diverged}/{c.n_variant_cells}" if c.n_diverged else "0", call_cell(c.call)])
+                         fmt(c.std_effect, 3, True), fmt(c.p_improve, 2), fmt(c.p_adjusted, 2),
+                         fmt(c.p_equiv_adjusted, 2),
+                         f"{c.n_diverged}/{c.n_variant_cells}" if c.n_diverged else "0"])
     s.blocks.append(Table(headers, rows, id="effects-table",
                           caption="Paired differences with the baseline (same seeds, same hyper-parameters)"))
     s.blocks.append(Para("Δ is the mean over paired seeds of (variant − baseline), signed so that positive is better "
                          "(↑: higher is better, ↓: lower is better). Effect (SDs) is Δ over the baseline's "
-                         "seed-to-seed standard deviation. P(improve) is the share of paired seeds where the variant "
-                         "wins. p (t): two-sided paired t test (sequential over the looks with adaptive seeds); p adj.: corrected "
-                         "across tests; p equiv. adj.: TOST against ± margin, corrected; p sign-flip: exact "
-                         "sign-flip test, a distribution-free check (not used for calls). n: paired seeds (used of "
+                         "seed-to-seed standard deviation. Win rate: the share of paired seeds on which the variant did "
+                         "better (a description of the seeds, not a probability of improvement). p adj.: two-sided "
+                         "paired t test (sequential over the looks with adaptive seeds), corrected across tests; "
+                         "p equiv. adj.: TOST against ± margin, corrected. The uncorrected p and the exact sign-flip p "
+                         "(a distribution-free check, not used for calls) are in `transfer.csv`. n: paired seeds (used of "
                          "available when a round of adaptive seeds is incomplete). Diverged: diverged cells of the "
                          "variant, a failure rate never averaged into a mean."))
     for lab, f in figs.forest.items():
@@ -205,17 +207,23 @@ def agreement_section(a: Analysis, figs: Figures) -> Section:
     if figs.agreement:
         s.blocks.append(Image(figs.agreement, "Task agreement matrix (Kendall tau)",
                               "Kendall tau-b between tasks' rankings of the variants by mean paired difference."))
-    rows = [[p["a"], p["b"], str(p["n_variants"]), fmt(p["tau"], 3, True),
+    rows = [[p["a"], p["b"], str(p["n_variants"]), fmt(p["tau"], 2, True),
              ci_text(p["ci"], 2) if p["ci"] else (g.seeds_note or "—")] for p in g.pairs]
     s.blocks.append(Table(["Task A", "Task B", "Variants", "Kendall tau", f"{int(a.settings.level * 100)}% CI"],
                           rows, id="agreement-table"))
     mean_ci = f" (bootstrap {int(a.settings.level * 100)}% interval {ci_text(g.mean_ci, 2)})" if g.mean_ci else ""
     across = any(p["across"] for p in g.pairs) and not all(p["across"] for p in g.pairs)
     which = " over pairs of different tasks" if across else ""
-    items = [f"Mean pairwise Kendall tau{which}: **{fmt(g.mean_tau, 3, True)}**{mean_ci}.",
+    few = min(p["n_variants"] for p in g.pairs)
+    items = [f"Mean pairwise Kendall tau{which}: **{fmt(g.mean_tau, 2, True)}**{mean_ci}.",
              f"Leave-one-task-out: the mean ranking on the other tasks predicts the held-out task's ranking with "
              f"mean tau **{fmt(g.loo_mean, 3, True)}** (" +
              ", ".join(f"{k}: {fmt(t, 2, True)}" for k, t in g.loo.items()) + ")."]
+    if few < 8:
+        items.insert(0, f"**Caveat: only {few} variant(s) are ranked.** With k variants tau moves in steps of "
+                        f"2/(k(k-1)/2) = {4 / (few * (few - 1)) if few > 1 else float('nan'):.2g}; one swapped pair "
+                        "changes it by that much, so read it as a direction, not a measurement, and look at its "
+                        "interval.")
     if g.seeds_note:
         items.append(g.seeds_note + ".")
     items.append("Intervals: paired bootstrap over seeds, the same seed draw for every variant of a task.")

@@ -60,3 +60,6 @@ class Document:
     title: str
     subtitle: str
     sections: list[Section] = field(default_factory=list)
+    headline: str = ""                                       # one sentence under the title
+    banner: list[str] = field(default_factory=list)          # caveats shown above everything else
+    omitted: list[str] = field(default_factory=list)         # "Section: why it is left out"

@@ -25,7 +25,11 @@ nav a{color:#0b5cad;text-decoration:none;white-space:nowrap}
 table{border-collapse:collapse;margin:.6rem 0 1rem;background:#fff;font-size:.88rem}
 th,td{border:1px solid #d4d4d4;padding:.28rem .5rem;text-align:left;vertical-align:top}
 td{white-space:nowrap}td.wrap{white-space:normal;min-width:16rem}
-th{background:#eef1f5;position:sticky;top:0}
+th{background:#eef1f5;position:sticky;top:0;white-space:normal;min-width:3.5rem}
+.headline{font-size:1.15rem;font-weight:600;margin:.4rem 0 .6rem}
+.banner{background:#fff6e0;border:1px solid #e6c36a;border-radius:6px;padding:.45rem .9rem;margin:.6rem 0}
+.banner ul{margin:.2rem 0;padding-left:1.2rem}
+.omitted{color:#555;font-size:.9rem}
 th.sortable{cursor:pointer;user-select:none}th.sortable:after{content:" \\2195";color:#999}
 tr:nth-child(even) td{background:#f7f8fa}
 caption{caption-side:top;text-align:left;color:#444;padding:.2rem 0;font-weight:600}
@@ -117,6 +121,9 @@ def render(doc: Document, folder: Path) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(doc.title)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>{html.escape(doc.title)}</h1><p class=\"sub\">{inline(doc.subtitle)}</p>",
+        f'<p class="headline" id="headline">{inline(doc.headline)}</p>' if doc.headline else "",
+        ('<div class="banner" id="caveats"><ul>' + "".join(f"<li>{inline(b)}</li>" for b in doc.banner)
+         + "</ul></div>") if doc.banner else "",
         "<nav>" + "".join(f'<a href="#{html.escape(s.id)}">{html.escape(s.title)}</a>' for s in doc.sections) + "</nav>",
     ]
     for s in doc.sections:
@@ -133,5 +140,8 @@ def render(doc: Document, folder: Path) -> str:
             elif isinstance(b, Pre):
                 parts.append(f"<pre>{html.escape(b.text)}</pre>")
         parts.append("</section>")
+    if doc.omitted:
+        parts.append('<section id="omitted" class="omitted"><h2>Not shown</h2><ul>'
+                     + "".join(f"<li>{inline(o)}</li>" for o in doc.omitted) + "</ul></section>")
     parts.append(f"</main><script>{JS}</script></body></html>")
     return "\n".join(parts)

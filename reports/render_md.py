@@ -20,6 +20,10 @@ def _table(t: Table) -> str:
 
 def render(doc: Document) -> str:
     out = [f"# {doc.title}", "", doc.subtitle, ""]
+    if doc.headline:
+        out += [f"**{doc.headline}**", ""]
+    if doc.banner:
+        out += ["> ⚠ **Caveats**", ">"] + [f"> - {b}" for b in doc.banner] + [""]
     out.append(" · ".join(f"[{s.title}](#{s.id})" for s in doc.sections))
     out.append("")
     for s in doc.sections:
@@ -38,4 +42,6 @@ def render(doc: Document) -> str:
             elif isinstance(b, Pre):
                 out += ["```", b.text, "```"]
             out.append("")
+    if doc.omitted:
+        out += ["## Not shown", ""] + [f"- {o}" for o in doc.omitted] + [""]
     return "\n".join(out).rstrip() + "\n"

@@ -52,8 +52,12 @@ def test_narrowed_copy_runs_and_the_section_renders(tmp_path: Path, capsys: pyte
     md = (report / "report.md").read_text()
     assert "## Training sensitivity" in md
     # lr 1e-6 for 25 steps never leaves the plateau: every seed is a failure
-    row = next(line for line in md.splitlines() if "init=default, lr=1e-06" in line)
+    section = md.split("## Training sensitivity", 1)[1]
+    row = next(line for line in section.splitlines() if "init=default, lr=1e-06" in line)
     assert "| 2 | 2 (2 on plateau, 0 diverged) | 1 [" in row
     assert list(report.glob("plateau_regression_baseline.png")) and list(report.glob("spread_regression_baseline.png"))
     html = (report / "index.html").read_text()
     assert "Training sensitivity" in html
+    # the baseline-only sweep also gets its table of values per setting
+    sweep = md.split("## Baseline per hyper-parameter setting", 1)[1].split("\n## ", 1)[0]
+    assert sweep.count("| regression |") == 5 and "**" in sweep

@@ -1,0 +1,156 @@
+"""Machine-readable exports of a report: per-cell values, the whole analysis as JSON, and a README.
+
+``cells.csv``: one row per stored cell (every attempt of a seed, in finish order), with the fields
+one needs to redo the analysis elsewhere. ``results.json``: the analysis (per comparison: n, Δ,
+interval, p-values, call), verdicts, the plan(s), implementations, versions, git commit and machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+from .analysis import BASELINE, axis_keys, cond_key, conditions
+from .summary import Analysis, transfer_table
+
+FORMAT_VERSION = 1
+
+CELL_COLUMNS = ["cell_id", "benchmark", "variant", "task", "condition", "seed", "size", "hparams", "implementation",
+                "precision", "status", "primary_metric", "higher_is_better", "primary_value", "final_train_loss",
+                "steps", "failed_step", "params", "flops_per_token", "tokens_per_s", "mfu", "train_s", "wall_s",
+                "startup_s", "lr", "budget_steps", "batch_size", "git_commit", "torch", "device", "finished_at",
+                "error"]
+
+
+def _final_train_loss(row: dict[str, Any]) -> float | None:
+    for point in reversed(row.get("curve") or []):
+        x = point.get("train_loss")
+        if isinstance(x, int | float) and math.isfinite(x):
+            return float(x)
+    return None
+
+
+def _first_line(text: str | None) -> str:
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+def cell_records(a: Analysis) -> tuple[list[str], list[dict[str, Any]]]:
+    """Per stored cell: identity, condition label, outcome, cost and provenance; plus each final metric."""
+    conds = conditions(a.rows)
+    axes = axis_keys(a.rows)
+    metric_names = sorted({k for r in a.rows for k in (r.get("metrics") or {})})
+    out = []
+    for r in a.rows:
+        env, budget, spec = r.get("env") or {}, r.get("budget") or {}, r.get("spec") or {}
+        rec = {k: r.get(k) for k in CELL_COLUMNS if k in r}
+        rec.update({
+            "condition": conds[cond_key(r, axes)].label, "hparams": json.dumps(r.get("hparams") or {}, sort_keys=True),
+            "implementation": spec.get("implementation", "modtransfer"), "precision": env.get("precision", "fp32"),
+            "final_train_loss": _final_train_loss(r), "lr": budget.get("lr"), "budget_steps": budget.get("steps"),
+            "batch_size": budget.get("batch_size"), "git_commit": env.get("commit"),
+            "torch": env.get("torch"), "device": env.get("device"), "error": _first_line(r.get("error")),
+        })
+        for m in metric_names:
+            rec[f"metric:{m}"] = (r.get("metrics") or {}).get(m)
+        out.append(rec)
+    return CELL_COLUMNS + [f"metric:{m}" for m in metric_names], out
+
+
+def write_cells_csv(a: Analysis, path: Path) -> None:
+    columns, records = cell_records(a)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, columns, extrasaction="ignore")
+        w.writeheader()
+        for rec in records:
+            w.writerow({k: "" if v is None else v for k, v in rec.items()})
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: NaN and infinities become null, tuples lists."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _provenance(a: Analysis) -> dict[str, Any]:
+    envs = [r.get("env") or {} for r in a.rows]
+    keys = ("commit", "modtransfer", "torch", "lightning", "torchmetrics", "wandb", "python", "device", "gpu", "host",
+            "platform", "threads", "precision")
+    seen: dict[str, list[Any]] = {}
+    for e in envs:
+        for k in keys:
+            if k in e and e[k] not in seen.setdefault(k, []):
+                seen[k].append(e[k])
+    return {"recorded_with_cells": {k: v[0] if len(v) == 1 else v for k, v in seen.items()},
+            "report_machine": {"python": platform.python_version(), "platform": platform.platform(),
+                               "processor": platform.processor() or platform.machine()}}
+
+
+def results_dict(a: Analysis, run_dir: Path) -> dict[str, Any]:
+    """Everything the report concludes, with what produced it."""
+    columns, rows = transfer_table(a)
+    plans = a.meta.get("plans") if isinstance(a.meta.get("plans"), list) else ([a.plan] if a.plan else [])
+    impls = sorted({(r.get("spec") or {}).get("implementation", "modtransfer") for r in a.rows})
+    return _clean({
+        "format_version": FORMAT_VERSION,
+        "benchmark": a.benchmark,
+        "run_dir": str(Path(run_dir).resolve()),
+        "cells": len(a.rows),
+        "baseline": BASELINE,
+        "variants": list(a.order),
+        "conditions": list(a.labels),
+        "tasks": list(a.groups),
+        "settings": {"alpha": a.settings.alpha, "level": a.settings.level, "correction": a.settings.correction,
+                     "min_seeds": a.settings.min_seeds, "looks": a.settings.looks, "margins": a.settings.margins},
+        "verdicts": {v: {"verdict": a.verdicts[v][0], "why": a.verdicts[v][1], "overall_effect": a.overall[v],
+                         "overall_unit": a.effect_unit, "per_task": a.task_calls.get(v, {}), "cost": a.costs.get(v, {})}
+                     for v in a.order},
+        "comparisons": [dict(zip(columns, row, strict=True)) for row in rows],
+        "noise_floor": a.noise_floor(),
+        "agreement": {"mean_tau": a.agreement.mean_tau, "mean_ci": a.agreement.mean_ci,
+                      "pairs": a.agreement.pairs},
+        "implementations": impls,
+        "plans": plans,
+        "provenance": _provenance(a),
+    })
+
+
+def write_results_json(a: Analysis, run_dir: Path, path: Path) -> None:
+    path.write_text(json.dumps(results_dict(a, run_dir), indent=2, sort_keys=True, default=str) + "\n",
+                    encoding="utf-8")
+
+
+FILES = [
+    ("index.html", "the report as one self-contained page (figures embedded); open it in a browser"),
+    ("report.md", "the same report in Markdown, figures as the PNG files beside it"),
+    ("main_table.md / main_table.tex / main_table.csv", "the main results table (baseline first, variants by "
+     "slot, mean ± seed SD per task with the call), as Markdown, LaTeX (booktabs, amssymb) and CSV"),
+    ("transfer.csv", "one row per variant x task condition: paired Δ, interval, p-values, margin, call, cost ratios"),
+    ("cells.csv", "one row per stored cell (every attempt of every seed): status, final metrics, cost, provenance"),
+    ("results.json", "the whole analysis (comparisons, verdicts, noise floor, agreement) with the plan(s), "
+     "implementations, versions, git commit and machine"),
+    ("*.png", "the figures (heatmap, forest plots, learning curves, ...), 150 dpi or more"),
+    ("wandb_report.json", "the W&B Report definition, when the report was built with --wandb-report"),
+]
+
+
+def write_readme(folder: Path, a: Analysis, run_dir: Path) -> None:
+    present = {p.name for p in folder.iterdir()}
+    lines = [f"# Report of benchmark `{a.benchmark}`", "",
+             f"Built from `{Path(run_dir).resolve() / 'results.sqlite'}` ({len(a.rows)} cells) by "
+             "`modtransfer report`. Rebuild it with the same command; nothing here is read back by the harness.", "",
+             "| File | What it is |", "|---|---|"]
+    for name, what in FILES:
+        first = name.split(" / ")[0]
+        if first.startswith("*") or first in present:
+            lines.append(f"| `{name}` | {what} |")
+    (folder / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,0 +1,239 @@
+"""The main results table, laid out as Table 1 of Narang et al. 2021 ("Do Transformer Modifications
+Transfer Across Implementations and Applications?", EMNLP 2021, arXiv 2102.11972).
+
+One line per model: the baseline first, then the variants grouped by the slot they change; per line
+the parameter count, FLOPs per token and training steps per second, then per task condition the
+absolute mean ± seed SD of the primary metric with the call against the baseline next to it. A call of
+*better* is set in bold, as the paper bolds the significant improvements. The same data is rendered
+as an HTML/Markdown table (the report's document model), a LaTeX ``booktabs`` table and a CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modtransfer.spec import SLOTS
+
+from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
+from .doc import Cell, Table
+from .summary import Analysis, fmt
+
+#: How a call is written next to a number (short forms: the long ones are in the verdict table).
+CALL_MARK = {"better": "▲", "worse": "▼", "no change": "=", "unclear": "?", "varies": "≈", "unstable": "✗",
+             "too few seeds": "…", "not learned": "○", "missing": "—"}
+LATEX_MARK = {"better": r"$\blacktriangle$", "worse": r"$\blacktriangledown$", "no change": "$=$",
+              "unclear": "?", "varies": r"$\approx$", "unstable": r"$\times$", "too few seeds": r"\dots",
+              "not learned": r"$\circ$", "missing": "--"}
+
+
+@dataclass
+class Entry:
+    """One model on one task condition: its own final scores over seeds."""
+
+    values: list[float] = field(default_factory=list)
+    cells: int = 0                  # cells run (incl. diverged / failed ones)
+    call: str = ""                  # against the baseline ("" on the baseline's own line)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def sd(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) >= 2 else math.nan
+
+    @property
+    def failed(self) -> int:
+        return self.cells - len(self.values)
+
+
+@dataclass
+class Line:
+    variant: str
+    slot: str
+    params: float = math.nan
+    flops_per_token: float = math.nan
+    steps_per_s: float = math.nan
+    entries: dict[str, Entry] = field(default_factory=dict)      # condition label -> entry
+
+
+@dataclass
+class MainTable:
+    labels: list[str]                     # condition labels, in the report's order
+    metrics: dict[str, tuple[str, bool]]  # label -> (metric, higher is better)
+    cost_label: str                       # the condition whose params / FLOPs / speed are shown
+    lines: list[Line]
+
+    def slots(self) -> list[str]:
+        return list(dict.fromkeys(ln.slot for ln in self.lines))
+
+
+def _slot(spec: dict[str, Any], base: dict[str, Any]) -> str:
+    """The slot a variant changes: the first slot whose component differs from the baseline's."""
+    for s in SLOTS:
+        if spec.get(s) != base.get(s):
+            return s
+    shape = [k for k in ("n_layers", "d_model", "d_ff", "n_heads", "d_head") if spec.get(k) != base.get(k)]
+    return "shape" if shape else "other"
+
+
+def _steps_per_s(row: dict[str, Any]) -> float:
+    steps, train = row.get("steps"), row.get("train_s")
+    return steps / train if isinstance(steps, int | float) and isinstance(train, int | float) and train > 0 else math.nan
+
+
+def _mean_of(rows: list[dict[str, Any]], key: Any) -> float:
+    vals = [key(r) if callable(key) else r.get(key) for r in rows]
+    vals = [float(v) for v in vals if isinstance(v, int | float) and math.isfinite(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def main_table(a: Analysis) -> MainTable:
+    """The table's data from an analysis (baseline-only stores give a one-line table)."""
+    conds = conditions(a.rows)
+    axes = axis_keys(a.rows)
+    labels = [c.label for c in conds.values()]
+    metrics = {c.label: (c.metric, c.higher_is_better) for c in conds.values()}
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in a.rows:
+        by.setdefault((r["variant"], conds[cond_key(r, axes)].label), []).append(r)
+    cost_label = labels[0] if labels else ""
+    base_spec = next((r.get("spec") or {} for r in a.rows if r["variant"] == BASELINE), {})
+    lines = []
+    for v in [BASELINE, *a.order]:
+        rows_v = [r for r in a.rows if r["variant"] == v]
+        if not rows_v:
+            continue
+        slot = "baseline" if v == BASELINE else _slot(rows_v[0].get("spec") or {}, base_spec)
+        cost_rows = [r for r in by.get((v, cost_label), []) if r["status"] == "done"]
+        line = Line(v, slot, _mean_of(cost_rows, "params"), _mean_of(cost_rows, "flops_per_token"),
+                    _mean_of(cost_rows, _steps_per_s))
+        for lab in labels:
+            rows = by.get((v, lab), [])
+            if not rows:
+                continue
+            latest = {r["seed"]: r for r in rows}  # the last attempt per seed
+            comp = a.comp(v, lab) if v != BASELINE else None
+            line.entries[lab] = Entry([r["primary_value"] for r in latest.values() if usable(r)], len(latest),
+                                      comp.call if comp is not None else "")
+        lines.append(line)
+    order = {s: i for i, s in enumerate(["baseline", *SLOTS, "shape", "other"])}
+    lines.sort(key=lambda ln: order.get(ln.slot, len(order)))  # stable: keeps the ranking within a slot
+    return MainTable(labels, metrics, cost_label, lines)
+
+
+def _num(x: float, digits: int = 4) -> str:
+    return fmt(x, digits) if math.isfinite(x) else "—"
+
+
+def _big(x: float) -> str:
+    if not math.isfinite(x):
+        return "—"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def entry_text(e: Entry | None) -> str:
+    if e is None:
+        return "— not run"
+    if not e.values:
+        return f"— ({e.failed} failed)" + (f" {CALL_MARK.get(e.call, e.call)}" if e.call else "")
+    text = _num(e.mean) + (f" ± {fmt(e.sd, 2)}" if math.isfinite(e.sd) else "")
+    if e.failed:
+        text += f" ({e.failed} failed)"
+    if e.call:
+        text += f" {CALL_MARK.get(e.call, e.call)}"
+    return f"**{text}**" if e.call == "better" else text
+
+
+def header(t: MainTable, label: str) -> str:
+    metric, hib = t.metrics[label]
+    return f"{label}: {metric} {'↑' if hib else '↓'}"
+
+
+def as_table(t: MainTable) -> Table:
+    """The table in the report's document model (HTML and Markdown)."""
+    cost = f" ({t.cost_label})" if len(t.labels) > 1 else ""
+    headers = ["Model", "Slot", f"Params{cost}", f"FLOPs/token{cost}", f"Steps/s{cost}",
+               *[header(t, lab) for lab in t.labels]]
+    rows: list[list[str | Cell]] = []
+    for ln in t.lines:
+        cells: list[str | Cell] = [Cell(f"**{ln.variant}**" if ln.slot == "baseline" else ln.variant),
+                                   ln.slot, _big(ln.params), _big(ln.flops_per_token), fmt(ln.steps_per_s, 3)]
+        for lab in t.labels:
+            e = ln.entries.get(lab)
+            cls = f"c-{e.call.replace(' ', '-')}" if e is not None and e.call else ""
+            cells.append(Cell(entry_text(e), cls))
+        rows.append(cells)
+    return Table(headers, rows, id="main-table",
+                 caption="Mean ± seed SD of each model's own final score; ▲ better, ▼ worse, = no change, "
+                         "? unclear, ✗ unstable, … too few seeds, ○ baseline did not learn; bold: better")
+
+
+def _tex(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+        s = s.replace(a, b)
+    return s.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("×", r"$\times$")
+
+
+def _tex_entry(e: Entry | None) -> str:
+    if e is None:
+        return "--"
+    if not e.values:
+        return f"-- ({e.failed} failed)"
+    text = f"{_num(e.mean)}" + (rf" $\pm$ {fmt(e.sd, 2)}" if math.isfinite(e.sd) else "")
+    if e.call == "better":
+        text = rf"\textbf{{{text}}}"
+    return text + (f" {LATEX_MARK.get(e.call, _tex(e.call))}" if e.call else "")
+
+
+def latex(t: MainTable, benchmark: str) -> str:
+    """A ``booktabs`` table (needs ``\\usepackage{booktabs}`` and ``amssymb``), one rule between slots."""
+    cols = "ll" + "r" * 3 + "c" * len(t.labels)
+    head = ["Model", "Slot", "Params", "FLOPs/tok", "Steps/s", *[_tex(header(t, lab)) for lab in t.labels]]
+    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+           " & ".join(head) + r" \\", r"\midrule"]
+    prev = None
+    for ln in t.lines:
+        if prev is not None and ln.slot != prev:
+            out.append(r"\midrule")
+        prev = ln.slot
+        cells = [_tex(ln.variant), _tex(ln.slot), _tex(_big(ln.params)), _tex(_big(ln.flops_per_token)),
+                 fmt(ln.steps_per_s, 3)] + [_tex_entry(ln.entries.get(lab)) for lab in t.labels]
+        out.append(" & ".join(cells) + r" \\")
+    cost = f" Params, FLOPs per token and steps/s on {_tex(t.cost_label)}." if len(t.labels) > 1 else ""
+    out += [r"\bottomrule", r"\end{tabular}",
+            rf"\caption{{{_tex(benchmark)}: mean $\pm$ seed SD of each model's final score; bold: better than the "
+            rf"baseline after correction.{cost}}}", r"\label{tab:modtransfer-main}", r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+CSV_COLUMNS = ["model", "slot", "condition", "metric", "higher_is_better", "seeds", "cells", "mean", "sd", "call",
+               "params", "flops_per_token", "steps_per_s"]
+
+
+def write_csv(t: MainTable, path: Path) -> None:
+    """The table's data, one row per model x condition (the cost columns are the model's on that condition's
+    cost label, repeated)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for ln in t.lines:
+            for lab in t.labels:
+                e = ln.entries.get(lab)
+                if e is None:
+                    continue
+                metric, hib = t.metrics[lab]
+                w.writerow([ln.variant, ln.slot, lab, metric, int(hib), len(e.values), e.cells,
+                            *(("" if not math.isfinite(x) else x) for x in (e.mean, e.sd)), e.call,
+                            *(("" if not math.isfinite(x) else x) for x in (ln.params, ln.flops_per_token,
+                                                                              ln.steps_per_s))])
