@@ -410,8 +410,9 @@ def test_report_of_degenerate_stores(tmp_path: Path) -> None:
         for seed in range(2):
             store.record(make_row(variant, "lm", seed, 2.0 + 0.01 * seed))
         page = build_report(run, wandb_mode="disabled", settings=Settings(n_boot=200)).read_text(encoding="utf-8")
-        assert "verdict-table" in page
-    assert "nothing to compare" in (only_base / "report" / "report.md").read_text(encoding="utf-8")
+        assert "main-table" in page
+    only_md = (only_base / "report" / "report.md").read_text(encoding="utf-8")
+    assert "**Verdicts**: no variant besides the baseline." in only_md and "Baseline-only study" in only_md
     md = (no_base / "report" / "report.md").read_text(encoding="utf-8")
     assert "| gelu | inconclusive | no task with paired seeds |" in md and "No usable `baseline` cell for: lm" in md
 
