@@ -91,7 +91,7 @@ def sweep_rows(a: Analysis) -> list[dict[str, Any]]:
         if r["variant"] == BASELINE:
             groups.setdefault(conds[cond_key(r, axes)].label, []).append(r)
     out = []
-    for key, cond in conds.items():
+    for cond in conds.values():
         rows = list({r["seed"]: r for r in groups.get(cond.label, [])}.values())
         if not rows:
             continue
