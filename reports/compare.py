@@ -28,8 +28,8 @@ from typing import Any
 from modtransfer.errors import UserError
 
 from .analysis import Comparison
-from .content import call_cell, ci_text
 from .doc import Bullets, Cell, Document, Para, Section, Table
+from .marks import call_cell, ci_text
 from .summary import Analysis, analyse_run, fmt
 
 #: Files a comparison folder holds; a folder with other content is never replaced.

@@ -8,34 +8,15 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from .analysis import BASELINE
 from .doc import Bullets, Cell, Document, Image, Para, Pre, Section, Table
 from .figures import Figures
 from .front import caveats, headline, main_section, sweep_section
-from .reference import RefRow
+from .marks import SYMBOLS, call_cell, ci_text, ratio  # noqa: F401  (SYMBOLS re-exported)
+from .studies import implementations_section, plateau_section, reference_section, sensitivity_section
 from .summary import Analysis, fmt
 from .table import MainTable, main_table
 from .verdicts import VERDICT_RULE, call_rule
-
-SYMBOLS = {"better": "▲ better", "worse": "▼ worse", "no change": "= no change", "unclear": "? unclear",
-           "varies": "≈ varies", "unstable": "✗ unstable", "missing": "— missing", "too few seeds": "… too few seeds",
-           "not learned": "○ baseline did not learn"}
-
-
-def call_cell(call: str) -> Cell:
-    return Cell(SYMBOLS.get(call, call), f"c-{call.replace(' ', '-')}")
-
-
-def ratio(x: float) -> str:
-    return "—" if not math.isfinite(x) else f"{x:.3g}×"
-
-
-def ci_text(ci: tuple[float, float] | None, n: int) -> str:
-    if ci is None:
-        return "none (1 seed)" if n == 1 else "—"
-    return f"[{ci[0]:+.3g}, {ci[1]:+.3g}]"
 
 
 def build_document(a: Analysis, figs: Figures, table: MainTable | None = None) -> Document:
@@ -270,112 +251,6 @@ def _lab(a: Analysis, row: dict[str, Any]) -> str | None:
         if (c.cond.task, c.cond.size, c.cond.hparams_json) == (row["task"], row["size"], hp):
             return c.cond.label
     return None
-
-
-def reference_section(a: Analysis) -> Section:
-    s = Section("Reference study", "reference")
-    s.blocks.append(Para("Narang et al. 2021, \"Do Transformer Modifications Transfer Across Implementations and "
-                         "Applications?\" (EMNLP 2021, arXiv 2102.11972), Table 1: Δ = model − Vanilla Transformer, "
-                         "223M-parameter encoder-decoder. Our `lm` task sits beside their C4 pre-training loss "
-                         "(65k steps, lower is better), our `mt` task beside their WMT'14 En-De BLEU. A different "
-                         "sign at small scale is a finding, not an error."))
-    if not a.reference:
-        s.blocks.append(Para("No variant of this run has a row in the paper's table on a task it measured."))
-        return s
-    rows = []
-    for r in a.reference:
-        agree = {True: "yes", False: "**no**", None: "—"}[r.signs_agree]
-        clear = {True: "yes", False: "no (within noise)", None: "n/a (one run)"}[r.paper_clear]
-        rows.append([r.variant, r.paper_model, r.task, r.paper_measure, fmt(r.paper_delta, 3, True),
-                     "better" if r.paper_better else "worse", clear, r.ours_metric, fmt(r.ours_delta, 3, True),
-                     ci_text(r.ours_ci, 2) if r.ours_ci else "—", call_cell(r.ours_call), agree,
-                     r.agreement])
-    s.blocks.append(Table(["Variant", "Paper model", "Our task", "Paper measure", "Paper Δ", "Paper", "Paper clear",
-                           "Our metric", "Our Δ", "Our CI", "Our call", "Signs agree", "Calls agree"], rows,
-                          id="reference-table"))
-    s.blocks.append(Para("Paper clear: |Δ| above two standard errors of the difference of two 5-run means "
-                         "(only the pre-training loss has a spread in the paper). Δ is in each metric's own "
-                         "direction (for losses, negative is better)."))
-    dis = [r for r in a.reference if r.signs_agree is False]
-    if dis:
-        s.blocks.append(Para(f"**Disagreements** ({len(dis)} of {len(a.reference)}): the point estimates point the "
-                             "other way."))
-        s.blocks.append(Bullets([_disagreement(r) for r in dis]))
-    else:
-        s.blocks.append(Para("No disagreement in sign between the paper and this run."))
-    return s
-
-
-def _disagreement(r: RefRow) -> str:
-    ours = "significant after correction" if r.agreement == "disagree" else "ours not significant"
-    paper = "" if r.paper_clear is not False else "; the paper's own difference is within its noise"
-    return (f"`{r.variant}` on {r.task}: paper {r.paper_measure} Δ {r.paper_delta:+.3g} "
-            f"({'better' if r.paper_better else 'worse'}); ours {r.ours_metric} Δ {r.ours_delta:+.3g}, call "
-            f"{r.ours_call} ({ours}{paper})")
-
-
-def sensitivity_section(a: Analysis, figs: Figures) -> Section:
-    s = Section("Hyper-parameter sensitivity", "sensitivity")
-    rows = [[r["variant"], r["task"], str(r["settings"]), str(r["with_data"]), str(r["beats_baseline"]),
-             fmt(r["share"], 2), str(r["better_calls"]), str(r["worse_calls"])] for r in a.sensitivity]
-    s.blocks.append(Table(["Variant", "Task", "Settings", "With data", "Beats baseline", "Share", "Better calls",
-                           "Worse calls"], rows, id="sensitivity-table",
-                          caption="Each setting compares the variant with the baseline at the same hyper-parameters"))
-    for name, f in figs.sensitivity.items():
-        s.blocks.append(Image(f, f"Sensitivity on {name}", f"{name}: primary metric over the hyper-parameter grid."))
-    return s
-
-
-def plateau_section(settings: list[Any], figs: Figures) -> Section:
-    """Training sensitivity: failure rate with its interval and the spread of the final metric, per setting."""
-    s = Section("Training sensitivity", "training-sensitivity")
-    body = []
-    for st in settings:
-        ci = st.interval
-        vals = sorted(st.values)
-        q = (np.percentile(vals, [25, 50, 75]) if vals else [math.nan] * 3)
-        body.append([st.task, st.variant, st.label, str(st.n),
-                     f"{st.failures} ({st.stuck} on plateau, {st.diverged} diverged)",
-                     fmt(st.rate, 2) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
-                     f"{fmt(q[1], 3)} [{fmt(q[0], 3)}, {fmt(q[2], 3)}]", fmt(min(vals), 3) if vals else "—"])
-    s.blocks.append(Table(["Task", "Variant", "Setting", "Seeds", "Failures", "Failure rate [95% Wilson]",
-                           "Final metric: median [quartiles]", "Best seed"], body, id="plateau-table",
-                          caption="A failure: the final metric stayed on the trivial plateau, or training diverged"))
-    thr = settings[0]
-    s.blocks.append(Para(f"On the plateau: the final {thr.metric} is within the task's declared fraction of its "
-                         f"trivial score (here {thr.threshold:.3g} or worse), i.e. the model never left predicting "
-                         "the trivial answer. Escaping it is partly chance, so each setting is a failure rate over "
-                         "seeds with a Wilson interval, not a single number."))
-    for name, f in figs.plateau.items():
-        s.blocks.append(Image(f, f"Failure rate per setting, {name}", f"{name}: failures / seeds per setting."))
-        if name in figs.spread:
-            s.blocks.append(Image(figs.spread[name], f"Final metric per seed, {name}",
-                                  f"{name}: the final metric of every seed; dashed: the plateau threshold."))
-    return s
-
-
-def implementations_section(rows: list[dict[str, Any]]) -> Section:
-    """Does a variant's effect keep its sign across implementations (Narang et al. 2021's question)?"""
-    s = Section("Across implementations", "implementations")
-    impls = sorted({i for r in rows for i in r["per"]})
-    body = []
-    for r in rows:
-        cells: list[str | Cell] = [r["variant"], r["task"]]
-        for i in impls:
-            p = r["per"].get(i)
-            cells.append(Cell(f"{fmt(p['effect'], 2, True)} SD, {SYMBOLS.get(p['call'], p['call'])}",
-                              f"c-{p['call'].replace(' ', '-')}") if p else Cell("— not run", "c-missing"))
-        cells += [{"kept": "yes", "flips": "**no: flips**", "untested": "not shown (some calls unclear)"}[r["sign"]],
-                  "yes" if r["points"] else "no"]
-        body.append(cells)
-    s.blocks.append(Table(["Variant", "Task", *impls, "Sign kept (calls)", "Point estimates agree"], body,
-                          id="implementations-table",
-                          caption="Each cell: the variant's effect against that implementation's own baseline"))
-    s.blocks.append(Para("Each implementation is its own baseline (its own seeds, budget and task): a variant is "
-                         "compared only with the baseline of the same implementation. *Sign kept* asks for a better "
-                         "or worse call on every implementation, all the same way; *flips* means better on one and "
-                         "worse on another."))
-    return s
 
 
 def _reason(error: str | None) -> str:

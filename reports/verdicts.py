@@ -14,7 +14,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .analysis import Comparison, Settings
+    from .records import Comparison, Settings
 
 VERDICTS = ("transfers", "task-specific", "neutral", "mixed", "hurts", "unstable", "inconclusive")
 CALLS = ("better", "worse", "no change", "unclear", "varies", "unstable", "too few seeds", "not learned", "missing")

@@ -1,0 +1,25 @@
+"""How calls, ratios and intervals are written in the report's tables."""
+
+from __future__ import annotations
+
+import math
+
+from .doc import Cell
+
+SYMBOLS = {"better": "▲ better", "worse": "▼ worse", "no change": "= no change", "unclear": "? unclear",
+           "varies": "≈ varies", "unstable": "✗ unstable", "missing": "— missing", "too few seeds": "… too few seeds",
+           "not learned": "○ baseline did not learn"}
+
+
+def call_cell(call: str) -> Cell:
+    return Cell(SYMBOLS.get(call, call), f"c-{call.replace(' ', '-')}")
+
+
+def ratio(x: float) -> str:
+    return "—" if not math.isfinite(x) else f"{x:.3g}×"
+
+
+def ci_text(ci: tuple[float, float] | None, n: int) -> str:
+    if ci is None:
+        return "none (1 seed)" if n == 1 else "—"
+    return f"[{ci[0]:+.3g}, {ci[1]:+.3g}]"

@@ -1,0 +1,154 @@
+"""The package's layers, checked statically: no import cycle between modules, no lower layer importing an upper one.
+
+Every ``import`` and ``from ... import`` in the source is counted, including those inside functions and
+under ``TYPE_CHECKING`` (a cycle hidden in a function body is still a cycle). The layers, lowest first,
+are the README's Architecture diagram.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: installed package name -> source folder (pyproject's package-dir)
+PACKAGES = {"modtransfer": ROOT / "harness", "modtransfer.variants": ROOT / "variants",
+            "modtransfer.tasks": ROOT / "tasks", "modtransfer.reports": ROOT / "reports"}
+#: lowest first; a module may import only from its own layer or layers listed before it
+LAYERS = [
+    ("core", ("modtransfer.core", "modtransfer.errors")),
+    ("zoo", ("modtransfer.variants", "modtransfer.tasks")),
+    ("builtins", ("modtransfer.builtins",)),
+    ("check", ("modtransfer.check",)),
+    ("run", ("modtransfer.run",)),
+    ("reports", ("modtransfer.reports",)),
+    ("bench", ("modtransfer.bench",)),
+    ("cli", ("modtransfer.cli", "modtransfer.__main__", "modtransfer")),
+]
+MAX_LINES = 400
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            rel = path.relative_to(folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            name = ".".join([pkg, *parts])
+            if name in PACKAGES and pkg != name:  # a sub-package listed separately
+                continue
+            out.setdefault(name, path)
+    return out
+
+
+def _resolve(module: str, is_pkg: bool, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".")
+    base = base if is_pkg else base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (anywhere in its body)."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+
+    def known(name: str) -> str | None:
+        while name:
+            if name in mods:
+                return name
+            name = name.rpartition(".")[0]
+        return None
+
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        is_pkg = path.name == "__init__.py"
+        for node in ast.walk(tree):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(mod, is_pkg, node)
+                # `from pkg import sub` imports the module pkg.sub; `from mod import name` imports mod
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            for t in targets:
+                k = known(t)
+                if k and k != mod:
+                    graph[mod].add(k)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan 1972)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def layer_of(module: str) -> int:
+    best, rank = -1, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > best:
+                best, rank = len(p), i
+    return rank
+
+
+def test_the_walker_sees_imports_inside_functions(tmp_path: Path) -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    src = "def f():\n    from .store import Store\n"
+    node = next(n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom))
+    assert _resolve("modtransfer.run.status", False, node) == "modtransfer.run.store"
+
+
+def test_no_import_cycles() -> None:
+    found = cycles(import_graph())
+    assert not found, "import cycles (imports inside functions count): " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_every_module_has_a_layer_and_imports_only_downwards() -> None:
+    graph = import_graph()
+    unplaced = sorted(m for m in graph if layer_of(m) < 0)
+    assert not unplaced, f"modules in no layer: {unplaced}"
+    bad = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+           for m, deps in sorted(graph.items()) for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    assert not bad, "a lower layer imports an upper one:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_module_size(name: str) -> None:
+    lines = len(_modules()[name].read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{name}: {lines} lines (split it; the limit is {MAX_LINES})"
