@@ -338,7 +338,10 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
         module = make_module(model, task, cell, val, log_every, t_start)
         if wandb_cfg["mode"] != "disabled":
             logger = wandb_logger(cell, spec, task, run_dir, wandb_cfg)
-        trainer = make_trainer(cell.budget, accel, logger, log_every)
+        from .diagnostics import CellDiagnostics
+
+        diag = CellDiagnostics(model, cell.budget)  # gradient norms, attention entropy, ... every diag_every steps
+        trainer = make_trainer(cell.budget, accel, logger, log_every, callbacks=diag.callbacks)
         sigint = signal.getsignal(signal.SIGINT)
         try:
             trainer.fit(module, datamodule=make_datamodule(task, cell.seed, cell.budget.batch_size))
@@ -375,6 +378,7 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
                            error=f"the task's evaluate returned no {task.primary_metric!r} (its primary metric)")
             else:
                 row["primary_value"] = value
+        row.update(diag.result(row, task))  # the row's "diagnostics" and "events" (why it ended so)
     except KeyboardInterrupt:
         raise
     except Exception as exc:

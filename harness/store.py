@@ -86,6 +86,30 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+#: Created with the first row that has diagnostics or events, so a store without any (and one
+#: written before these tables existed) has none; readers treat a missing table as empty.
+SIDE_SCHEMA = {
+    "diagnostics": """CREATE TABLE IF NOT EXISTS diagnostics (  -- one value per cell, step, measure and layer
+    cell_id TEXT NOT NULL,
+    step    INTEGER NOT NULL,
+    name    TEXT NOT NULL,               -- modtransfer.diagnostics: grad_norm, attn_entropy, ...
+    layer   TEXT NOT NULL,               -- '' for a global value
+    value   REAL,                        -- NULL when not finite
+    PRIMARY KEY (cell_id, name, layer, step)
+)""",
+    "events": """CREATE TABLE IF NOT EXISTS events (  -- modtransfer.events: why a cell ended as it did
+    cell_id TEXT NOT NULL,
+    seq     INTEGER NOT NULL,            -- order of the cell's events
+    kind    TEXT NOT NULL,
+    step    INTEGER,
+    layer   TEXT,
+    detail  TEXT NOT NULL,
+    PRIMARY KEY (cell_id, seq)
+)""",
+}
+#: row keys stored in their own tables, not as columns of ``cells``
+SIDE_TABLES = tuple(SIDE_SCHEMA)
+
 JSON_COLUMNS = ("hparams", "metrics", "curve", "spec", "task_config", "budget", "env")
 
 
@@ -231,6 +255,7 @@ class Store:
         if row["status"] not in STATUSES:
             raise ValueError(f"bad status {row['status']!r}")
         values = sanitise_row(row)
+        side = {k: values.pop(k, None) or [] for k in SIDE_TABLES}
         for col in JSON_COLUMNS:
             values[col] = json.dumps(values.get(col) if values.get(col) is not None else {}, sort_keys=True,
                                      default=_json_default)
@@ -242,6 +267,8 @@ class Store:
                 try:
                     con.execute("BEGIN IMMEDIATE")
                     cur = con.execute(f"INSERT OR IGNORE INTO cells ({cols}) VALUES ({marks})", values)
+                    if cur.rowcount == 1:
+                        _insert_side(con, row["cell_id"], side)
                     con.execute("DELETE FROM running WHERE cell_id = ?", (row["cell_id"],))
                     con.execute("COMMIT")
                 except BaseException:
@@ -290,7 +317,17 @@ class Store:
     def delete(self, status: str) -> int:
         """Delete every row of ``status`` (``run --retry-failed``); the number deleted."""
         with self.connect() as con:
-            return con.execute("DELETE FROM cells WHERE status = ?", (status,)).rowcount
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                for table in set(SIDE_TABLES) & _tables(con):
+                    con.execute(f"DELETE FROM {table} WHERE cell_id IN (SELECT cell_id FROM cells WHERE status = ?)",
+                                (status,))
+                n = con.execute("DELETE FROM cells WHERE status = ?", (status,)).rowcount
+                con.execute("COMMIT")
+            except BaseException:
+                _rollback(con)
+                raise
+            return n
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON value under ``key`` (the plan, the skipped pairs)."""
@@ -340,6 +377,29 @@ class Store:
                     d[col] = _loads(d[col], self.path, f"column {col} of cell {d['cell_id']}") if d[col] else {}
                 out.append(d)
             return out
+
+    def diagnostics(self, cell_ids: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Cell id -> its diagnostic records ``{step, name, layer, value}`` (all cells, or ``cell_ids``)."""
+        return self._side("diagnostics", "step, name, layer, value", "step, name, layer", cell_ids)
+
+    def events(self, cell_ids: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Cell id -> its events ``{kind, step, layer, detail}`` in order (all cells, or ``cell_ids``)."""
+        return self._side("events", "kind, step, layer, detail", "seq", cell_ids)
+
+    def _side(self, table: str, cols: str, order: str, cell_ids: list[str] | None) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        if not self._readable():
+            return out
+        with self._reader() as con:
+            if table not in _tables(con):  # a store written before this table existed
+                return out
+            sql = f"SELECT cell_id, {cols} FROM {table}"
+            if cell_ids is not None:
+                sql += f" WHERE cell_id IN ({', '.join('?' * len(cell_ids))})"
+            for r in con.execute(f"{sql} ORDER BY cell_id, {order}", cell_ids or []):
+                d = dict(r)
+                out.setdefault(d.pop("cell_id"), []).append(d)
+        return out
 
     def running(self) -> list[dict[str, Any]]:
         """Claims of cells in progress whose process is still alive."""
@@ -520,6 +580,24 @@ def claim_alive(claim: dict[str, Any]) -> bool:
     return now is None or now == recorded
 
 
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+
+def _insert_side(con: sqlite3.Connection, cell_id: str, side: dict[str, list[dict[str, Any]]]) -> None:
+    """A row's diagnostics and events into their tables (inside the row's transaction)."""
+    values = {
+        "diagnostics": [(cell_id, int(d["step"]), str(d["name"]), str(d.get("layer") or ""), _finite(d.get("value")))
+                        for d in side["diagnostics"]],
+        "events": [(cell_id, i, str(e["kind"]), e.get("step"), e.get("layer"), str(e.get("detail") or ""))
+                   for i, e in enumerate(side["events"])],
+    }
+    for table, rows in values.items():
+        if rows:
+            con.execute(SIDE_SCHEMA[table])
+            con.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, tuple | set | frozenset):
         return list(obj)
@@ -540,6 +618,7 @@ def repair(target: str | Path) -> Repaired:
     if not path.is_file():
         raise UserError(f"no results store at {path}; pass a run folder like runs/<benchmark>")
     cells, meta, lost, claims = _salvage(path)
+    side = _salvage_side(path)
     live = [c for c in claims if claim_alive(c)]
     if live:
         c = live[0]
@@ -569,6 +648,12 @@ def repair(target: str | Path) -> Repaired:
             except sqlite3.Error:  # a NOT NULL or CHECK constraint the damaged row breaks
                 lost += 1
         con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+        kept = {r[0] for r in con.execute("SELECT cell_id FROM cells")}
+        for table, rows in side.items():
+            rows = [r for r in rows if r[0] in kept]
+            if rows:
+                con.execute(SIDE_SCHEMA[table])
+                con.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
         con.execute("COMMIT")
     except BaseException:
         _rollback(con)
@@ -591,6 +676,25 @@ def format_repair(result: Repaired) -> str:
     if result.lost:
         lines.append("run the benchmark again to retrain the lost cells")
     return "\n".join(lines)
+
+
+def _salvage_side(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """The readable rows of the diagnostics and events tables (best effort: they explain, never count)."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    try:
+        con = open_readonly(path)
+    except sqlite3.Error:
+        return out
+    try:
+        tables = _tables(con)
+        for table in SIDE_TABLES:
+            if table in tables:
+                out[table] = [tuple(r) for r in con.execute(f"SELECT * FROM {table}")]
+    except sqlite3.Error:
+        pass
+    finally:
+        con.close()
+    return out
 
 
 def _salvage(path: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]], int, list[dict[str, Any]]]:

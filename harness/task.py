@@ -44,7 +44,10 @@ def register_task(name: str):
 #: Values beyond these are typos, not plans (a batch of 10**9 sequences cannot fit in any memory).
 BUDGET_CEILINGS = {"steps": 10_000_000, "batch_size": 65_536, "lr": 100.0, "eval_batches": 100_000,
                    "eval_every": 10_000_000, "max_seconds": 30 * 86_400.0, "diverge_factor": 1e6,
-                   "weight_decay": 100.0, "grad_clip": 1e6}
+                   "weight_decay": 100.0, "grad_clip": 1e6, "diag_every": 10_000_000}
+#: Budget fields that only observe training (never change it): left out of ``Budget.to_dict``, so
+#: they are in no cell id and never split a condition (cells differing only in them are paired).
+OBSERVING_FIELDS = ("diag_every",)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class Budget:
     eval_batches: int = 8
     max_seconds: float = 0.0       # wall-clock limit per cell; 0: none
     diverge_factor: float = 4.0    # stop (status "diverged") when loss > factor * initial loss; 0: only NaN/inf
+    #: record the diagnostics (gradient norms, attention entropy, ...) every this many steps; 0: off.
+    #: The default keeps their measured cost under 5% of step time (modtransfer.diagnostics, README).
+    diag_every: int = 50
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -110,7 +116,8 @@ class Budget:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        """The fields that shape training (``OBSERVING_FIELDS`` left out): what ids and conditions use."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in OBSERVING_FIELDS}
         d["betas"] = list(self.betas)
         return d
 
