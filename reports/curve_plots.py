@@ -85,53 +85,61 @@ def _steps(panels: dict[str, Sequence[Series]], key: str) -> set[float]:
     return {float(x) for ss in panels.values() for s in ss for x in band(s.curves, key)[0]}
 
 
+def _panels(fig: Figure, n: int, per: int, ratios: list[float]) -> tuple[list[list], tuple[list, list]]:
+    """Axes for ``n`` panels of ``per`` rows each, 4 across; returns the panels' axes and the axes per row kind.
+
+    Rows of one kind share their y axis from the start, so every panel's data sets the common range.
+    """
+    ncols = min(4, max(1, n))
+    blocks = max(1, math.ceil(n / ncols))
+    axes = fig.subplots(per * blocks, ncols, squeeze=False, sharex=True, gridspec_kw={"height_ratios": ratios})
+    cells, groups = [], ([], [])
+    for k in range(blocks * ncols):
+        b, c = divmod(k, ncols)
+        column = [axes[per * b + r, c] for r in range(per)]
+        if k >= n:
+            for ax in column:
+                ax.set_visible(False)
+            continue
+        for r, ax in enumerate(column):
+            if groups[r]:
+                ax.sharey(groups[r][0])
+            groups[r].append(ax)
+        if k + ncols >= n:
+            column[-1].set_xlabel("optimizer step", fontsize=FONT)
+        cells.append(column)
+    return cells, groups
+
+
 def curves(title: str, panels: dict[str, Sequence[Series]], val_key: str, train_label: str,
            val_label: str) -> Figure:
     """Small multiples: per panel the training loss on top and the validation metric ``val_key`` below."""
     val_steps, train_steps = _steps(panels, val_key), _steps(panels, "train_loss")
     names, per = list(panels), 2 if val_steps else 1
-    titles = short(names, 38)
     ncols = min(4, max(1, len(names)))
-    blocks = max(1, math.ceil(len(names) / ncols))
-    ratios = [1.6, 1.3 if len(val_steps) > 1 else 0.9][:per] * blocks
+    ratios = [1.6, 1.3 if len(val_steps) > 1 else 0.9][:per] * max(1, math.ceil(len(names) / ncols))
     fig = new_figure(max(5.5, 3.0 * ncols + 0.7), sum(ratios) * 1.15 + 1.2)
-    axes = fig.subplots(per * blocks, ncols, squeeze=False, sharex=True, gridspec_kw={"height_ratios": ratios})
+    cells, groups = _panels(fig, len(names), per, ratios)
     every = train_steps | val_steps
     dodge = 0.012 * (max(every) - min(every)) if every else 0.0
-    groups: tuple[list, list] = ([], [])
     values: tuple[list[float], list[float]] = ([], [])
-    for k in range(blocks * ncols):
-        b, c = divmod(k, ncols)
-        cells = [axes[per * b + r, c] for r in range(per)]
-        if k >= len(names):
-            for ax in cells:
-                ax.set_visible(False)
-            continue
-        cells[0].set_title(titles[k], fontsize=FONT)
-        for r, (ax, key, label) in enumerate(zip(cells, ("train_loss", val_key), (train_label, val_label),
+    for k, (name, title_k, column) in enumerate(zip(names, short(names, 38), cells, strict=True)):
+        column[0].set_title(title_k, fontsize=FONT)
+        for r, (ax, key, label) in enumerate(zip(column, ("train_loss", val_key), (train_label, val_label),
                                                  strict=False)):
-            groups[r].append(ax)
-            for s in panels[names[k]]:
+            for s in panels[name]:
                 values[r].extend(_draw(ax, s, key, dodge))
-            if c == 0:
+            if k % ncols == 0:
                 ax.set_ylabel(label, fontsize=FONT)
-        if k + ncols >= len(names):
-            cells[-1].set_xlabel("optimizer step", fontsize=FONT)
-    logs = []
-    for group, vals, what in zip(groups, values, ("training loss", "validation"), strict=True):
-        for ax in group:
-            if ax is not group[0]:
-                ax.sharey(group[0])
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7, which="both")
-        if group and log_if_it_helps(group, vals):
-            logs.append(what)
+    logs = [what for group, vals, what in zip(groups, values, ("training loss", "validation"), strict=True)
+            if group and log_if_it_helps(group, vals)]
     handles, labels = _legend(panels)
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=7, frameon=False)
     note = f"; log scale: {', '.join(logs)}" if logs else ""
     fig.suptitle(wrap(f"{title}: mean over seeds, shaded band or bar = min–max over seeds{note}",
-                      fig.get_figwidth() - 0.3),
-                 fontsize=TITLE_FONT)
+                      fig.get_figwidth() - 0.3), fontsize=TITLE_FONT)
     return fig
 
 

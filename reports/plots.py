@@ -150,8 +150,8 @@ def heatmap(variants: Sequence[str], labels: Sequence[str], values: np.ndarray, 
     ax.set_xlabel("task", fontsize=FONT)
     ax.set_ylabel("variant (best overall at top)", fontsize=FONT)
     _colorbar(fig, im, ax, f"effect vs baseline ({unit}); > 0 = better", h)
-    fig.suptitle(wrap(f"Transfer matrix: effect in {unit} per cell. * = better/worse after correction, "
-                      "= = no change, ✗ = unstable, ○ = baseline did not learn", w - 0.2), fontsize=TITLE_FONT)
+    fig.suptitle(wrap(f"Transfer matrix: effect in {unit} per cell; * better or worse after correction, "
+                      "'=' no change, ✗ unstable, ○ baseline did not learn", w - 0.2), fontsize=TITLE_FONT)
     return fig
 
 

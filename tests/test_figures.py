@@ -197,6 +197,17 @@ def test_curves_have_seed_bands_a_log_axis_and_validation_curves() -> None:
     assert_layout_holds(fig)
 
 
+def test_every_panel_shows_all_its_data_on_the_shared_y_axis() -> None:
+    panels = {"low": [curve_plots.Series("low", [_curve(0, 2.0, 1.8, 2)])],
+              "high": [curve_plots.Series("high", [_curve(0, 2.5, 2.3, 2)])]}
+    fig = curve_plots.curves("x", panels, "val_loss", "train_loss", "val_loss")
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_ylim()
+        ys = np.concatenate([ln.get_ydata() for ln in ax.lines])
+        assert lo <= ys.min() and ys.max() <= hi, (ax.get_title(), (lo, hi), (ys.min(), ys.max()))
+
+
 def test_curves_with_only_a_final_evaluation_and_one_seed() -> None:
     base = curve_plots.Series("baseline", [_curve(0, 2.0, 1.8, None, "val_bleu")], reference=True)
     var = curve_plots.Series("v", [_curve(0, 2.0, 1.7, None, "val_bleu")])
