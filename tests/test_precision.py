@@ -147,3 +147,29 @@ def test_compare_flags_a_gap_beyond_the_noise() -> None:
     assert same["verdict"] == "agree" and same["mean_diff"] == pytest.approx(0.001)
     far = bench_precision.compare(task, {"fp32": runs(0.0), "bf16": runs(1.0)})
     assert far["verdict"] == "differ" and far["mean_abs_diff"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("masks", ["causal", "causal+pad+bias"])
+def test_bf16_attention_on_cpu_is_the_same_softmax(masks: str) -> None:
+    """bf16 on a CPU takes the explicit-matmul path: the fp32 result up to bf16 rounding, still causal."""
+    from modtransfer.spec import ModelSpec
+    from modtransfer.variants.attention import MultiHeadAttention, explicit_is_faster
+
+    assert explicit_is_faster(torch.zeros(1, dtype=torch.bfloat16)) and not explicit_is_faster(torch.zeros(1))
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(ModelSpec(d_model=32, n_layers=1, n_heads=2, d_ff=64, vocab_size=50, max_len=16),
+                              causal=True).eval()
+    x = torch.randn(3, 16, 32)
+    kw: dict[str, torch.Tensor] = {}
+    if masks != "causal":
+        kw = {"pad_mask": torch.zeros(3, 16, dtype=torch.bool).index_fill_(1, torch.tensor([2, 5]), True),
+              "bias": torch.randn(2, 16, 16)}
+    want = attn(x, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attn(x, **kw)
+        later = x.clone()
+        later[:, 9:] += 1.0  # change only positions after 8
+        got_later = attn(later, **kw)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() <= 0.03 * want.abs().max()
+    assert torch.equal(got[:, :9], got_later[:, :9])
