@@ -1,100 +1,158 @@
-"""Runner overhead: how much of a benchmark's wall time is spent training cells.
+"""Cells per hour of a plan: the old layout (one process, torch's default threads) against the new one (auto).
 
-    python -m modtransfer.bench_runner [--cells 24] [--workers 2] [--steps 50] [--executors local,processes]
+    modtransfer bench runner [--plan configs/bench/smoke.yaml] [--tasks regression,lm] [--rounds 1]
+                             [--old "--executor local --threads N"] [--new "--executor auto"]
 
-Runs one plan of tiny regression cells (the baseline on ``--cells`` paired seeds, W&B
-disabled, so the numbers measure the harness and not the logger) once per executor, each into
-a fresh run folder, and prints per executor:
-
-- ``train/wall``: the sum of the cells' training-loop seconds (``train_s``) over the wall time
-  of the whole run (executor start-up, imports, model building, evaluation and store writes
-  included). 1.0 would be a serial executor with no overhead; a parallel one can reach about
-  ``workers``, so ``per worker`` divides by it.
-- ``startup_s``: seconds from a cell's start to its first training step (median over cells,
-  and the first cell's, which pays the imports in a fresh worker).
-
-Nothing is asserted: this is a measurement to quote, not a test.
+Each layout runs the plan's selected cells as a real ``modtransfer run`` process into a fresh
+run folder, so each pays what a run pays: interpreter start, imports, worker start-up, W&B
+(the plan's mode), evaluation and the store's transactions. Rounds alternate the order (old
+then new, new then old, ...) so a drift in machine load falls on both. Both processes start
+without ``OMP_NUM_THREADS``, so the old layout gets torch's default threads (one per core) and
+the new one chooses its own. Printed per layout: wall time, cells per hour, the layout line
+the run printed, and per cell (medians) the start-up before the first step (model, Trainer,
+W&B), the training loop, and what comes after it (final evaluation, W&B finish); then the
+store's transaction time (the run's rows written again into a scratch store), the ratio of
+cells per hour, and whether every cell gave the same result under both layouts (same seeds,
+so only float rounding may differ). Nothing is asserted: a measurement to quote.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from .layout import load_average, machine_cores
 
-def bench_plan(cells: int, steps: int) -> dict[str, Any]:
-    return {
-        "name": "bench-runner", "size": "tiny", "seeds": cells, "variants": [], "tasks": ["regression"],
-        "spec": {"d_model": 32, "n_layers": 1, "d_ff": 64},
-        "task_budget": {"regression": {"steps": steps, "batch_size": 8, "eval_batches": 2}},
-        "wandb": {"mode": "disabled"},
-    }
+#: relative difference of a cell's primary value between layouts still counted as identical
+SAME_RESULT_RTOL = 1e-4
 
 
-def measure(executor: str, cells: int, steps: int, workers: int, root: Path) -> dict[str, Any]:
-    """Run the plan with one executor into a fresh folder; returns the measured figures."""
-    from .plan import load_plan
-    from .runner import execute
+def run_once(plan: str, run_args: list[str], runs_dir: Path, timeout: float) -> dict[str, Any]:
+    """One ``modtransfer run`` of ``plan`` with ``run_args``; its wall time, layout line and rows."""
     from .store import Store
 
-    plan = load_plan(bench_plan(cells, steps))
-    run_dir = root / executor
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = [sys.executable, "-m", "modtransfer", "run", plan, "--runs-dir", str(runs_dir), "--no-report", *run_args]
     started = time.perf_counter()
-    summaries = execute(plan, run_dir, plan.cells, executor=executor, workers=workers, device="cpu")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - started
-    rows = Store(run_dir / "results.sqlite").rows()
-    statuses = sorted({s["status"] for s in summaries})
-    train = [r["train_s"] for r in rows if r["train_s"] is not None]
-    startup = [r["startup_s"] for r in rows if r["startup_s"] is not None]
-    n_workers = 1 if executor == "local" else workers
-    return {
-        "executor": executor, "workers": n_workers, "cells": len(rows), "statuses": statuses, "wall_s": wall,
-        "train_s": sum(train), "ratio": sum(train) / wall, "per_worker": sum(train) / wall / n_workers,
-        "startup_median": statistics.median(startup) if startup else float("nan"),
-        "startup_first": rows[0]["startup_s"] if rows else float("nan"),
-        "cell_wall_median": statistics.median(r["wall_s"] for r in rows) if rows else float("nan"),
-    }
+    layout = next((line for line in proc.stdout.splitlines() if line.startswith("executor ")), "(no layout line)")
+    stores = list(runs_dir.glob("*/results.sqlite"))
+    rows = Store(stores[0]).rows() if stores else []
+    return {"wall_s": wall, "rows": rows, "layout": layout, "code": proc.returncode,
+            "tail": (proc.stderr.strip().splitlines() or [""])[-1]}
+
+
+def record_seconds(rows: list[dict[str, Any]], folder: Path) -> float:
+    """Median seconds of one store transaction: ``rows`` written again into a scratch store."""
+    from .store import Store
+
+    store = Store(folder / "results.sqlite")
+    times = []
+    for row in rows:
+        started = time.perf_counter()
+        store.record({k: v for k, v in row.items() if k != "finished_at"})
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) if times else float("nan")
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals and per-cell medians over one layout's runs."""
+    rows = [r for run in runs for r in run["rows"]]
+    wall = sum(run["wall_s"] for run in runs)
+
+    def med(values: list[float | None]) -> float:
+        vals = [v for v in values if v is not None]
+        return statistics.median(vals) if vals else float("nan")
+
+    after = [r["wall_s"] - (r["startup_s"] or 0) - (r["train_s"] or 0) for r in rows if r["wall_s"] is not None]
+    return {"cells": len(rows), "wall_s": wall, "cells_per_hour": 3600 * len(rows) / wall if wall else 0.0,
+            "startup_s": med([r["startup_s"] for r in rows]), "train_s": med([r["train_s"] for r in rows]),
+            "after_s": med(after), "statuses": sorted({r["status"] for r in rows}),
+            "layout": runs[0]["layout"] if runs else "", "codes": sorted({run["code"] for run in runs})}
+
+
+def same_results(runs: list[dict[str, Any]]) -> tuple[int, float, list[str]]:
+    """(cells compared, largest relative difference of a primary value, cells whose status differs)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        for r in run["rows"]:
+            by.setdefault(r["cell_id"], []).append(r)
+    worst, differ = 0.0, []
+    for cid, rs in by.items():
+        if len({r["status"] for r in rs}) > 1:
+            differ.append(cid)
+            continue
+        vals = [r["primary_value"] for r in rs if r["primary_value"] is not None]
+        if len(vals) > 1:
+            worst = max(worst, (max(vals) - min(vals)) / max(abs(min(vals)), 1e-12))
+    return len(by), worst, differ
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modtransfer bench runner", description=__doc__.split("\n\n")[0])
+    p.add_argument("--plan", default="configs/bench/smoke.yaml", help="plan YAML (default: the smoke plan)")
+    p.add_argument("--tasks", default="regression,lm", help="tasks of the plan to run (default: regression,lm)")
+    p.add_argument("--rounds", type=int, default=1, help="old/new pairs, order alternating (default 1)")
+    p.add_argument("--old", default=None, help="run options of the old layout (default: --executor local "
+                   "--threads <cores>, torch's default without OMP_NUM_THREADS)")
+    p.add_argument("--new", default="--executor auto", help="run options of the new layout (default: auto)")
+    p.add_argument("--wandb", choices=["offline", "disabled"], help="W&B mode (default: the plan's)")
+    p.add_argument("--timeout", type=float, default=7200, help="seconds one run may take (default 7200)")
+    return p
+
+
+def _report(name: str, s: dict[str, Any], stream: Any) -> None:
+    print(f"{name}: {s['layout']}", file=stream)
+    print(f"  {s['cells']} cells {'/'.join(s['statuses'])} in {s['wall_s']:.1f} s = {s['cells_per_hour']:.0f} cells/h; "
+          f"per cell (median): start-up {s['startup_s']:.2f} s, training {s['train_s']:.2f} s, after training "
+          f"(final evaluation, W&B finish) {s['after_s']:.2f} s", file=stream, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m modtransfer.bench_runner", description=__doc__.split("\n\n")[0])
-    p.add_argument("--cells", type=int, default=24, help="cells in the plan (>= 20 for a quotable figure)")
-    p.add_argument("--workers", type=int, default=2, help="workers of the processes (and ray) executor")
-    p.add_argument("--steps", type=int, default=50, help="training steps per cell")
-    p.add_argument("--executors", default="local,processes", help="comma-separated: local, processes, ray")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads of the local executor (0: torch's default); workers use cores/workers")
-    args = p.parse_args(argv)
-    if args.cells < 1 or args.workers < 1 or args.steps < 1:
-        p.error("--cells, --workers and --steps must be >= 1")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"{args.cells} cells x {args.steps} steps (regression, d_model 32, 1 layer, batch 8, W&B disabled); "
-          f"{os.cpu_count()} cores, local executor on {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
-    results = []
+    args = _parser().parse_args(argv)
+    if args.rounds < 1:
+        print("error: --rounds must be >= 1", file=sys.stderr)
+        return 2
+    if not Path(args.plan).is_file():
+        print(f"error: plan file {args.plan!r} not found; pass --plan PATH (e.g. configs/bench/smoke.yaml)",
+              file=sys.stderr)
+        return 2
+    cores = machine_cores()
+    layouts = {"old": shlex.split(args.old or f"--executor local --threads {cores}"), "new": shlex.split(args.new)}
+    extra = ["--tasks", args.tasks] + (["--wandb", args.wandb] if args.wandb else [])
+    print(f"bench runner: {args.plan} ({args.tasks}), {args.rounds} round(s), {cores} cores, "
+          f"load average {load_average():.1f} at start", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
-        for executor in [e.strip() for e in args.executors.split(",") if e.strip()]:
-            r = measure(executor, args.cells, args.steps, args.workers, Path(tmp))
-            results.append(r)
-            print(f"{executor:<10} x{r['workers']}: {r['cells']} cells {'/'.join(r['statuses'])} in "
-                  f"{r['wall_s']:.1f} s; train {r['train_s']:.1f} s; train/wall {r['ratio']:.2f} "
-                  f"({r['per_worker']:.2f} per worker); startup_s median {r['startup_median']:.3f} "
-                  f"(first cell {r['startup_first']:.2f}); cell wall median {r['cell_wall_median']:.2f} s",
-                  flush=True)
-    if len(results) > 1:
-        base = results[0]
-        for r in results[1:]:
-            print(f"{r['executor']} x{r['workers']} finished the plan in {r['wall_s'] / base['wall_s']:.2f} x the wall "
-                  f"time of {base['executor']}")
-    return 0
+        for r in range(args.rounds):
+            for name in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                result = run_once(args.plan, layouts[name] + extra, Path(tmp) / f"{name}-{r}", args.timeout)
+                runs[name].append(result)
+                print(f"round {r + 1} {name}: {len(result['rows'])} cells in {result['wall_s']:.1f} s "
+                      f"(exit {result['code']}{'; ' + result['tail'] if result['code'] else ''}; load average "
+                      f"{load_average():.1f})", flush=True)
+        store_s = record_seconds(runs["new"][0]["rows"], Path(tmp) / "scratch")
+    old, new = summarise(runs["old"]), summarise(runs["new"])
+    _report("old", old, sys.stdout)
+    _report("new", new, sys.stdout)
+    n, worst, differ = same_results(runs["old"] + runs["new"])
+    print(f"store transaction (one row): {1000 * store_s:.1f} ms (median)")
+    same = not differ and worst <= SAME_RESULT_RTOL
+    print(f"results: {n} cells, {'identical' if same else 'DIFFERENT'} across layouts (largest relative difference "
+          f"of a primary value {worst:.1e}{'; status differs in ' + str(len(differ)) if differ else ''})")
+    ratio = new["cells_per_hour"] / old["cells_per_hour"] if old["cells_per_hour"] else float("nan")
+    print(f"cells per hour, new / old: {ratio:.2f}x ({new['cells_per_hour']:.0f} vs {old['cells_per_hour']:.0f})")
+    return 0 if same and not any(new["codes"] + old["codes"]) else 1
 
 
 if __name__ == "__main__":

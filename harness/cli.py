@@ -26,11 +26,14 @@ from typing import TYPE_CHECKING
 from .errors import UserError
 
 if TYPE_CHECKING:
+    from .layout import Layout
     from .plan import Plan
     from .store import Store
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .runner import EXECUTORS, executor_help
+
     p = argparse.ArgumentParser(prog="modtransfer", description="Does this Transformer modification transfer?")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="load variants/components/tasks from a Python file (repeatable)")
@@ -51,8 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, help="number of paired seeds (0..N-1)")
     run.add_argument("--name", help="benchmark name (default: the plan's name)")
     run.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: runs)")
-    run.add_argument("--executor", choices=["local", "processes", "ray"], help="default: the plan's, else local")
-    run.add_argument("--workers", type=int, help="worker processes / concurrent Ray tasks")
+    run.add_argument("--executor", choices=list(EXECUTORS), help=f"default: the plan's, else auto. {executor_help()}")
+    run.add_argument("--workers", metavar="N|auto", help="worker processes / concurrent Ray tasks (default: the plan's, "
+                     "else auto: from this machine's cores, load and memory and the cells' size)")
+    run.add_argument("--threads", metavar="N|auto", help="torch threads per worker (default: the plan's, else "
+                     "OMP_NUM_THREADS, else auto: 1, or 2 for large cells on an idle machine)")
     run.add_argument("--ray-address", help="address of an existing Ray cluster (default: start a local one)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--wandb", choices=["offline", "online", "disabled"], help="W&B mode (default: plan's, offline)")
@@ -243,7 +249,7 @@ def _report(run_dir: Path, wandb_mode: str | None, wandb_report: bool, out: Path
 def _run(args: argparse.Namespace) -> int:
     plugins = [str(Path(p).resolve()) for p in _load_plugins(args, strict=True)]
     from .plan import load_plan
-    from .runner import EXECUTORS
+    from .runner import resolve_layout
     from .store import Store
 
     if args.seeds is not None and args.seeds < 1:
@@ -267,11 +273,11 @@ def _run(args: argparse.Namespace) -> int:
             raise UserError(f"{len(lines)} contract check(s) failed for plugin variants, nothing trained "
                             "(--no-check skips this gate):\n  " + "\n  ".join(lines))
     executor = args.executor or plan.executor
-    if executor not in EXECUTORS:
-        raise UserError(f"plan.executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    workers = args.workers if args.workers is not None else plan.workers
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
+    workers = _count_or_auto("--workers", args.workers, None if args.executor == "local" else plan.workers)
+    threads = _count_or_auto("--threads", args.threads, plan.threads)
+    if executor == "local" and workers not in (None, 1):
+        raise UserError(f"--workers {workers} needs --executor auto or processes: the local executor trains in "
+                        "this process")
     if executor == "ray":
         try:
             import ray  # noqa: F401
@@ -288,6 +294,7 @@ def _run(args: argparse.Namespace) -> int:
         failed = {r["cell_id"] for r in store.rows() if r["status"] in ("failed", "timeout")}
         done -= failed
     todo = [c for c in plan.cells if c.cell_id not in done]
+    layout = resolve_layout(executor, todo, workers=workers, threads=threads, device=args.device)
 
     if args.dry_run:
         from .status import estimate_seconds
@@ -310,6 +317,7 @@ def _run(args: argparse.Namespace) -> int:
         eta = estimate_seconds(store, todo)
         eta_txt = f"; estimated {eta:.0f} s of training left (from this store's measured speeds)" if eta else ""
         print(f"{len(todo)} to train, {len(plan.cells) - len(todo)} already done, {len(plan.skipped)} skipped{eta_txt}")
+        print(layout_line(executor, layout))
         for line in _power(plan, store):
             print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
         return 0
@@ -328,11 +336,29 @@ def _run(args: argparse.Namespace) -> int:
 
     clean_stale_tmp(run_dir)  # temporary files left by killed runs of this folder
     with run_tmp(run_dir):    # before anything imports W&B, which makes temporary folders at import
-        return _train(args, plan, store, run_dir, todo, task_info, plugins, executor, workers, cache)
+        return _train(args, plan, store, run_dir, todo, task_info, plugins, executor, layout, cache)
+
+
+def _count_or_auto(flag: str, value: str | None, default: int | None) -> int | None:
+    """A ``--workers``/``--threads`` value: a count, or None for auto; ``default`` when not given."""
+    if value is None:
+        return default
+    if value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{flag} must be an integer >= 1 or auto, got {value!r}")
+    return int(value)
+
+
+def layout_line(executor: str, layout: Layout) -> str:
+    """The line every run starts with: the executor and the worker x thread layout it chose, and why."""
+    runs = f" -> {layout.executor}" if executor == "auto" else ""
+    return (f"executor {executor}{runs}: {layout.describe()}; set workers/threads in the plan or "
+            "--workers/--threads to change it")
 
 
 def _train(args: argparse.Namespace, plan: Plan, store: Store, run_dir: Path, todo: list, task_info: dict,
-           plugins: list[str], executor: str, workers: int, cache: str | None) -> int:
+           plugins: list[str], executor: str, layout: Layout, cache: str | None) -> int:
     """Record the plan and its task declarations, train the cells (in rounds with adaptive seeds), report."""
     from .runner import Progress, execute, print_table, results_table
 
@@ -344,14 +370,14 @@ def _train(args: argparse.Namespace, plan: Plan, store: Store, run_dir: Path, to
     if args.retry_failed:
         for status in ("failed", "timeout"):
             store.delete(status)
-    print(f"benchmark {plan.name!r}: {len(todo)} cells to train ({len(plan.cells) - len(todo)} already done), "
-          f"executor {executor}" + (f" x{workers}" if executor != "local" else "")
+    print(f"benchmark {plan.name!r}: {len(todo)} cells to train ({len(plan.cells) - len(todo)} already done)"
           + (f"; adaptive seeds, looks at {', '.join(map(str, plan.looks))}" if plan.adaptive else ""), flush=True)
+    print(layout_line(executor, layout), flush=True)
     look = 0
     while True:
         progress = Progress(len(todo))
         try:
-            execute(plan, run_dir, todo, executor=executor, workers=workers, plugins=plugins, cache_dir=cache,
+            execute(plan, run_dir, todo, executor=executor, layout=layout, plugins=plugins, cache_dir=cache,
                     device=args.device, progress=progress, ray_address=args.ray_address)
         finally:
             progress.close()

@@ -24,6 +24,7 @@ import yaml
 
 from .errors import UserError, did_you_mean
 from .precision import check_precision, resolve_precision
+from .runner import EXECUTORS
 from .sizes import size_preset
 from .spec import ModelSpec
 from .task import TASKS, Budget, Task
@@ -32,7 +33,7 @@ from .variant import BASELINE, VARIANTS, ResolvedVariant, canonical, code_digest
 PLAN_KEYS = {
     "name": str, "description": str, "size": str, "sizes": list, "seeds": (int, list, dict), "variants": list, "tasks": list,
     "spec": dict, "budget": dict, "task_budget": dict, "task_config": dict, "hparams": (dict, list), "wandb": dict,
-    "executor": str, "workers": int, "include_baseline": bool, "margins": dict, "implementation": str,
+    "executor": str, "workers": (int, str), "threads": (int, str), "include_baseline": bool, "margins": dict, "implementation": str,
     "implementations": list, "precision": str,
 }
 SEED_KEYS = ("min", "max", "step")
@@ -91,7 +92,7 @@ class Plan:
     hparams: dict[str, list[Any]] | list[dict[str, Any]]   # axes (crossed) or explicit rows
     wandb: dict[str, Any]
     executor: str
-    workers: int
+    workers: int | None             # worker processes; None: chosen per run (modtransfer.layout)
     raw: dict[str, Any]
     source: str = ""
     margins: dict[str, float] = field(default_factory=dict)
@@ -104,6 +105,7 @@ class Plan:
     skipped: list[dict[str, str]] = field(default_factory=list)
     resolved: dict[str, ResolvedVariant] = field(default_factory=dict)
     precision: str = "auto"   # see modtransfer.precision
+    threads: int | None = None      # torch threads per worker; None: chosen per run
 
     def task_budget_for(self, task: Task) -> Budget:
         base = task.default_budget.replace(**self.budget)
@@ -116,7 +118,8 @@ class Plan:
             if self.adaptive else self.seeds, "variants": self.variants,
             "tasks": self.tasks, "spec": self.spec_overrides, "budget": self.budget,
             "task_budget": self.task_budget, "task_config": self.task_config, "hparams": self.hparams,
-            "wandb": self.wandb, "executor": self.executor, "workers": self.workers, "source": self.source,
+            "wandb": self.wandb, "executor": self.executor, "workers": _auto_name(self.workers),
+            "threads": _auto_name(self.threads), "source": self.source,
             "margins": self.margins, "looks": self.looks, "precision": self.precision,
         }
 
@@ -350,10 +353,7 @@ def load_plan(
                             "or '-' (no '/', '#', '?', '%', ':' or spaces)")
     margins = _margins(raw.get("margins") or {}, task_names)
     precision = _precision(raw.get("precision", "auto"))
-    executor = raw.get("executor", "local")
-    workers = raw.get("workers", 1)
-    if workers < 1:
-        raise UserError(f"plan.workers must be >= 1, got {workers}")
+    executor, workers, threads = _layout_fields(raw)
 
     n_combos = len(rows) * max(1, len(sizes)) * len(impls)
     n_cells = len(variant_names) * len(task_names) * len(seed_list) * n_combos
@@ -368,11 +368,33 @@ def load_plan(
     plan = Plan(
         name=plan_name, size=size, seeds=seed_list, variants=variant_names, tasks=task_names, base_spec=base,
         budget=budget, task_budget=task_budget, task_config=task_config, hparams=hparams, wandb=wandb_cfg,
-        executor=executor, workers=workers, raw=raw, source=src, margins=margins, looks=looks, sizes=sizes,
+        executor=executor, workers=workers, threads=threads, raw=raw, source=src, margins=margins, looks=looks, sizes=sizes,
         spec_overrides=spec_overrides, implementations=impls, precision=precision,
     )
     _expand_cells(plan)
     return plan
+
+
+def _layout_fields(raw: dict[str, Any]) -> tuple[str, int | None, int | None]:
+    """``plan.executor`` (a name in the runner's registry), ``workers`` and ``threads`` (a count or auto)."""
+    executor = raw.get("executor", "auto")
+    if executor not in EXECUTORS:
+        raise UserError(f"plan.executor must be one of {', '.join(EXECUTORS)}, got {executor!r}"
+                        f"{did_you_mean(str(executor), EXECUTORS)}")
+    counts = []
+    for key in ("workers", "threads"):
+        value = raw.get(key, "auto")
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"plan.{key} must be an integer >= 1 or auto, got {value!r}")
+        counts.append(None if value == "auto" else value)
+    if executor == "local" and counts[0] not in (None, 1):
+        raise UserError(f"plan.workers is {counts[0]} but the local executor trains in one process; "
+                        "use executor: auto or processes, or drop workers")
+    return executor, counts[0], counts[1]
+
+
+def _auto_name(value: int | None) -> int | str:
+    return "auto" if value is None else value
 
 
 def _adaptive_seeds(value: dict[str, Any]) -> tuple[list[int], list[int]]:

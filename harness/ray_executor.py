@@ -1,13 +1,13 @@
 """The Ray executor: one Ray task per cell, on a local cluster or an existing one.
 
-Each task runs :func:`modtransfer.runner.train_and_record` in a Ray worker, so the worker
+Each task runs :func:`modtransfer.workers.train_and_record` in a Ray worker, so the worker
 claims the cell, trains it and writes its row exactly as the local executor does; the driver
 only schedules and reports. Ray keeps worker processes warm between tasks of the same
 function, so the imports (torch, Lightning) are paid once per worker, not once per cell.
 
 At most ``workers`` cells are in flight at a time. Each task declares its resources
-(``num_cpus``, and one GPU when the cells train on CUDA), so a cluster with GPUs places one
-cell per GPU. With ``address`` the executor joins an existing cluster (``ray start --head``);
+(``threads`` CPUs, the torch threads it runs on, and one GPU when the cells train on CUDA), so
+a cluster with GPUs places one cell per GPU; both come from the run's worker x thread layout. With ``address`` the executor joins an existing cluster (``ray start --head``);
 the store is a SQLite file, so every node must see ``run_dir`` at the same path on a
 filesystem with working POSIX locks (a local disk for a single machine; not NFS).
 
@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .plan import Cell, Plan
+if TYPE_CHECKING:
+    from .plan import Cell, Plan
 
 #: How often Ray may retry a task whose worker process died (not a cell that raised:
 #: ``train_and_record`` records exceptions as ``failed`` rows and returns normally).
@@ -30,18 +31,10 @@ MAX_RETRIES = 1
 
 def _run_one(cell: Cell, run_dir: str, wandb_cfg: dict[str, Any], cache_dir: str | None, device: str,
              plugins: list[str], threads: int) -> dict[str, Any]:
-    """The body of a Ray task: load the plugins, then claim, train and record one cell."""
-    import torch
+    """The body of a Ray task: set the threads, load the plugins, then claim, train and record one cell."""
+    from modtransfer.workers import train_and_record, warm_up
 
-    torch.set_num_threads(max(1, threads))
-    from modtransfer.components import ensure_builtin_components
-    from modtransfer.plugins import load_plugins
-    from modtransfer.runner import train_and_record
-
-    ensure_builtin_components()
-    load_plugins(plugins)
-    import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
-
+    warm_up(threads, plugins)
     return train_and_record(cell, Path(run_dir), wandb_cfg, cache_dir, device)
 
 
@@ -51,23 +44,14 @@ def _wants_gpu(device: str, cluster_gpus: float) -> bool:
     return device == "auto" and cluster_gpus > 0
 
 
-def _cpus_per_task(workers: int) -> int:
-    """CPUs one cell may use: the cluster's CPUs shared by ``workers``, at most one node's worth."""
-    import ray
-
-    total = float(ray.cluster_resources().get("CPU", 1))
-    per_node = max((float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")),
-                   default=total)
-    return max(1, int(min(per_node, total // max(1, workers))))
-
-
 def execute_ray(
     plan: Plan, run_dir: Path, cells: list[Cell], *, plugins: list[str], cache_dir: str | None, device: str,
-    done: Callable[[dict[str, Any]], None], address: str | None, workers: int,
+    done: Callable[[dict[str, Any]], None], address: str | None, workers: int, threads: int = 1,
+    start: Callable[[Cell], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train ``cells`` as Ray tasks (at most ``workers`` at a time); returns their summaries.
+    """Train ``cells`` as Ray tasks (at most ``workers`` at a time, ``threads`` CPUs each); returns their summaries.
 
-    ``done(summary)`` is called in the driver as each cell finishes, with the dict that
+    ``start(cell)`` is called as a cell's task is submitted, ``done(summary)`` in the driver as each cell finishes, with the dict that
     ``train_and_record`` returned in the worker. A task whose worker died twice is reported
     with status ``lost`` (no row is written, so the next run trains that cell again).
     """
@@ -95,7 +79,7 @@ def execute_ray(
     pending: dict[Any, Cell] = {}
     try:
         gpus = 1 if _wants_gpu(device, float(ray.cluster_resources().get("GPU", 0))) else 0
-        cpus = _cpus_per_task(workers)
+        cpus = max(1, threads)
         remote = ray.remote(max_retries=MAX_RETRIES)(_run_one)
         queue = list(cells)
         while queue or pending:
@@ -104,6 +88,8 @@ def execute_ray(
                 ref = remote.options(num_cpus=cpus, num_gpus=gpus, name=f"cell {cell.label}").remote(
                     cell, str(run_dir), dict(plan.wandb), cache, device, plugin_files, cpus)
                 pending[ref] = cell
+                if start:
+                    start(cell)
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 cell = pending.pop(ref)

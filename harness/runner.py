@@ -1,83 +1,112 @@
-"""Executing a plan's cells: in-process, or on a pool of warm worker processes.
+"""Executing a plan's cells: in this process, on a pool of warm worker processes, or on Ray.
 
 Every executor skips cells already in the store, claims a cell before training it, and has
 the process that trained the cell write its row (one transaction), so an interrupted run loses
-at most the cells in flight, and a cell is never recorded twice.
+at most the cells in flight, and a cell is never recorded twice. :data:`EXECUTORS` is the one
+list of executor names (plans and the command line are checked against it); ``auto`` picks
+local or processes from the worker x thread layout (:mod:`modtransfer.layout`).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .plan import Cell, Plan
+from .layout import Layout, choose_layout
 from .store import Store
+from .workers import WorkerPool, train_and_record
 
-EXECUTORS = ("local", "processes", "ray")
+if TYPE_CHECKING:
+    from .plan import Cell, Plan
+
+__all__ = ["EXECUTORS", "Progress", "execute", "resolve_layout", "results_table", "train_and_record"]
 
 
 def run_dir_for(plan: Plan, root: str | Path = "runs") -> Path:
     return Path(root) / plan.name
 
 
-def train_and_record(cell: Cell, run_dir: Path, wandb_cfg: dict[str, Any], cache_dir: str | None,
-                     device: str = "auto") -> dict[str, Any]:
-    """Claim, train and record one cell; returns a short summary (also used by workers)."""
-    from .cell import run_cell
+@dataclass
+class _Job:
+    """What every executor needs besides the cells."""
 
-    store = Store(run_dir / "results.sqlite")
-    if not store.claim(cell.cell_id):
-        return {"cell_id": cell.cell_id, "label": cell.label, "status": "skipped", "claimed": False}
-    try:
-        row = run_cell(cell, run_dir, wandb_cfg=wandb_cfg, cache_dir=Path(cache_dir) if cache_dir else None,
-                       device=device)
-        store.record(row)
-    finally:
-        store.release(cell.cell_id)
-    return {"cell_id": cell.cell_id, "label": cell.label, "status": row["status"],
-            "primary_metric": row["primary_metric"], "primary_value": row["primary_value"],
-            "wall_s": row["wall_s"], "error": (row["error"] or "").splitlines()[0] if row["error"] else None}
+    plan: Plan
+    run_dir: Path
+    layout: Layout
+    plugins: list[str]
+    cache_dir: str | None
+    device: str
+    ray_address: str | None
+    start: Callable[[Cell], None]
+    done: Callable[[dict[str, Any]], None]
 
 
-_WORKER_PLUGINS: list[str] = []
-
-
-def _watch_parent(parent: int, every: float = 1.0) -> None:
-    """End this worker when the process that started it is gone (killed with -9, say).
-
-    Without it, pool workers of a killed run go on training cells nobody will record.
-    """
-    import threading
-
-    def watch() -> None:
-        while True:
-            time.sleep(every)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="modtransfer-parent-watch", daemon=True).start()
-
-
-def _init_worker(threads: int, plugins: list[str], parent: int | None = None) -> None:
-    if parent is not None:
-        _watch_parent(parent)
+def _local(job: _Job, cells: list[Cell]) -> None:
+    """In this process, one cell at a time, on the layout's torch threads."""
     import torch
 
-    torch.set_num_threads(max(1, threads))
-    import lightning  # noqa: F401  (warm the imports once per worker)
+    before = torch.get_num_threads()
+    torch.set_num_threads(job.layout.threads)
+    try:
+        for cell in cells:
+            job.start(cell)
+            job.done(train_and_record(cell, job.run_dir, job.plan.wandb, job.cache_dir, job.device))
+    finally:
+        torch.set_num_threads(before)
 
-    from .components import ensure_builtin_components
-    from .plugins import load_plugins
 
-    ensure_builtin_components()
-    load_plugins(plugins)
-    import modtransfer.tasks  # noqa: F401
+def _processes(job: _Job, cells: list[Cell]) -> None:
+    """A pool of long-lived worker processes on this machine (workers x threads of the layout)."""
+    run = {"run_dir": str(job.run_dir), "wandb": dict(job.plan.wandb), "cache_dir": job.cache_dir,
+           "device": job.device}
+    with WorkerPool(job.layout.workers, job.layout.threads, job.plugins, run) as pool:
+        pool.run(cells, job.start, job.done)
+
+
+def _ray(job: _Job, cells: list[Cell]) -> None:
+    """Ray tasks on a local cluster or an existing one (--ray-address); workers = tasks in flight."""
+    from .ray_executor import execute_ray
+
+    execute_ray(job.plan, job.run_dir, cells, plugins=job.plugins, cache_dir=job.cache_dir, device=job.device,
+                done=job.done, address=job.ray_address, workers=job.layout.workers, threads=job.layout.threads,
+                start=job.start)
+
+
+def _auto(job: _Job, cells: list[Cell]) -> None:
+    """This process for a layout of one worker, else the worker pool (the default)."""
+    (_local if job.layout.workers == 1 else _processes)(job, cells)
+
+
+#: executor name -> function; the docstrings are the descriptions the command line shows
+EXECUTORS: dict[str, Callable[[_Job, list[Cell]], None]] = {
+    "auto": _auto, "local": _local, "processes": _processes, "ray": _ray,
+}
+
+
+def executor_help() -> str:
+    return "; ".join(f"{name}: {(fn.__doc__ or '').strip().rstrip('.')}" for name, fn in EXECUTORS.items())
+
+
+def resolve_layout(executor: str, cells: list[Cell], *, workers: int | None = None, threads: int | None = None,
+                   device: str = "auto") -> Layout:
+    """The worker x thread layout ``executor`` will use for ``cells`` (None: chosen automatically)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; one of {', '.join(EXECUTORS)}")
+    dev = device
+    if device == "auto":
+        import torch
+
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if executor == "local":
+        if workers not in (None, 1):
+            raise ValueError(f"the local executor trains in this process: workers must be 1, got {workers}")
+        workers = 1
+    return choose_layout(cells, workers=workers, threads=threads, device=dev)
 
 
 class Progress:
@@ -137,14 +166,25 @@ class Progress:
 
 
 def execute(
-    plan: Plan, run_dir: Path, cells: Iterable[Cell], *, executor: str = "local", workers: int = 1,
-    plugins: list[str] | None = None, cache_dir: str | None = None, device: str = "auto",
-    progress: Progress | None = None, on_result: Callable[[dict[str, Any]], None] | None = None,
-    ray_address: str | None = None,
+    plan: Plan, run_dir: Path, cells: Iterable[Cell], *, executor: str = "auto", workers: int | None = None,
+    threads: int | None = None, layout: Layout | None = None, plugins: list[str] | None = None,
+    cache_dir: str | None = None, device: str = "auto", progress: Progress | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None, ray_address: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every given cell not already in the store; returns the cells' summaries."""
+    """Train every given cell not already in the store; returns the cells' summaries.
+
+    ``layout`` (from :func:`resolve_layout`) wins over ``workers``/``threads``; without any of
+    them the layout is chosen for these cells on this machine.
+    """
     todo = list(cells)
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; one of {', '.join(EXECUTORS)}")
+    layout = layout or resolve_layout(executor, todo, workers=workers, threads=threads, device=device)
     results: list[dict[str, Any]] = []
+
+    def start(cell: Cell) -> None:
+        if progress:
+            progress.start(cell.label)
 
     def done(summary: dict[str, Any]) -> None:
         results.append(summary)
@@ -153,39 +193,10 @@ def execute(
         if on_result:
             on_result(summary)
 
-    if executor == "local":
-        for cell in todo:
-            if progress:
-                progress.start(cell.label)
-            done(train_and_record(cell, run_dir, plan.wandb, cache_dir, device))
-        return results
-    if executor == "processes":
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(threads, list(plugins or []), os.getpid())) as pool:
-            pending = {}
-            queue = list(todo)
-            while queue or pending:
-                while queue and len(pending) < workers * 2:
-                    cell = queue.pop(0)
-                    fut = pool.submit(train_and_record, cell, run_dir, plan.wandb, cache_dir, device)
-                    pending[fut] = cell
-                    if progress and len(pending) <= workers:
-                        progress.start(cell.label)
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    pending.pop(fut)
-                    done(fut.result())
-        return results
-    if executor == "ray":
-        from .ray_executor import execute_ray
-
-        return execute_ray(plan, run_dir, todo, plugins=list(plugins or []), cache_dir=cache_dir, device=device,
-                           done=done, address=ray_address, workers=workers)
-    raise ValueError(f"unknown executor {executor!r}")
+    if todo:
+        job = _Job(plan, Path(run_dir), layout, list(plugins or []), cache_dir, device, ray_address, start, done)
+        EXECUTORS[executor](job, todo)
+    return results
 
 
 def results_table(plan: Plan, store: Store) -> tuple[list[str], list[list[str]]]:
