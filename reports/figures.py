@@ -20,6 +20,7 @@ import numpy as np
 
 from . import curve_plots, plots
 from .analysis import BASELINE, Condition, axis_keys, cond_key, conditions, usable
+from .plateau import grid
 from .summary import Analysis, unit
 
 MARKS = {"better": "*", "worse": "*", "unstable": "✗", "missing": "", "no change": "=", "unclear": "",
@@ -256,8 +257,6 @@ def _sweep(a: Analysis, folder: Path, figs: Figures) -> None:
 
 def _plateau(a: Analysis, folder: Path, figs: Figures) -> None:
     """Failure-rate heatmap and final-metric spread per task and variant of a sensitivity study."""
-    from .plateau import grid
-
     by: dict[tuple[str, str], list] = {}
     for s in a.plateau():
         by.setdefault((s.task, s.variant), []).append(s)

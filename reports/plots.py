@@ -244,7 +244,7 @@ def _tau_text(t: float, ci: np.ndarray) -> str:
 
 def sweep(title: str, rows: Sequence[str], cols: Sequence[str], values: np.ndarray, texts: Sequence[Sequence[str]],
           label: str, higher_is_better: bool, row_axis: str, col_axis: str) -> Figure:
-    """One metric over a hyper-parameter grid (cividis, light = better); the best cell framed in black."""
+    """One metric over a hyper-parameter grid (cividis, light = better); the best cell(s) framed in black."""
     cell_w = min(1.2, max(0.8, 9.0 / max(1, len(cols))))
     w, h = _matrix_size(rows, cols, cell_w, 0.5)
     fig = new_figure(w, h)
@@ -253,10 +253,10 @@ def sweep(title: str, rows: Sequence[str], cols: Sequence[str], values: np.ndarr
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     norm = Normalize(lo, hi if hi > lo else lo + 1.0)
     im = _matrix(ax, values, texts, "cividis" if higher_is_better else "cividis_r", norm, rows, cols, size=7.5)
-    if finite.size:
-        best = np.nanargmax(values) if higher_is_better else np.nanargmin(values)
-        i, j = np.unravel_index(best, values.shape)
-        ax.add_patch(Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, ec="black", lw=2))
+    if finite.size:  # frame every cell that ties for the best mean
+        best = float(finite.max() if higher_is_better else finite.min())
+        for i, j in zip(*np.nonzero(np.isclose(values, best, rtol=1e-12, atol=0.0)), strict=True):
+            ax.add_patch(Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, fill=False, ec="black", lw=2))
     ax.set_xlabel(col_axis, fontsize=FONT)
     ax.set_ylabel(row_axis, fontsize=FONT)
     _colorbar(fig, im, ax, f"{label}; {'higher' if higher_is_better else 'lower'} is better", h)

@@ -267,6 +267,10 @@ def test_baseline_only_sweep_gets_learning_curves_and_a_sweep_heatmap(tmp_path: 
     assert [t.get_text() for t in fig.axes[0].texts] == ["2\nn=3", "no value"]
     framed = [p for p in fig.axes[0].patches if isinstance(p, Rectangle) and not p.get_fill()]
     assert len(framed) == 1 and framed[0].get_xy() == pytest.approx((-0.48, -0.48))  # the best (only) value
+    tie = plots.sweep("mt", ["a", "b"], ["x", "y"], np.array([[20.0, 21.0], [21.0, np.nan]]),
+                      [["", ""], ["", ""]], "val_bleu", True, "r", "c")
+    framed = [p.get_xy() for p in tie.axes[0].patches if isinstance(p, Rectangle) and not p.get_fill()]
+    assert sorted(framed) == [(-0.48, 0.52), (0.52, -0.48)]  # both settings that tie for the best BLEU
     assert_layout_holds(fig)
 
 

@@ -8,6 +8,7 @@ the page and of every figure are saved under ``$TMPDIR/modtransfer-report-screen
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.test_reports import report_run  # noqa: F401  (the module-scoped report fixture, used by name)
+from modtransfer.reports import build_report
+from modtransfer.reports.analysis import Settings
+from modtransfer.store import Store
+from tests.test_figures import with_evaluations
+from tests.test_reports import TASK_INFO, TASKS, make_row, report_run  # noqa: F401  (report_run: a fixture)
 
 SCREENSHOT_DIR = Path(tempfile.gettempdir()) / "modtransfer-report-screenshots"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,27 +33,56 @@ MIN_SCALE = 0.5
 
 
 @pytest.fixture(scope="module")
-def page(report_run: Path) -> Iterator[tuple[Any, list[str]]]:  # noqa: F811
-    """The report's index.html open in headless Chromium, with the errors and network requests it caused."""
+def browser() -> Iterator[Any]:
+    """Headless Chromium driven by Playwright, shared by the pages of this module."""
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is absent (pip install playwright)")
-    errors: list[str] = []
     SCREENSHOT_DIR.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
         try:
-            pg = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-            pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            pg.on("pageerror", lambda e: errors.append(str(e)))
-            pg.on("request", lambda r: errors.append(f"request {r.url}") if r.url.startswith("http") else None)
-            pg.goto((report_run / "report" / "index.html").as_uri())
-            pg.wait_for_load_state("load")
-            pg.screenshot(path=str(SCREENSHOT_DIR / "report_top.png"))
-            pg.screenshot(path=str(SCREENSHOT_DIR / "report_full.png"), full_page=True)
-            yield pg, errors
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+def _open(browser: Any, run_dir: Path, name: str) -> tuple[Any, list[str]]:
+    """``run_dir``'s report at 1400 x 900, screenshotted (first screen, whole page), and its errors."""
+    errors: list[str] = []
+    pg = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("request", lambda r: errors.append(f"request {r.url}") if r.url.startswith("http") else None)
+    pg.goto((run_dir / "report" / "index.html").as_uri())
+    pg.wait_for_load_state("load")
+    pg.screenshot(path=str(SCREENSHOT_DIR / f"{name}_top.png"))
+    pg.screenshot(path=str(SCREENSHOT_DIR / f"{name}_full.png"), full_page=True)
+    return pg, errors
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any, report_run: Path) -> Iterator[tuple[Any, list[str]]]:  # noqa: F811
+    """The report of a study with variants (tests/test_reports.py's run) open in the browser."""
+    pg, errors = _open(browser, report_run, "report")
+    yield pg, errors
+    pg.close()
+
+
+@pytest.fixture(scope="module")
+def sweep_page(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[str]]]:
+    """The report of a baseline-only learning-rate x init sweep (no variant), with periodic evaluation."""
+    run = tmp_path_factory.mktemp("sweep")
+    store = Store(run / "results.sqlite")
+    for lr, init, task, seed in itertools.product((1e-3, 1e-2), ("normal", "xavier_uniform"), TASKS, range(2)):
+        mean = TASKS[task][2] * (1.0 + (0.05 if lr > 5e-3 else 0.0))
+        store.record(with_evaluations(make_row("baseline", task, seed, mean + 0.01 * seed,
+                                               hparams={"lr": lr, "init": init})))
+    store.set_meta("tasks", TASK_INFO)
+    build_report(run, wandb_mode="disabled", settings=Settings(n_boot=100))
+    pg, errors = _open(browser, run, "sweep")
+    yield pg, errors
+    pg.close()
 
 
 OVERFLOW = """() => {
@@ -95,16 +129,22 @@ def test_report_page_in_headless_chromium(page: tuple[Any, list[str]], report_ru
     assert not errors, errors
 
 
-def test_nothing_overflows_at_1400_px(page: tuple[Any, list[str]]) -> None:
+PAGES = pytest.mark.parametrize("which", ["page", "sweep_page"])
+
+
+@PAGES
+def test_nothing_overflows_at_1400_px(which: str, request: pytest.FixtureRequest) -> None:
     """Neither the page nor any section, table box or figure is wider than the space it is given."""
-    pg, _ = page
+    pg, errors = request.getfixturevalue(which)
+    assert not errors, errors
     assert pg.evaluate("() => window.innerWidth") == WIDTH
     overflowing = pg.evaluate(OVERFLOW)
     assert not overflowing, "wider than their box at 1400 px: " + "; ".join(overflowing)
 
 
-def test_every_figure_loads_fits_its_box_and_stays_readable(page: tuple[Any, list[str]]) -> None:
-    pg, _ = page
+@PAGES
+def test_every_figure_loads_fits_its_box_and_stays_readable(which: str, request: pytest.FixtureRequest) -> None:
+    pg, _ = request.getfixturevalue(which)
     from PIL import Image, ImageStat
 
     figures = pg.evaluate(FIGURES)
@@ -115,7 +155,7 @@ def test_every_figure_loads_fits_its_box_and_stays_readable(page: tuple[Any, lis
         assert f["mainLeft"] - 1 <= f["left"] and f["right"] <= f["mainRight"] + 1, f"{f['file']} leaves the page"
         assert f["shown"] >= MIN_SCALE * f["natural"], (
             f"{f['file']} is shown at {f['shown'] / f['natural']:.2f} of its width: its text is too small to read")
-        shot = SCREENSHOT_DIR / f"figure_{k:02d}_{Path(f['file']).stem}.png"
+        shot = SCREENSHOT_DIR / f"{which}_figure_{k:02d}_{Path(f['file']).stem}.png"
         fig = pg.locator("figure").nth(k)
         fig.scroll_into_view_if_needed()
         fig.screenshot(path=str(shot))
@@ -133,3 +173,11 @@ def test_main_table_is_the_first_section_after_the_warnings(page: tuple[Any, lis
         pytest.xfail(f"no section#main-table yet (sections: {ids[:4]}...)")
     first = next(i for i in ids if i not in WARNING_IDS)
     assert first == "main-table", f"the first section after the warnings is #{first}, not #main-table"
+
+
+def test_baseline_only_sweep_page_shows_learning_curves(sweep_page: tuple[Any, list[str]]) -> None:
+    pg, _ = sweep_page
+    text = pg.locator("main").inner_text()
+    assert "No learning curves were recorded" not in text
+    files = pg.evaluate("() => Array.from(document.querySelectorAll('img')).map(i => i.dataset.file)")
+    assert {"curves_lm.png", "curves_mt.png"} <= set(files), files
