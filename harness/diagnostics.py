@@ -135,6 +135,7 @@ class Recorder:
         self.layers = list(dict.fromkeys(layer_of(n) for n, _ in named))
         self._group = torch.tensor([self.layers.index(layer_of(n)) for n, _ in named], dtype=torch.long)
         self.records: list[dict[str, Any]] = []
+        self.skipped: set[str] = set()  # measurements that raised, dropped
         self._step: int | None = None
         self._hooks: list[Any] = []
         self._pending: list[tuple[str, str, Tensor]] = []
@@ -192,14 +193,19 @@ class Recorder:
 
     # -- internals ---------------------------------------------------------------------------------
     def _layer_norms(self, tensors: list[Tensor | None]) -> Tensor:
-        present = [(i, t) for i, t in enumerate(tensors) if t is not None]
+        """Per layer, the L2 norm of ``tensors`` (one per parameter; None counts as zero)."""
         device = self.params[0].device if self.params else torch.device("cpu")
+        if self._group.device != device:
+            self._group = self._group.to(device)
         out = torch.zeros(len(self.layers), device=device)
-        if present:
-            sq = torch.stack(torch._foreach_norm([t for _, t in present])).float().pow(2)
-            idx = self._group.to(device)[torch.tensor([i for i, _ in present], device=device)]
-            out.index_add_(0, idx, sq)
-        return out.sqrt()
+        present = [t for t in tensors if t is not None]
+        if not present:
+            return out
+        idx = self._group
+        if len(present) < len(tensors):  # parameters without a gradient this step (unused experts)
+            idx = idx[torch.tensor([i for i, t in enumerate(tensors) if t is not None], device=device)]
+        sq = torch.stack(torch._foreach_norm(present)).float().pow(2)
+        return out.index_add_(0, idx, sq).sqrt()
 
     def _collect(self, step: int) -> dict[str, float]:
         if not self._pending:
@@ -229,15 +235,26 @@ class Recorder:
                          "value": v if math.isfinite(v) else None} for layer, v in zip(self.layers, table[slot], strict=True)]
         return out
 
+    def _add(self, module: nn.Module, fn: Any, with_kwargs: bool = False) -> None:
+        """Register a forward hook that can never fail the training step: a measurement that
+        raises (a plugin module of an unexpected shape) is dropped and named in ``skipped``."""
+        def safe(*args: Any) -> None:
+            try:
+                with torch.no_grad():
+                    fn(*args)
+            except Exception as exc:  # the cell must train whatever a measurement does
+                self.skipped.add(f"{type(module).__name__}: {type(exc).__name__}: {exc}"[:200])
+        self._hooks.append(module.register_forward_hook(safe, with_kwargs=with_kwargs))
+
     def _install_hooks(self) -> None:
         for stack_name in ("encoder", "decoder"):
             stack = getattr(self.model, stack_name, None)
             if stack is None or not hasattr(stack, "blocks"):
                 continue
-            self._hooks.append(stack.register_forward_hook(self._stack_hook(stack_name), with_kwargs=True))
+            self._add(stack, self._stack_hook(stack_name), with_kwargs=True)
             for i, block in enumerate(stack.blocks):
                 layer = f"{stack_name}.{i}"
-                self._hooks.append(block.register_forward_hook(self._rms_hook(layer)))
+                self._add(block, self._rms_hook(layer))
                 for part, name in (("attn", "attn_entropy"), ("cross", "attn_entropy_cross")):
                     self._hook_attention(getattr(block, part, None), layer, name)
                 self._hook_ffn(getattr(getattr(block, "ffn", None), "sublayer", None), layer)
@@ -270,7 +287,7 @@ class Recorder:
             kv = args[1] if len(args) > 1 else kwargs.get("kv")
             value = attention_entropy(mod, x, kv, kwargs.get("pad_mask"), kwargs.get("bias"), kwargs.get("position"))
             self._pending.append((name, layer, value))
-        self._hooks.append(module.register_forward_hook(hook, with_kwargs=True))
+        self._add(module, hook, with_kwargs=True)
 
     def _hook_ffn(self, ffn: nn.Module | None, layer: str) -> None:
         """Zeros after the activation: on ``w1``'s output (dense), the gate half of ``w_in`` (gated),
@@ -284,15 +301,14 @@ class Recorder:
             self._pending += [("ffn_zero_frac", layer, zero), ("ffn_dead_frac", layer, dead)]
 
         if act is not None and isinstance(getattr(ffn, "w1", None), nn.Linear):
-            self._hooks.append(ffn.w1.register_forward_hook(lambda m, a, out: record(act(out.detach()))))
+            self._add(ffn.w1, lambda m, a, out: record(act(out.detach())))
         elif act is not None and isinstance(getattr(ffn, "w_in", None), nn.Linear) and hasattr(ffn, "d_ff"):
-            self._hooks.append(ffn.w_in.register_forward_hook(
-                lambda m, a, out: record(act(out.detach()[..., : ffn.d_ff]))))
+            self._add(ffn.w_in, lambda m, a, out: record(act(out.detach()[..., : ffn.d_ff])))
         else:
             from modtransfer.variants.residual import output_layers
 
             for m in output_layers(ffn)[:1]:
-                self._hooks.append(m.register_forward_hook(lambda m, a, out: record(a[0])))
+                self._add(m, lambda m, a, out: record(a[0]))
 
 
 # -- the cell's side: Lightning callback, W&B, the row ---------------------------------------------
@@ -329,18 +345,25 @@ class CellDiagnostics:
         self.callbacks = [_callback(self)] if self.recorder.every > 0 else []
 
     def result(self, row: dict[str, Any], task: Any) -> dict[str, Any]:
-        from .events import detect, summary
+        """The row's ``diagnostics`` and ``events`` (also in the W&B summary). Nothing here can fail
+        the cell: a problem becomes a ``diagnostics_error`` event."""
+        from .events import detect, event, summary
 
         records = list(self.recorder.records)
         if row.get("status") == "diverged":
             records += self.recorder.watched()
+        problems = [f"measurement dropped: {s}" for s in sorted(self.recorder.skipped)]
         try:
-            plateau = plateau_level(task, row.get("metrics") or {})
-        except Exception:  # a task's trivial score must never cost the cell its row
-            plateau = None
-        events = detect(row, records, plateau)
+            events = detect(row, records, plateau_level(task, row.get("metrics") or {}))
+        except Exception as exc:  # a task's trivial score or a detector's bug
+            events = []
+            problems.append(f"{type(exc).__name__}: {exc}")
+        events += [event("diagnostics_error", None, None, p) for p in problems]
         if self.logger is not None:
-            self.logger.experiment.summary.update({"events": summary(events), "n_events": len(events)})
+            try:
+                self.logger.experiment.summary.update({"events": summary(events), "n_events": len(events)})
+            except Exception as exc:
+                events.append(event("diagnostics_error", None, None, f"W&B summary: {exc}"))
         return {"diagnostics": records, "events": events}
 
 

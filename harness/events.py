@@ -9,14 +9,16 @@ loss of each logging window) and its diagnostic records (``{"step", "name", "lay
                              ``step`` is where it left, None if it never did (the detail says);
 ``loss_spike``               the loss jumped to :data:`SPIKE_FACTOR` x its recent median, then came back;
 ``divergence``               the cell diverged; ``layer`` is the layer whose gradient norm first rose
-                             :data:`BLOWUP_FACTOR` x above its own level before the onset (or went NaN);
+                             :data:`BLOWUP_FACTOR` x above the median of its earlier values (or went
+                             NaN), searched from :data:`BLOWUP_LOOKBACK` steps before the onset;
 ``attention_collapse``       a layer's attention entropy ended near 0 (one-hot) or near 1 (uniform) after
                              having been away from it (Zhai et al. 2023, arXiv 2303.06296);
 ``representation_collapse``  the final hidden states lie on a line or a point (effective rank
                              <= :data:`ERANK_COLLAPSED`) or all point the same way (mean cosine
                              >= :data:`COS_COLLAPSED`); Dong et al. 2021, arXiv 2103.03404, on rank collapse;
 ``dead_units``               at least :data:`DEAD_SHARE` of a layer's FFN units were zero on every position;
-``residual_growth``          a block's residual-stream RMS ended :data:`RESIDUAL_GROWTH` x above its start.
+``residual_growth``          a block's residual-stream RMS ended :data:`RESIDUAL_GROWTH` x above its start;
+``diagnostics_error``        a measurement or detector failed (named in the detail); the cell is unaffected.
 
 Each detector looks at the state where training ended (the last diagnostic record), so a
 property every model has at initialisation (near-uniform attention) is not an event by itself.
@@ -31,6 +33,8 @@ from typing import Any
 
 SPIKE_FACTOR = 2.0
 BLOWUP_FACTOR = 10.0
+#: a gradient may blow up this many steps before the loss crosses the divergence line
+BLOWUP_LOOKBACK = 20
 ENTROPY_ONE_HOT = 0.05
 ENTROPY_UNIFORM = 0.98
 #: how far (in normalised entropy) a layer must have moved away from the end state before, for the
@@ -110,22 +114,23 @@ def spike_events(curve: list[dict[str, Any]], until: int | None = None, limit: i
     return out[:limit]
 
 
-def blowups(per_layer: dict[str, list[tuple[int, float]]], onset: int) -> list[tuple[str, int, float]]:
-    """(layer, step, ratio) of each layer's first gradient blow-up, earliest first: a norm above
-    :data:`BLOWUP_FACTOR` x the layer's median before ``onset`` (its first value when none is
-    earlier), or not finite. Layers blowing up at the same step are ordered by ratio (inf for
+def blowups(per_layer: dict[str, list[tuple[int, float]]], since: int) -> list[tuple[str, int, float]]:
+    """(layer, step, ratio) of each layer's first gradient blow-up at or after step ``since``,
+    earliest first: a norm above :data:`BLOWUP_FACTOR` x the median of the layer's earlier
+    values, or not finite. Layers blowing up at the same step are ordered by ratio (inf for
     NaN), then by their position in the model."""
     found = []
     for order, (layer, points) in enumerate(per_layer.items()):
-        before = [v for s, v in points if s < onset and math.isfinite(v)]
-        ref = statistics.median(before) if before else (points[0][1] if points else math.nan)
-        if not math.isfinite(ref):
-            ref = 0.0
+        earlier: list[float] = []
         for s, v in points:
-            if not math.isfinite(v) or (v > BLOWUP_FACTOR * max(ref, 1e-12) and v > 0):
-                ratio = v / max(ref, 1e-12) if math.isfinite(v) else math.inf
-                found.append((s, -ratio, order, layer))
-                break
+            if earlier and s >= since:
+                ref = max(statistics.median(earlier), 1e-12)
+                if not math.isfinite(v) or v > BLOWUP_FACTOR * ref:
+                    ratio = v / ref if math.isfinite(v) else math.inf
+                    found.append((s, -ratio, order, layer))
+                    break
+            if math.isfinite(v):
+                earlier.append(v)
     return [(layer, s, -neg) for s, neg, _, layer in sorted(found)]
 
 
@@ -138,7 +143,7 @@ def divergence_event(row: dict[str, Any], records: list[dict[str, Any]]) -> dict
     for layer, points in series(records, "grad_norm_step").items():
         per_layer[layer] = sorted(set(per_layer.get(layer, [])) | set(points))
     per_layer.pop("", None)
-    found = blowups(per_layer, onset)
+    found = blowups(per_layer, onset - BLOWUP_LOOKBACK)
     reason = (row.get("error") or "").splitlines()[0] if row.get("error") else "diverged"
     if not found:
         return event("divergence", onset, None, f"{reason}; no layer's gradient norm rose {BLOWUP_FACTOR:g} x "
@@ -209,11 +214,17 @@ def unit_events(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def detect(row: dict[str, Any], records: list[dict[str, Any]],
            plateau: tuple[float, float] | None = None) -> list[dict[str, Any]]:
-    """Every event of a cell's row, ordered by step (events without a step last)."""
+    """Every event of a cell's row, ordered by step (events without a step last).
+
+    For a diverged cell the other detectors see only the records before the onset: what the
+    blow-up did to the layers afterwards are consequences, not causes.
+    """
     curve = row.get("curve") or []
     diverged = divergence_event(row, records)
-    found = spike_events(curve, until=row.get("failed_step") if diverged else None)
-    if plateau is not None:
+    if diverged is not None:
+        records = [r for r in records if r["step"] < diverged["step"]]
+    found = spike_events(curve, until=diverged["step"] if diverged else None)
+    if plateau is not None and diverged is None:
         found.append(plateau_event(curve, plateau[0], plateau[1], int(row.get("steps") or 0)))
     found += [diverged, collapse_event(records), *attention_events(records), *unit_events(records)]
     events = [e for e in found if e is not None]

@@ -84,7 +84,33 @@ def summarise(run_dir: Path) -> str:
                          + (f": {first[0]}" if first else ""))
     for r in running:
         lines.append(f"  running  {r['cell_id']} (pid {r['pid']} on {r['host']})")
+    lines += event_lines(rows, store.events())
     return "\n".join(lines)
+
+
+def event_lines(rows: list[dict[str, Any]], events: dict[str, list[dict[str, Any]]], cells: int = 10,
+                per_cell: int = 3) -> list[str]:
+    """Counts of the events by kind, then the first ``per_cell`` events of the first ``cells`` cells
+    that have any (:mod:`modtransfer.events`: why a cell ended as it did)."""
+    from .events import summary
+
+    label = {r["cell_id"]: _label(r) for r in rows}
+    flagged = [(cid, evs) for cid, evs in events.items() if evs and cid in label]
+    if not flagged:
+        return []
+    kinds = Counter(e["kind"] for _, evs in flagged for e in evs)
+    out = [f"events in {len(flagged)} cell(s): " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))]
+    order = {r["cell_id"]: i for i, r in enumerate(rows)}
+    for cid, evs in sorted(flagged, key=lambda f: order[f[0]])[:cells]:
+        out.append(f"  {label[cid]}: {summary(evs, per_cell)}")
+    if len(flagged) > cells:
+        out.append(f"  ... and {len(flagged) - cells} more cell(s); the report's 'What happened' section lists them all")
+    return out
+
+
+def _label(row: dict[str, Any]) -> str:
+    hp = ",".join(f"{k}={v}" for k, v in sorted((row.get("hparams") or {}).items()))
+    return f"{row['task']}/{row['variant']}/{row['seed']}" + (f"[{hp}]" if hp else "")
 
 
 def _config_groups(rows: list[dict[str, Any]]) -> list[str]:
