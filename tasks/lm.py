@@ -203,8 +203,9 @@ class LanguageModelling(Task):
     higher_is_better: ClassVar[bool] = False
     has_vocab: ClassVar[bool] = True
     has_padding: ClassVar[bool] = False
+    #: validation every 125 steps: 8 points on the curve (7 + the final one)
     default_budget: ClassVar[Budget] = Budget(steps=1000, batch_size=12, lr=8e-3, warmup=0.1, schedule="cosine",
-                                               eval_batches=12)
+                                               eval_batches=12, eval_every=125)
     #: Smallest effect of interest, nats/token: see the class docstring.
     margin: ClassVar[float] = 0.02
     #: Measured: see the class docstring.

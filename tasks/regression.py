@@ -69,7 +69,9 @@ class Regression(Task):
     higher_is_better: ClassVar[bool] = False
     has_vocab: ClassVar[bool] = False
     has_padding: ClassVar[bool] = False
-    default_budget: ClassVar[Budget] = Budget(steps=400, batch_size=16, lr=1e-3, schedule="constant", eval_batches=8)
+    #: validation every 50 steps: 8 points on the curve (7 + the final one)
+    default_budget: ClassVar[Budget] = Budget(steps=400, batch_size=16, lr=1e-3, schedule="constant", eval_batches=8,
+                                               eval_every=50)
     #: The reference settings: batch 16, Adam (no weight decay, no clipping), lr 1e-3 constant,
     #: 1000 steps; use with d_model 256, 4 heads, 6 layers.
     reference_budget: ClassVar[Budget] = Budget(
