@@ -20,7 +20,7 @@ from modtransfer.errors import UserError
 from .analysis import Settings
 from .exports import write_cells_csv, write_readme, write_results_json
 from .summary import Analysis, analyse_run, transfer_table
-from .table import MainTable, latex, main_table
+from .table import MainTable, as_tables, latex, main_table
 from .table import write_csv as write_table_csv
 
 T = TypeVar("T")
@@ -115,9 +115,11 @@ def _check_target(final: Path, run_dir: Path) -> None:
 def _write_tables(a: Analysis, table: MainTable, doc: Any, folder: Path, run_dir: Path) -> None:
     """The main table as Markdown, LaTeX and CSV, and the exports (transfer.csv, cells.csv, results.json)."""
     from . import render_md
-    from .doc import Document
+    from .doc import Document, Para, Section
 
-    md = render_md.render(Document(f"Main results: {a.benchmark}", doc.headline, [doc.sections[0]]))
+    whole = Section("Main results", "main-table", [*as_tables(table, per_table=len(table.labels)),
+                                                   *[b for b in doc.sections[0].blocks if isinstance(b, Para)]])
+    md = render_md.render(Document(f"Main results: {a.benchmark}", doc.headline, [whole]))
     (folder / "main_table.md").write_text(md, encoding="utf-8")
     (folder / "main_table.tex").write_text(latex(table, a.benchmark), encoding="utf-8")
     write_table_csv(table, folder / "main_table.csv")

@@ -33,7 +33,7 @@ def build_document(a: Analysis, figs: Figures, table: MainTable | None = None) -
         ("Baseline per hyper-parameter setting", sweep_section(a, figs), "one setting per task"),
         ("Noise floor and margins", noise_section(a) if a.comps else None, "no comparison with the baseline"),
         ("Effects per task", effects_section(a, figs) if a.comps else None, "no comparison with the baseline"),
-        ("Learning curves", curves_section(figs) if figs.curves else None, "no cell recorded a curve"),
+        ("Learning curves", curves_section(a, figs) if figs.curves else None, "no cell recorded a curve"),
         ("Agreement between tasks", agreement_section(a, figs) if a.agreement.pairs else None,
          "needs at least two tasks and two variants"),
         ("Cost next to benefit", cost_section(a) if a.order else None, "no variant besides the baseline"),
@@ -130,16 +130,16 @@ def verdict_section(a: Analysis, figs: Figures) -> Section:
     s.blocks.append(Bullets(notes))
     if figs.heatmap:
         s.blocks.append(Image(figs.heatmap, "Transfer heatmap: variants by tasks, colour = effect",
-                              f"Colour: effect in {a.effect_unit} (blue = better). * = better/worse after correction, "
+                              f"Colour and number: effect in {a.effect_unit} (blue = better). * = better/worse after correction, "
                               "= = no change, ✗ = unstable, ○ = baseline did not learn."))
     return s
 
 
 def effects_section(a: Analysis, figs: Figures) -> Section:
     s = Section("Effects per task", "effects")
-    headers = ["Variant", "Task", "Call", "Metric", "n", "Baseline mean ± SD", "Variant mean", "Δ (+ = better)",
-               f"{int(a.settings.level * 100)}% CI of Δ", "Margin", "Effect (SDs)", "Win rate", "p adj.",
-               "p equiv. adj.", "Diverged"]
+    headers = ["Variant", "Task · metric", "Call", "n", "Baseline mean ± SD", "Δ (+ = better)",
+               f"{int(a.settings.level * 100)}% CI of Δ", "Effect (SDs)", "Win rate", "p adj.", "p equiv. adj.",
+               "Diverged"]
     rows = []
     for v in a.order:
         for lab in a.labels:
@@ -147,11 +147,10 @@ def effects_section(a: Analysis, figs: Figures) -> Section:
             if c is None:
                 continue
             n = str(c.n) if c.n_used in (0, c.n) else f"{c.n_used} of {c.n}"
-            rows.append([v, lab, call_cell(c.call), f"{c.cond.metric} ({'↑' if c.cond.higher_is_better else '↓'})",
-                         n, f"{fmt(c.baseline_mean, 4)} ± {fmt(c.baseline_std, 2)}", fmt(c.variant_mean, 4),
-                         fmt(c.mean_diff, 3, True), ci_text(c.ci, c.n), "±" + fmt(c.margin, 3),
-                         fmt(c.std_effect, 3, True), fmt(c.p_improve, 2), fmt(c.p_adjusted, 2),
-                         fmt(c.p_equiv_adjusted, 2),
+            rows.append([v, Cell(f"{lab} · {c.cond.metric} {'↑' if c.cond.higher_is_better else '↓'}", "wrap"),
+                         call_cell(c.call), n, f"{fmt(c.baseline_mean, 4)} ± {fmt(c.baseline_std, 2)}",
+                         fmt(c.mean_diff, 3, True), ci_text(c.ci, c.n), fmt(c.std_effect, 3, True),
+                         fmt(c.p_improve, 2), fmt(c.p_adjusted, 2), fmt(c.p_equiv_adjusted, 2),
                          f"{c.n_diverged}/{c.n_variant_cells}" if c.n_diverged else "0"])
     s.blocks.append(Table(headers, rows, id="effects-table",
                           caption="Paired differences with the baseline (same seeds, same hyper-parameters)"))
@@ -160,22 +159,27 @@ def effects_section(a: Analysis, figs: Figures) -> Section:
                          "seed-to-seed standard deviation. Win rate: the share of paired seeds on which the variant did "
                          "better (a description of the seeds, not a probability of improvement). p adj.: two-sided "
                          "paired t test (sequential over the looks with adaptive seeds), corrected across tests; "
-                         "p equiv. adj.: TOST against ± margin, corrected. The uncorrected p and the exact sign-flip p "
-                         "(a distribution-free check, not used for calls) are in `transfer.csv`. n: paired seeds (used of "
+                         "p equiv. adj.: TOST against ± margin, corrected. Each variant's own mean and the task's margin are in the main "
+                         "table and the noise section; the uncorrected p and the exact sign-flip p (a distribution-free "
+                         "check, not used for calls) are in `transfer.csv`. n: paired seeds (used of "
                          "available when a round of adaptive seeds is incomplete). Diverged: diverged cells of the "
                          "variant, a failure rate never averaged into a mean."))
     for lab, f in figs.forest.items():
         s.blocks.append(Image(f, f"Forest plot for {lab}", f"{lab}: mean paired difference and "
-                              f"{int(a.settings.level * 100)}% paired t interval; blue = better, vermillion = worse."))
+                              f"{int(a.settings.level * 100)}% paired t interval; circles = single seeds; grey band "
+                              "= ± the task's margin; blue = better, vermillion = worse."))
     return s
 
 
-def curves_section(figs: Figures) -> Section:
+def curves_section(a: Analysis, figs: Figures) -> Section:
     s = Section("Learning curves", "curves")
     if not figs.curves:
         s.blocks.append(Para("No learning curves were recorded."))
     for lab, f in figs.curves.items():
-        s.blocks.append(Image(f, f"Learning curves for {lab}", f"{lab}: training loss, baseline dashed grey."))
+        s.blocks.append(Image(f, f"Learning curves for {lab}", f"{lab}: training loss (top) and validation "
+                              "metric (below); line = mean over seeds, band or bar = min–max over seeds; baseline dashed "
+                              "grey; log scale where the axis says so" + ("." if a.order else "; one panel per "
+                                                                           "hyper-parameter setting.")))
     return s
 
 
@@ -187,7 +191,8 @@ def agreement_section(a: Analysis, figs: Figures) -> Section:
         return s
     if figs.agreement:
         s.blocks.append(Image(figs.agreement, "Task agreement matrix (Kendall tau)",
-                              "Kendall tau-b between tasks' rankings of the variants by mean paired difference."))
+                              "Kendall tau-b between tasks' rankings of the variants by mean paired difference; [ ] = "
+                              "bootstrap interval."))
     rows = [[p["a"], p["b"], str(p["n_variants"]), fmt(p["tau"], 2, True),
              ci_text(p["ci"], 2) if p["ci"] else (g.seeds_note or "—")] for p in g.pairs]
     s.blocks.append(Table(["Task A", "Task B", "Variants", "Kendall tau", f"{int(a.settings.level * 100)}% CI"],

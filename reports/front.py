@@ -14,7 +14,7 @@ from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
 from .doc import Cell, Image, Para, Section, Table
 from .figures import Figures
 from .summary import Analysis, fmt
-from .table import MainTable, as_table
+from .table import MainTable, as_tables
 
 VERDICT_WORDS = {"transfers": "transfer(s) (better on every learned task)", "task-specific": "task-specific",
                  "mixed": "mixed", "neutral": "neutral (no change)", "hurts": "hurt(s)", "unstable": "unstable",
@@ -67,7 +67,7 @@ def caveats(a: Analysis) -> list[str]:
 
 def main_section(a: Analysis, table: MainTable) -> Section:
     s = Section("Main results", "main-table")
-    s.blocks.append(as_table(table))
+    s.blocks.extend(as_tables(table))
     cost = (f" Params, FLOPs per token and steps/s are the model's on {table.cost_label}." if len(table.labels) > 1
             else "")
     s.blocks.append(Para("Layout of Narang et al. 2021, Table 1: the baseline first, then the variants grouped by the "

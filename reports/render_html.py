@@ -22,9 +22,9 @@ h1{margin:.2rem 0 .1rem;font-size:1.7rem}h2{margin-top:2.2rem;border-bottom:2px 
 nav{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5rem .8rem;margin:.8rem 0;display:flex;
 flex-wrap:wrap;gap:.3rem 1.1rem}
 nav a{color:#0b5cad;text-decoration:none;white-space:nowrap}
-table{border-collapse:collapse;margin:.6rem 0 1rem;background:#fff;font-size:.88rem}
+table{border-collapse:collapse;margin:.6rem 0 1rem;background:#fff;font-size:.85rem}
 th,td{border:1px solid #d4d4d4;padding:.28rem .5rem;text-align:left;vertical-align:top}
-td{white-space:nowrap}td.wrap{white-space:normal;min-width:16rem}
+td{white-space:normal;overflow-wrap:anywhere;min-width:2.5rem}td.wrap{min-width:9rem}
 th{background:#eef1f5;position:sticky;top:0;white-space:normal;min-width:3.5rem}
 .headline{font-size:1.15rem;font-weight:600;margin:.4rem 0 .6rem}
 .banner{background:#fff6e0;border:1px solid #e6c36a;border-radius:6px;padding:.45rem .9rem;margin:.6rem 0}

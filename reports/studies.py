@@ -29,12 +29,13 @@ def reference_section(a: Analysis) -> Section:
     for r in a.reference:
         agree = {True: "yes", False: "**no**", None: "—"}[r.signs_agree]
         clear = {True: "yes", False: "no (within noise)", None: "n/a (one run)"}[r.paper_clear]
-        rows.append([r.variant, r.paper_model, r.task, r.paper_measure, fmt(r.paper_delta, 3, True),
-                     "better" if r.paper_better else "worse", clear, r.ours_metric, fmt(r.ours_delta, 3, True),
-                     ci_text(r.ours_ci, 2) if r.ours_ci else "—", call_cell(r.ours_call), agree,
-                     r.agreement])
-    s.blocks.append(Table(["Variant", "Paper model", "Our task", "Paper measure", "Paper Δ", "Paper", "Paper clear",
-                           "Our metric", "Our Δ", "Our CI", "Our call", "Signs agree", "Calls agree"], rows,
+        rows.append([r.variant, Cell(r.paper_model, "wrap"), r.task,
+                     f"{fmt(r.paper_delta, 3, True)} {r.paper_measure}",
+                     f"{'better' if r.paper_better else 'worse'}, clear: {clear}",
+                     f"{fmt(r.ours_delta, 3, True)} {r.ours_metric}", ci_text(r.ours_ci, 2) if r.ours_ci else "—",
+                     call_cell(r.ours_call), agree, r.agreement])
+    s.blocks.append(Table(["Variant", "Paper model", "Our task", "Paper Δ (measure)", "Paper", "Our Δ (metric)",
+                           "Our CI", "Our call", "Signs agree", "Calls agree"], rows,
                           id="reference-table"))
     s.blocks.append(Para("Paper clear: |Δ| above two standard errors of the difference of two 5-run means "
                          "(only the pre-training loss has a spread in the paper). Δ is in each metric's own "

@@ -159,23 +159,34 @@ def header(t: MainTable, label: str) -> str:
     return f"{label}: {metric} {'↑' if hib else '↓'}"
 
 
-def as_table(t: MainTable) -> Table:
-    """The table in the report's document model (HTML and Markdown)."""
+#: At most this many task conditions per table on the page (wider tables are split, never scrolled).
+COLUMNS_PER_TABLE = 4
+
+
+def as_tables(t: MainTable, per_table: int = COLUMNS_PER_TABLE) -> list[Table]:
+    """The table in the report's document model (HTML and Markdown), split into chunks of task columns."""
     cost = f" ({t.cost_label})" if len(t.labels) > 1 else ""
-    headers = ["Model", "Slot", f"Params{cost}", f"FLOPs/token{cost}", f"Steps/s{cost}",
-               *[header(t, lab) for lab in t.labels]]
-    rows: list[list[str | Cell]] = []
-    for ln in t.lines:
-        cells: list[str | Cell] = [Cell(f"**{ln.variant}**" if ln.slot == "baseline" else ln.variant),
-                                   ln.slot, _big(ln.params), _big(ln.flops_per_token), fmt(ln.steps_per_s, 3)]
-        for lab in t.labels:
-            e = ln.entries.get(lab)
-            cls = f"c-{e.call.replace(' ', '-')}" if e is not None and e.call else ""
-            cells.append(Cell(entry_text(e), cls))
-        rows.append(cells)
-    return Table(headers, rows, id="main-table",
-                 caption="Mean ± seed SD of each model's own final score; ▲ better, ▼ worse, = no change, "
-                         "? unclear, ✗ unstable, … too few seeds, ○ baseline did not learn; bold: better")
+    per_table = max(1, per_table)
+    chunks = [t.labels[i:i + per_table] for i in range(0, len(t.labels), per_table)] or [[]]
+    out = []
+    for k, labels in enumerate(chunks):
+        headers = ["Model", "Slot", f"Params{cost}", f"FLOPs/token{cost}", f"Steps/s{cost}",
+                   *[header(t, lab) for lab in labels]]
+        rows: list[list[str | Cell]] = []
+        for ln in t.lines:
+            cells: list[str | Cell] = [Cell(f"**{ln.variant}**" if ln.slot == "baseline" else ln.variant),
+                                       ln.slot, _big(ln.params), _big(ln.flops_per_token), fmt(ln.steps_per_s, 3)]
+            for lab in labels:
+                e = ln.entries.get(lab)
+                cls = f"c-{e.call.replace(' ', '-')}" if e is not None and e.call else ""
+                cells.append(Cell(entry_text(e), cls))
+            rows.append(cells)
+        part = f" (part {k + 1} of {len(chunks)})" if len(chunks) > 1 else ""
+        out.append(Table(headers, rows, id="main-results-table" + (f"-{k + 1}" if k else ""),
+                         caption="Mean ± seed SD of each model's own final score; ▲ better, ▼ worse, = no change, "
+                                 "? unclear, ✗ unstable, … too few seeds, ○ baseline did not learn; bold: better"
+                                 + part))
+    return out
 
 
 def _tex(s: str) -> str:
