@@ -13,8 +13,8 @@ import numpy as np
 from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
 from .doc import Cell, Image, Para, Section, Table
 from .figures import Figures
-from .summary import Analysis, fmt
-from .table import MainTable, as_tables
+from .summary import Analysis
+from .table import MainTable, as_tables, mean_sd
 
 VERDICT_WORDS = {"transfers": "transfer(s) (better on every learned task)", "task-specific": "task-specific",
                  "mixed": "mixed", "neutral": "neutral (no change)", "hurts": "hurt(s)", "unstable": "unstable",
@@ -58,7 +58,8 @@ def caveats(a: Analysis) -> list[str]:
     budgets: dict[str, set[str]] = {}
     for r in a.rows:
         b = r.get("budget") or {}
-        budgets.setdefault(r["task"], set()).add(f"{b.get('steps', '?')} steps, batch {b.get('batch_size', '?')}")
+        text = f"{b['steps']} steps" if "steps" in b else "default steps"
+        budgets.setdefault(r["task"], set()).add(text + (f", batch {b['batch_size']}" if "batch_size" in b else ""))
     size = ", ".join(sorted({r["size"] for r in a.rows}))
     out.append("**Budget**: " + "; ".join(f"{t}: {' / '.join(sorted(s))}" for t, s in sorted(budgets.items()))
                + f" at size {size}. Small-scale results: a call here need not hold at the paper's scale.")
@@ -118,7 +119,7 @@ def sweep_section(a: Analysis, figs: Figures) -> Section | None:
     for r in rows:
         sign = 1 if r["higher_is_better"] else -1
         top = math.isfinite(r["mean"]) and sign * r["mean"] == best.get(r["group"])
-        text = fmt(r["mean"], 4) + (f" ± {fmt(r['sd'], 2)}" if math.isfinite(r["sd"]) else "")
+        text = mean_sd(r["mean"], r["sd"])
         body.append([r["group"], r["setting"], f"{r['metric']} ({'↑' if r['higher_is_better'] else '↓'})",
                      Cell(f"**{text}**" if top else text), str(r["seeds"]), str(r["failed"])])
     s.blocks.append(Table(["Task", "Setting", "Metric", "Mean ± seed SD", "Seeds", "Failed"], body, id="sweep-table",

@@ -141,12 +141,22 @@ def _big(x: float) -> str:
     return f"{x:.3g}"
 
 
+def mean_sd(mean: float, sd: float) -> str:
+    """``mean ± sd`` with the SD to two significant digits and the mean to the same decimals (1.944 ± 0.019)."""
+    if not math.isfinite(mean):
+        return "—"
+    if not math.isfinite(sd) or sd <= 0:
+        return _num(mean)
+    decimals = max(0, 1 - int(f"{sd:.1e}".split("e")[1]))  # from the rounded SD: 0.00999 -> 0.010
+    return f"{mean:.{decimals}f} ± {sd:.{decimals}f}"
+
+
 def entry_text(e: Entry | None) -> str:
     if e is None:
         return "— not run"
     if not e.values:
         return f"— ({e.failed} failed)" + (f" {CALL_MARK.get(e.call, e.call)}" if e.call else "")
-    text = _num(e.mean) + (f" ± {fmt(e.sd, 2)}" if math.isfinite(e.sd) else "")
+    text = mean_sd(e.mean, e.sd)
     if e.failed:
         text += f" ({e.failed} failed)"
     if e.call:
@@ -201,7 +211,7 @@ def _tex_entry(e: Entry | None) -> str:
         return "--"
     if not e.values:
         return f"-- ({e.failed} failed)"
-    text = f"{_num(e.mean)}" + (rf" $\pm$ {fmt(e.sd, 2)}" if math.isfinite(e.sd) else "")
+    text = mean_sd(e.mean, e.sd).replace("±", r"$\pm$")
     if e.call == "better":
         text = rf"\textbf{{{text}}}"
     return text + (f" {LATEX_MARK.get(e.call, _tex(e.call))}" if e.call else "")

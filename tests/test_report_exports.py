@@ -166,6 +166,6 @@ def test_baseline_only_sweep_gets_a_table_per_setting(tmp_path: Path) -> None:
     rows = [ln for ln in sweep.splitlines() if ln.startswith("| lm")]
     assert len(rows) == 3
     best = next(r for r in rows if "lr=0.003" in r)
-    assert "**2.06 ± 0.01**" in best and sum("**" in r for r in rows) == 1  # lower loss is better
+    assert "**2.060 ± 0.010**" in best and sum("**" in r for r in rows) == 1  # lower loss is better
     for gone in ("Verdicts", "Effects per task", "Reference study", "Agreement between tasks"):
         assert f"- **{gone}**:" in text and f"## {gone}" not in text
