@@ -1,7 +1,7 @@
 """Does bf16 autocast train like fp32? Paired learning curves and final metrics, one table.
 
     modtransfer bench precision [--tasks regression,lm] [--seeds 3] [--size tiny] [--steps N]
-                                [--device cpu|cuda] [--threads T] [--json FILE]
+                                [--device cpu|cuda] [--threads T] [--json FILE] [--markdown]
 
 For each task and seed the baseline cell trains twice, in fp32 and in bf16 mixed precision
 (:mod:`modtransfer.precision`), with the same initial weights and batches (the same seed), through
@@ -127,8 +127,8 @@ def _f(x: float | None, spec: str = ".4f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def format_table(res: dict[str, Any]) -> str:
-    """The table ``bench precision`` prints."""
+def format_table(res: dict[str, Any], markdown: bool = False) -> str:
+    """The table ``bench precision`` prints (``markdown``: as Markdown, as the README shows it)."""
     header = ["task", "metric", "seeds", "fp32 mean ± SD", "bf16 mean ± SD", "mean Δ", "mean |Δ|", "noise SD",
               "curve |Δ|", "curve SD", "bf16/fp32 tok/s", "verdict"]
     body = [[r["task"], r["metric"], str(r["seeds"]), f"{_f(r['fp32_mean'])} ± {_f(r['fp32_sd'])}",
@@ -138,6 +138,8 @@ def format_table(res: dict[str, Any]) -> str:
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
 
     def line(cells: list[str]) -> str:
+        if markdown:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
 
     sources = sorted({r["noise_source"] for r in res["tasks"]})
@@ -146,7 +148,8 @@ def format_table(res: dict[str, Any]) -> str:
         f"{res['device']} (native bf16: {res['cpu_bf16'] or 'none'}), {res['threads']} threads, torch {res['torch']}",
         "Δ = bf16 - fp32 on the same seed (same initial weights and batches); curve |Δ| = mean over logged steps and "
         f"seeds of |Δ train loss|, curve SD = mean over steps of its fp32 seed SD; noise SD: {', '.join(sources)}",
-        "", line(header), line(["-" * w for w in widths]), *(line(b) for b in body),
+        "", line(header), "|" + "---|" * len(header) if markdown else line(["-" * w for w in widths]),
+        *(line(b) for b in body),
     ])
 
 
@@ -159,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
     ap.add_argument("--cache-dir", type=Path, default=None, help=argparse.SUPPRESS)
     return ap
 
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run(args)
-    print(format_table(res))
+    print(format_table(res, markdown=args.markdown))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2, default=str))
     return 0

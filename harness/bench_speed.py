@@ -3,6 +3,7 @@
     modtransfer bench speed [--device cpu|cuda] [--size tiny|small|base] [--steps N] [--repeats R]
                             [--variants LIST] [--compile] [--batch-size B] [--warmup W] [--threads T]
                             [--precision auto|fp32|bf16] [--remeasure-peak] [--task lm] [--json FILE]
+                            [--markdown]
 
 For the baseline decoder LM cell and a few representative variants (a gated FFN, RoPE, the
 adaptive softmax, a Switch mixture of experts), all measured in one run:
@@ -16,8 +17,8 @@ adaptive softmax, a Switch mixture of experts), all measured in one run:
   no biases, tied embedding, sinusoidal positions, trained in the same plain loop, once with its
   default attention (explicit attention matrix) and once with ``attn_flash=True`` (PyTorch SDPA).
 * **precision** (``--precision``, a plan's ``precision``): every path trains in it (bf16 autocast or
-  fp32; ``auto`` is bf16 on CUDA, fp32 on CPU). In bf16 an extra plain loop in fp32 runs in the
-  same lockstep: **bf16/fp32** is the harness's speed-up over it.
+  fp32; ``auto`` is bf16 on CUDA, fp32 on CPU). In bf16 an extra plain loop of our model in fp32
+  runs in the same lockstep: **bf16/fp32** is our plain loop's speed-up in bf16 over it.
 * **MFU**: 3 x forward FLOPs per token (``modtransfer.model.count_flops``) x harness tok/s over the
   machine's matmul peak in the same precision (:func:`modtransfer.peak.machine_peak`: the best
   ``torch.mm`` FLOP/s over sizes and repeats, measured once per machine and cached), the same
@@ -216,8 +217,10 @@ def plain_loops(cell: Any, task: Any, spec: Any, device: torch.device, clock: Cl
     loops = []
     for name, model, loss_fn, prec in paths:
         model.to(device)
-        if compile_model:
-            compile_stacks(model) if name.startswith("plain") else model.compile()
+        if compile_model and name.startswith("plain"):
+            compile_stacks(model)
+        elif compile_model:
+            model.compile()
         # the cell's own configure_optimizers (AdamW groups, fused kernel where supported, LR schedule)
         config = make_module(model, task, cell, [], log_every, time.perf_counter()).to(device).configure_optimizers()
         loops.append(PlainLoop(name, model, loss_fn, config["optimizer"], config["lr_scheduler"]["scheduler"],
@@ -412,6 +415,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (one process each)")
     ap.add_argument("--no-ls", action="store_true", help="skip timing `modtransfer ls variants`")
     ap.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
     ap.add_argument("--memory-probe", help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", type=Path, default=None, help=argparse.SUPPRESS)
     return ap
@@ -431,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     resolve_precision(args.precision, device.type)  # bf16 on a CPU without it: one line, before anything runs
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     results = run_benchmark(args, device, variants)
-    print(format_table(results))
+    print(format_table(results, markdown=args.markdown))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
@@ -575,8 +579,9 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
 ]
 
 
-def format_table(res: dict[str, Any]) -> str:
-    """The one table (plus its header lines and the targets) that ``bench speed`` prints."""
+def format_table(res: dict[str, Any], markdown: bool = False) -> str:
+    """The one table (plus its header lines and the targets) that ``bench speed`` prints
+    (``markdown``: the table as Markdown, as the README shows it)."""
     shape, peak = res["shape"], res["peak"]
     columns = [c for c in COLUMNS if c[0] != "bf16/fp32" or res["precision"] == "bf16"]
     header = ["variant", *(c[0] for c in columns)]
@@ -584,6 +589,8 @@ def format_table(res: dict[str, Any]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
 
     def line(cells: list[str]) -> str:
+        if markdown:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
     sizes = ", ".join(f"{n}^3 {f / 1e9:.1f}" for n, f in peak["by_size"].items())
@@ -600,7 +607,8 @@ def format_table(res: dict[str, Any]) -> str:
         f"{res['xtf_note']}; ours/x-tf = our plain loop / x-transformers in the same loop and precision (baseline only; "
         "'flash' = attn_flash=True)" + ("; bf16/fp32 = our plain loop in bf16 / in fp32" if res["precision"] == "bf16" else ""),
         "",
-        line(header), line(["-" * w for w in widths]), *(line(b) for b in body), "",
+        line(header), "|" + "---|" * len(header) if markdown else line(["-" * w for w in widths]),
+        *(line(b) for b in body), "",
         f"peak MiB: one cell in a fresh process, {', '.join(methods) or 'not measured'}; start-up s: run_cell "
         f"startup_s in a warm process (cold first cell: {_fmt(res['cold_startup_s'], '.3f')} s)",
         f"`modtransfer ls variants` (accounting cache warm): {_fmt(res['ls_s'], '.3f')} s wall (median)"
