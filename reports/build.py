@@ -62,6 +62,7 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
     from . import render_html, render_md
     from .content import build_document
     from .figures import draw
+    from .happened import happened_section
     from .wandb_push import log_run, write_report_definition
 
     if wandb_mode not in ("offline", "online", "disabled"):
@@ -76,6 +77,12 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
         figs = draw(a, tmp)
         table = main_table(a)
         doc = build_document(a, figs, table)
+        happened = happened_section(a, run_dir, tmp)
+        if happened is not None:
+            doc.sections.insert(len(doc.sections) - 2, happened)  # before Skipped and failed cells
+        else:
+            doc.omitted.append("**What happened**: no cell recorded a diagnostic event, diverged or lost to the "
+                               "baseline.")
         _write_tables(a, table, doc, tmp, run_dir)
         wb = _online_tolerant(wandb_mode, "logging the report run", log_run, a, tmp, figs,
                              run_dir if out_dir is None else final.parent, wandb_mode)
