@@ -9,7 +9,7 @@
     modtransfer compare RUN_A RUN_B [RUN_C ...] [--out DIR]
     modtransfer store repair runs/<benchmark>
     modtransfer prepare [TASKS]
-    modtransfer bench speed|overhead|runner [OPTIONS]
+    modtransfer bench speed|runner|precision|diagnostics [OPTIONS]
 
 Errors a user can cause print one line and exit with code 2 before anything trains.
 Imports stay lazy: ``ls`` never imports Lightning or W&B.
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     repair.add_argument("run_dir")
 
     bench = sub.add_parser("bench", help="performance benchmarks (bench speed --help)")
-    bench.add_argument("which", choices=["speed", "overhead", "runner"])
+    bench.add_argument("which", choices=["speed", "runner", "precision", "diagnostics"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
 
     prep = sub.add_parser("prepare", help="fetch and preprocess task data into the cache")
