@@ -140,28 +140,31 @@ class _Worker:
         self.ready = False
         self.cell: Cell | None = None
 
-    def stop(self, grace: float = 5.0) -> None:
+    def signal_stop(self) -> None:
         """Ask an idle worker to finish; end a busy one (its cell's claim goes stale)."""
+        if not self.proc.is_alive():
+            return
+        if self.cell is None:
+            try:
+                self.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        else:
+            self.proc.terminate()
+
+    def join(self, grace: float = 5.0) -> None:
+        self.proc.join(grace)
         if self.proc.is_alive():
-            if self.cell is None:
-                try:
-                    self.conn.send(None)
-                except (BrokenPipeError, OSError):
-                    pass
-            else:
-                self.proc.terminate()
+            self.proc.kill()
             self.proc.join(grace)
-            if self.proc.is_alive():
-                self.proc.kill()
-                self.proc.join(grace)
         self.conn.close()
 
 
 class WorkerPool:
     """``workers`` long-lived processes of ``threads`` torch threads each, training cells as they come.
 
-    Use as a context manager; :meth:`run` trains a list of cells and may be called again (the
-    workers stay warm between rounds of adaptive seeds).
+    Use as a context manager; :meth:`run` trains a list of cells and may be called again with
+    more (the workers stay warm).
     """
 
     def __init__(self, workers: int, threads: int, plugins: list[str], job: dict[str, Any]) -> None:
@@ -179,7 +182,9 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         for w in self.workers:
-            w.stop()
+            w.signal_stop()
+        for w in self.workers:
+            w.join()
         self.workers = []
 
     def _start(self) -> _Worker:

@@ -205,7 +205,7 @@ def test_concurrent_runs_never_train_a_cell_twice(tmp_path: Path) -> None:
     plan_ids = [c.cell_id for c in load_plan(plan_path).cells]
     runs = tmp_path / "runs"
     logs = [tmp_path / "local.log", tmp_path / "processes.log"]
-    procs = [start_run(plan_path, runs, log=logs[0]),
+    procs = [start_run(plan_path, runs, "--executor", "local", log=logs[0]),
              start_run(plan_path, runs, "--executor", "processes", "--workers", "2", log=logs[1])]
     codes = [p.wait(timeout=400) for p in procs]
     texts = [log.read_text() for log in logs]
