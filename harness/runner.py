@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,11 +102,12 @@ def resolve_layout(executor: str, cells: list[Cell], *, workers: int | None = No
         import torch
 
         dev = "cuda" if torch.cuda.is_available() else "cpu"
-    if executor == "local":
-        if workers not in (None, 1):
-            raise ValueError(f"the local executor trains in this process: workers must be 1, got {workers}")
-        workers = 1
-    return choose_layout(cells, workers=workers, threads=threads, device=dev)
+    if executor != "local":
+        return choose_layout(cells, workers=workers, threads=threads, device=dev)
+    if workers not in (None, 1):
+        raise ValueError(f"the local executor trains in this process: workers must be 1, got {workers}")
+    layout = choose_layout(cells, workers=1, threads=threads, device=dev)
+    return replace(layout, reason=layout.reason.replace("workers set", "local: one process", 1))
 
 
 class Progress:
