@@ -254,3 +254,25 @@ def test_workers_that_cannot_start_stop_the_run(tmp_path: Path) -> None:
         execute(plan, tmp_path / "run", plan.cells, executor="processes", workers=1, threads=1, device="cpu",
                 plugins=[str(plugin)])
     assert Store(tmp_path / "run" / "results.sqlite").rows() == []  # nothing is blamed on a cell
+
+
+# -- bench runner: the sameness rule --------------------------------------------------------------
+def test_bench_runner_calls_results_the_same_only_within_a_percent_of_seed_noise() -> None:
+    from modtransfer.bench_runner import main, same_results
+
+    def run(*cells: tuple[str, str, str, float | None]) -> dict[str, Any]:
+        return {"rows": [{"cell_id": cid, "task": task, "status": status, "primary_value": value}
+                         for cid, task, status, value in cells]}
+
+    base = run(("a", "regression", "done", 1.0), ("b", "lm", "done", 2.0))
+    close = run(("a", "regression", "done", 1.0 + 0.005 * 0.04), ("b", "lm", "done", 2.0))
+    far = run(("a", "regression", "done", 1.0 + 0.05 * 0.04), ("b", "lm", "done", 2.0))
+    flipped = run(("a", "regression", "diverged", None), ("b", "lm", "done", 2.0))
+    same = same_results([base, close])
+    assert same["same"] and same["exact"] == 1 and same["cells"] == 2
+    assert math.isclose(same["noise"], 0.005, rel_tol=1e-6) and math.isclose(same["rel"], 0.0002, rel_tol=1e-6)
+    assert not same_results([base, far])["same"]
+    assert same_results([base, flipped])["status_differs"] == 1 and not same_results([base, flipped])["same"]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["--rounds", "0"]) == 2
+    assert err.getvalue().strip() == "error: --rounds must be >= 1, got 0"
