@@ -64,7 +64,9 @@ class Cell:
     @property
     def cell_id(self) -> str:
         data = {"variant": self.variant, "task": self.task, "seed": self.seed, "spec": self.spec.to_dict(),
-                "task_config": self.task_config, "budget": self.budget.to_dict(), "hparams": self.hparams}
+                "task_config": self.task_config, "hparams": self.hparams,
+                # evaluating more often observes training without changing it: not part of the id
+                "budget": {**self.budget.to_dict(), "eval_every": 0}}
         if self.code:  # a changed plugin trains anew; built-in cells keep their ids
             data["code"] = self.code
         if self.precision != "auto":  # cells of an explicit precision never pair with auto ones

@@ -41,6 +41,10 @@ from .records import (  # noqa: F401  (re-exported: the analysis API)
 from .verdicts import call
 
 
+#: Budget fields that only observe training; cells differing in them are the same condition.
+OBSERVERS = ("eval_every", "diag_every")
+
+
 def axis_keys(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
     """Per task, every field that a hyper-parameter axis or row varies in ``rows``."""
     out: dict[str, set[str]] = {}
@@ -52,6 +56,8 @@ def axis_keys(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
 def _config_json(row: dict[str, Any], axes: dict[str, set[str]]) -> str:
     """Budget and task configuration of a row, minus the fields that hyper-parameter settings vary."""
     budget = dict(row.get("budget") or {})
+    for k in OBSERVERS:  # how often a cell is evaluated or diagnosed does not change what it learns
+        budget.pop(k, None)
     for k in axes.get(row["task"], ()):
         budget.pop(k, None)
     out = {"budget": budget, "task_config": row.get("task_config") or {}}

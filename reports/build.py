@@ -85,7 +85,7 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
                                "baseline.")
         _write_tables(a, table, doc, tmp, run_dir)
         wb = _online_tolerant(wandb_mode, "logging the report run", log_run, a, tmp, figs,
-                             run_dir if out_dir is None else final.parent, wandb_mode)
+                             run_dir if out_dir is None else final.parent, wandb_mode, final)
         if wb is not None:
             where = wb["url"] or f"offline run {wb['id']} in `{wb['dir']}` (upload with `wandb sync`)"
             doc.sections[-1].blocks.insert(1, _wandb_note(where, wb["project"]))
