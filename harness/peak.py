@@ -23,7 +23,7 @@ from .lscache import read_json, write_json
 from .precision import cpu_model, resolve_precision
 
 PEAK_SIZES = {"cpu": (1024, 2048), "cuda": (4096, 8192)}
-PEAK_REPEATS = 4
+PEAK_REPEATS = 8
 _FILE = "matmul_peak.json"
 _KEEP = 64
 
