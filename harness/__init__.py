@@ -12,13 +12,18 @@ on first use. Importing the package stays light (no torch): the base classes, th
 
 from typing import Any
 
-from .components import COMPONENTS, ensure_builtin_components, register_component
-from .errors import UserError
-from .implementations import IMPLEMENTATIONS, apply_implementation, implementation_conflict, register_implementation
-from .registry import set_builtin_loader
-from .spec import SLOTS, ModelSpec
-from .task import TASKS, Budget, Task, register_task
-from .variant import CAPABILITIES, VARIANTS, code_digest, register_variant
+from modtransfer.core.components import COMPONENTS, ensure_builtin_components, register_component
+from modtransfer.core.errors import UserError
+from modtransfer.core.implementations import (
+    IMPLEMENTATIONS,
+    apply_implementation,
+    implementation_conflict,
+    register_implementation,
+)
+from modtransfer.core.registry import set_builtin_loader
+from modtransfer.core.spec import SLOTS, ModelSpec
+from modtransfer.core.task import TASKS, Budget, Task, register_task
+from modtransfer.core.variant import CAPABILITIES, VARIANTS, code_digest, register_variant
 
 __version__ = "0.1.0"
 
@@ -27,12 +32,12 @@ _LAZY = {
     "AttentionBase": "modtransfer.variants.attention",
     "ResidualBase": "modtransfer.variants.residual",
     "NormBase": "modtransfer.variants.norms",
-    "ActivationFn": "modtransfer.model", "FFNFactory": "modtransfer.model", "NormFactory": "modtransfer.model",
-    "ResidualComponent": "modtransfer.model", "PositionComponent": "modtransfer.model",
-    "AttentionComponent": "modtransfer.model", "EmbeddingComponent": "modtransfer.model",
-    "OutputComponent": "modtransfer.model", "SharingFn": "modtransfer.model", "InitFn": "modtransfer.model",
-    "SLOT_PROTOCOLS": "modtransfer.model",
-    "plugin_frame": "modtransfer.contract", "run_contract": "modtransfer.contract",
+    "ActivationFn": "modtransfer.core.model", "FFNFactory": "modtransfer.core.model", "NormFactory": "modtransfer.core.model",
+    "ResidualComponent": "modtransfer.core.model", "PositionComponent": "modtransfer.core.model",
+    "AttentionComponent": "modtransfer.core.model", "EmbeddingComponent": "modtransfer.core.model",
+    "OutputComponent": "modtransfer.core.model", "SharingFn": "modtransfer.core.model", "InitFn": "modtransfer.core.model",
+    "SLOT_PROTOCOLS": "modtransfer.core.model",
+    "plugin_frame": "modtransfer.check.contract", "run_contract": "modtransfer.check.contract",
 }
 
 __all__ = [

@@ -40,7 +40,6 @@ from .records import (  # noqa: F401  (re-exported: the analysis API)
 )
 from .verdicts import call
 
-
 #: Budget fields that only observe training; cells differing in them are the same condition.
 OBSERVERS = ("eval_every", "diag_every")
 
@@ -323,8 +322,8 @@ def sensitivity(comps: list[Comparison]) -> list[dict[str, Any]]:
 
 def load_store(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows and meta of ``run_dir/results.sqlite``; a missing or empty store is a user error."""
-    from modtransfer.errors import UserError
-    from modtransfer.store import Store
+    from modtransfer.core.errors import UserError
+    from modtransfer.run.store import Store
 
     path = Path(run_dir) / "results.sqlite"
     if not path.is_file():

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from modtransfer.errors import UserError
+from modtransfer.core.errors import UserError
 
 from .analysis import Settings
 from .exports import write_cells_csv, write_readme, write_results_json

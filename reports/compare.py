@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modtransfer.errors import UserError
+from modtransfer.core.errors import UserError
 
 from .analysis import Comparison
 from .doc import Bullets, Cell, Document, Para, Section, Table

@@ -1,7 +1,7 @@
 """The report's "What happened" section: why unstable or losing cells ended as they did.
 
 It reads the events and diagnostics that each cell recorded while it trained
-(:mod:`modtransfer.events`, :mod:`modtransfer.diagnostics`) from the run's store and shows:
+(:mod:`modtransfer.run.events`, :mod:`modtransfer.run.diagnostics`) from the run's store and shows:
 
 * how often each kind of event occurred, per variant;
 * for each diverged cell, and each variant cell that scored worse than the baseline cell of the
@@ -82,7 +82,7 @@ def label(row: dict[str, Any]) -> str:
 def happened_section(a: Any, run_dir: Path, folder: Path) -> Section | None:
     """The "What happened" section of the report of ``run_dir`` (figures drawn into ``folder``),
     or None when no cell recorded an event and no cell is unstable or losing."""
-    from modtransfer.store import Store
+    from modtransfer.run.store import Store
 
     store = Store(Path(run_dir) / "results.sqlite", readonly=True)
     events = store.events()

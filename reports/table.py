@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from modtransfer.spec import SLOTS
+from modtransfer.core.spec import SLOTS
 
 from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
 from .doc import Cell, Table

@@ -24,12 +24,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from modtransfer.envinfo import RUN_UID_KEY, remove_local_runs, wandb_env_for, wandb_group
+from modtransfer.run.envinfo import RUN_UID_KEY, remove_local_runs, wandb_env_for, wandb_group
 
 from .figures import Figures
 from .summary import Analysis, fmt, transfer_table
 
-#: the x axis of the cells' charts (the trainer's optimiser step; see ``modtransfer.cell.WANDB_STEP``)
+#: the x axis of the cells' charts (the trainer's optimiser step; see ``modtransfer.run.cell.WANDB_STEP``)
 STEP = "trainer/global_step"
 #: how a variant's seeds are drawn: their mean, with the standard error of the mean as the band
 AGG, BAND = "mean", "stderr"

@@ -27,7 +27,7 @@ import unicodedata
 import zipfile
 from pathlib import Path
 
-from modtransfer.errors import UserError
+from modtransfer.core.errors import UserError
 
 from ._fetch import atomic_open, fetch_package
 

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from modtransfer.errors import UserError
+from modtransfer.core.errors import UserError
 
 #: Seconds ``pip download`` may take before the fetch is reported as failed.
 PIP_TIMEOUT = 900

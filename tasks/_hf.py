@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from modtransfer.errors import UserError
+from modtransfer.core.errors import UserError
 
 _VAL_NAMES = ("validation", "valid", "val", "dev")
 _TEST_NAMES = ("test",)

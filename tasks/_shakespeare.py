@@ -17,7 +17,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from modtransfer.errors import UserError
+from modtransfer.core.errors import UserError
 
 from ._fetch import atomic_open, fetch_package
 

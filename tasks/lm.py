@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from modtransfer.errors import UserError
-from modtransfer.task import Batch, Budget, Task, register_task
+from modtransfer.core.errors import UserError
+from modtransfer.core.task import Batch, Budget, Task, register_task
 
 from ._shakespeare import CREDIT as SHAKESPEARE_CREDIT
 

@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from modtransfer.errors import UserError
-from modtransfer.task import Batch, Budget, Task, register_task
+from modtransfer.core.errors import UserError
+from modtransfer.core.task import Batch, Budget, Task, register_task
 
 #: Offset between the training and the held-out generator seeds.
 HELD_OUT_SEED_OFFSET = 10_000

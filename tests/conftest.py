@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from modtransfer.components import COMPONENTS, ensure_builtin_components
-from modtransfer.plugins import load_plugin_file
-from modtransfer.task import TASKS
-from modtransfer.variant import VARIANTS
+from modtransfer.core.components import COMPONENTS, ensure_builtin_components
+from modtransfer.core.plugins import load_plugin_file
+from modtransfer.core.task import TASKS
+from modtransfer.core.variant import VARIANTS
 
 PLUGIN_DIR = Path(__file__).parent / "plugins"
 GOOD_PLUGIN = PLUGIN_DIR / "good_plugin.py"
 
 ensure_builtin_components()
 if load_plugin_file(GOOD_PLUGIN) is None:
-    raise RuntimeError(f"the example plugin {GOOD_PLUGIN} failed to load; see modtransfer.plugins.PROBLEMS")
+    raise RuntimeError(f"the example plugin {GOOD_PLUGIN} failed to load; see modtransfer.core.plugins.PROBLEMS")
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from modtransfer import cli
-from modtransfer.store import Store
+import modtransfer.cli.commands as cli
+from modtransfer.run.store import Store
 
 PLAN = {"name": "env", "size": "tiny", "seeds": 1, "variants": ["gelu"], "tasks": ["regression"],
         "spec": {"d_model": 32, "n_layers": 1, "d_ff": 64}, "task_budget": {"regression": {"steps": 5}},

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modtransfer import cli
+import modtransfer.cli.commands as cli
 
 BASE: dict[str, Any] = {
     "name": "bad",
@@ -170,7 +170,7 @@ def _params() -> list[Any]:
 @pytest.fixture(autouse=True)
 def _no_stale_plugin_problems(monkeypatch: pytest.MonkeyPatch) -> None:
     """Plugin problems from other tests in this process must not add warning lines here."""
-    monkeypatch.setattr("modtransfer.plugins.PROBLEMS", [])
+    monkeypatch.setattr("modtransfer.core.plugins.PROBLEMS", [])
 
 
 def _write_plan(tmp_path: Path, case: Case) -> Path:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from modtransfer import bench_speed
-from modtransfer.errors import UserError
-from modtransfer.precision import cpu_bf16_flag
+from modtransfer.bench import speed as bench_speed
+from modtransfer.core.errors import UserError
+from modtransfer.core.precision import cpu_bf16_flag
 from modtransfer.tasks.lm import LanguageModelling
 
 COLUMNS = ["variant", "params", "GFLOP/tok", "harness tok/s", "plain tok/s", "harness/plain", "x-tf tok/s",

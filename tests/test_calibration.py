@@ -17,9 +17,9 @@ import math
 import numpy as np
 import pytest
 
-from modtransfer.plan import look_schedule
 from modtransfer.reports import stats
 from modtransfer.reports.verdicts import decide, undecided
+from modtransfer.run.plan import look_schedule
 
 ALPHA = 0.05
 REPS = 4000

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modtransfer.cli import main
-from modtransfer.store import Store
+from modtransfer.cli.commands import main
+from modtransfer.run.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = Path(__file__).parent / "plugins"
@@ -48,7 +48,7 @@ def test_ls_variants_and_tasks(capsys):
 
 
 def test_ls_does_not_import_lightning_or_wandb():
-    code = ("import sys; from modtransfer.cli import main; main(['ls', 'variants', '--size', 'tiny']); "
+    code = ("import sys; from modtransfer.cli.commands import main; main(['ls', 'variants', '--size', 'tiny']); "
             "main(['ls', 'tasks']); print('HEAVY', sorted(m for m in ('lightning', 'wandb', 'pytorch_lightning') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
@@ -208,7 +208,7 @@ def test_shipped_plans_validate(plan, tmp_path, capsys):
 
 def test_readme_variant_table_is_generated_from_the_registry():
     # a fresh process: the built-in registry only, without the test session's plugins
-    proc = subprocess.run([sys.executable, "-m", "modtransfer.readme", "--check"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "modtransfer.bench.readme", "--check"], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
 
@@ -220,7 +220,7 @@ def test_hparam_axes_cross_variants_including_init(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "8 to train" in out  # (baseline + swiglu) x 2 lr x 2 init x 1 seed
     assert "regression/swiglu/0[init=normal(std=0.01),lr=0.002]" in out
-    from modtransfer.plan import load_plan
+    from modtransfer.run.plan import load_plan
 
     cells = load_plan(str(plan)).cells
     inits = {(c.variant, c.hparams["init"]): (c.spec.init, c.spec.init_scale) for c in cells}

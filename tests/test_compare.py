@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modtransfer.cli import main
+from modtransfer.cli.commands import main
 from modtransfer.reports.analysis import Comparison, Condition
 from modtransfer.reports.compare import Input, Match, agreement_line, match
 from modtransfer.reports.summary import analyse, analyse_run

@@ -19,12 +19,19 @@ from torch import Tensor, nn
 
 import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
 from modtransfer import ModelSpec, register_component, register_variant
-from modtransfer.components import ensure_builtin_components
-from modtransfer.contract import CHECKS, FALLBACK_VOCAB, GRAD_RETRY_BATCH, CheckResult, format_results, run_contract
-from modtransfer.errors import ConflictError, UserError
-from modtransfer.plugins import PROBLEMS
-from modtransfer.task import TASKS, Task, register_task
-from modtransfer.variant import VARIANTS
+from modtransfer.check.contract import (
+    CHECKS,
+    FALLBACK_VOCAB,
+    GRAD_RETRY_BATCH,
+    CheckResult,
+    format_results,
+    run_contract,
+)
+from modtransfer.core.components import ensure_builtin_components
+from modtransfer.core.errors import ConflictError, UserError
+from modtransfer.core.plugins import PROBLEMS
+from modtransfer.core.task import TASKS, Task, register_task
+from modtransfer.core.variant import VARIANTS
 
 ensure_builtin_components()
 PAIRS = [pytest.param(v, t, id=f"{v}-{t}") for v in VARIANTS.names() for t in TASKS.names()]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modtransfer.components import ensure_builtin_components
-from modtransfer.errors import ConflictError, UnknownNameError, UserError
-from modtransfer.model import build, count_flops, count_params
-from modtransfer.registry import Registry
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import VARIANTS, canonical, parse_variant, resolve
+from modtransfer.core.components import ensure_builtin_components
+from modtransfer.core.errors import ConflictError, UnknownNameError, UserError
+from modtransfer.core.model import build, count_flops, count_params
+from modtransfer.core.registry import Registry
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import VARIANTS, canonical, parse_variant, resolve
 
 ensure_builtin_components()
 TINY = ModelSpec(d_model=32, n_layers=2, n_heads=2, d_ff=64, vocab_size=50, max_len=32)

@@ -21,16 +21,16 @@ import torch
 from torch import Tensor, nn
 
 import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
-from modtransfer.cell import run_cell
-from modtransfer.diagnostics import Recorder, collapse_stats
-from modtransfer.errors import UserError
-from modtransfer.events import blowups, collapse_event, detect, plateau_event, series
-from modtransfer.model import build
-from modtransfer.plan import Cell, load_plan
-from modtransfer.spec import ModelSpec
-from modtransfer.status import summarise
-from modtransfer.store import Store
-from modtransfer.task import TASKS, Budget, register_task
+from modtransfer.core.errors import UserError
+from modtransfer.core.model import build
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.task import TASKS, Budget, register_task
+from modtransfer.run.cell import run_cell
+from modtransfer.run.diagnostics import Recorder, collapse_stats
+from modtransfer.run.events import blowups, collapse_event, detect, plateau_event, series
+from modtransfer.run.plan import Cell, load_plan
+from modtransfer.run.status import summarise
+from modtransfer.run.store import Store
 
 SPEC = {"d_model": 32, "n_layers": 1, "d_ff": 64}
 COLLAPSE_SPEC = {"d_model": 2, "n_heads": 1, "n_layers": 1, "d_ff": 8}
@@ -211,7 +211,7 @@ def test_store_keeps_diagnostics_and_events_and_status_shows_them(rows: dict[str
 def test_old_store_without_the_tables_still_opens(tmp_path: Path, rows: dict[str, dict[str, Any]]) -> None:
     import sqlite3
 
-    from modtransfer.store import SCHEMA
+    from modtransfer.run.store import SCHEMA
 
     path = tmp_path / "results.sqlite"
     con = sqlite3.connect(path)
@@ -299,7 +299,7 @@ def test_attention_entropy_is_one_when_attention_is_uniform(topology: str) -> No
 
 
 def test_a_failing_measurement_never_fails_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    import modtransfer.diagnostics as diagnostics
+    import modtransfer.run.diagnostics as diagnostics
 
     def broken(h: Tensor, sample: int = 0) -> tuple[float, float]:
         raise RuntimeError("boom")
@@ -323,7 +323,7 @@ def test_diag_every_is_validated_and_kept_out_of_cell_ids() -> None:
 
 
 def test_diagnostics_do_not_import_lightning() -> None:
-    code = ("import sys, modtransfer.diagnostics, modtransfer.events, modtransfer.reports.happened; "
+    code = ("import sys, modtransfer.run.diagnostics, modtransfer.run.events, modtransfer.reports.happened; "
             "print('lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -15,16 +15,16 @@ import pytest
 import torch
 
 import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
-from modtransfer.cell import (
+from modtransfer.core.task import TASKS, Budget, register_task
+from modtransfer.run.cell import (
     DivergenceMonitor,
     diverge_factor_for,
     diverge_patience_for,
     divergence_limit,
     run_cell,
 )
-from modtransfer.plan import Cell, load_plan
-from modtransfer.store import Store
-from modtransfer.task import TASKS, Budget, register_task
+from modtransfer.run.plan import Cell, load_plan
+from modtransfer.run.store import Store
 
 STEPS = 40
 SPEC = {"d_model": 32, "n_layers": 1, "d_ff": 64}
@@ -187,8 +187,8 @@ def test_default_budget_catches_an_exploding_loss_end_to_end(tmp_path: Path) -> 
 
     import yaml
 
-    from modtransfer import cli
-    from modtransfer.store import Store
+    import modtransfer.cli.commands as cli
+    from modtransfer.run.store import Store
 
     plan = {"name": "boom", "size": "tiny", "seeds": 3, "variants": ["gelu"], "tasks": ["regression"],
             "task_budget": {"regression": {"steps": 60, "batch_size": 16, "lr": 3.0e-3, "schedule": "constant"}},

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import modtransfer.gate as gate_module
-from modtransfer.gate import CACHE_FILE, gate
+import modtransfer.check.gate as gate_module
+from modtransfer.check.gate import CACHE_FILE, gate
 
 Loader = Callable[[str | Path], str | None]
 

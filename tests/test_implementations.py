@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from modtransfer.components import COMPONENTS, ensure_builtin_components, register_component
-from modtransfer.errors import UnknownNameError, UserError
-from modtransfer.implementations import (
+from modtransfer.cli.listing import list_implementations
+from modtransfer.core.components import COMPONENTS, ensure_builtin_components, register_component
+from modtransfer.core.errors import UnknownNameError, UserError
+from modtransfer.core.implementations import (
     IMPLEMENTATIONS,
     PROFILE_FIELDS,
     apply_implementation,
@@ -19,10 +20,9 @@ from modtransfer.implementations import (
     register_implementation,
     resolve_on,
 )
-from modtransfer.listing import list_implementations
-from modtransfer.model import Transformer, build, count_params
-from modtransfer.spec import LATE_FIELDS, ModelSpec
-from modtransfer.variant import VARIANTS, register_variant, resolve
+from modtransfer.core.model import Transformer, build, count_params
+from modtransfer.core.spec import LATE_FIELDS, ModelSpec
+from modtransfer.core.variant import VARIANTS, register_variant, resolve
 from modtransfer.variants.init import init_torch
 from modtransfer.variants.position import sinusoid_table
 

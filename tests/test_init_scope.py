@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modtransfer.errors import UserError
-from modtransfer.model import build
-from modtransfer.sizes import size_preset
-from modtransfer.variant import resolve
+from modtransfer.core.errors import UserError
+from modtransfer.core.model import build
+from modtransfer.core.sizes import size_preset
+from modtransfer.core.variant import resolve
 
 
 def _params(expr: str) -> dict[str, torch.Tensor]:

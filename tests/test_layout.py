@@ -19,13 +19,13 @@ import pytest
 import torch
 import yaml
 
-from modtransfer import cli
-from modtransfer.errors import UserError
-from modtransfer.layout import LARGE_STEP_FLOPS, POOL_MIN_SECONDS, Layout, cell_cost, choose_layout
-from modtransfer.plan import load_plan
-from modtransfer.runner import EXECUTORS, execute, resolve_layout
-from modtransfer.store import Store
-from modtransfer.workers import death_words
+import modtransfer.cli.commands as cli
+from modtransfer.core.errors import UserError
+from modtransfer.run.layout import LARGE_STEP_FLOPS, POOL_MIN_SECONDS, Layout, cell_cost, choose_layout
+from modtransfer.run.plan import load_plan
+from modtransfer.run.runner import EXECUTORS, execute, resolve_layout
+from modtransfer.run.store import Store
+from modtransfer.run.workers import death_words
 
 GiB = 2**30
 SMOKE = Path(__file__).resolve().parent.parent / "configs" / "bench" / "smoke.yaml"
@@ -258,7 +258,7 @@ def test_workers_that_cannot_start_stop_the_run(tmp_path: Path) -> None:
 
 # -- bench runner: the sameness rule --------------------------------------------------------------
 def test_bench_runner_calls_results_the_same_only_within_a_percent_of_seed_noise() -> None:
-    from modtransfer.bench_runner import main, same_results
+    from modtransfer.bench.runner import main, same_results
 
     def run(*cells: tuple[str, str, str, float | None]) -> dict[str, Any]:
         return {"rows": [{"cell_id": cid, "task": task, "status": status, "primary_value": value}

@@ -16,11 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from modtransfer import CAPABILITIES, ModelSpec, register_component, register_variant
-from modtransfer.contract import CHECKS, CheckResult, plugin_frame, run_contract
-from modtransfer.errors import ConflictError
-from modtransfer.model import SLOT_PROTOCOLS, build
-from modtransfer.spec import SLOTS
-from modtransfer.variant import code_digest, resolve
+from modtransfer.check.contract import CHECKS, CheckResult, plugin_frame, run_contract
+from modtransfer.core.errors import ConflictError
+from modtransfer.core.model import SLOT_PROTOCOLS, build
+from modtransfer.core.spec import SLOTS
+from modtransfer.core.variant import code_digest, resolve
 
 Loader = Callable[[str | Path], str | None]
 TINY = ModelSpec(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=32, vocab_size=50)
@@ -92,9 +92,9 @@ def test_residual_and_norm_bases(temporary_plugin: Loader, plugin_dir: Path, emp
 def test_slot_protocols_cover_every_slot_and_are_documented() -> None:
     assert set(SLOT_PROTOCOLS) == set(SLOTS)
     assert all((p.__doc__ or "").strip() for p in SLOT_PROTOCOLS.values())
-    import modtransfer.model
+    import modtransfer.core.model
 
-    doc = modtransfer.model.__doc__ or ""
+    doc = modtransfer.core.model.__doc__ or ""
     assert all(f"``{cap}``" in doc for cap in CAPABILITIES)
     from modtransfer.variants.activations import gelu_tanh  # a built-in function component
 
@@ -262,7 +262,7 @@ def test_code_digest_covers_plugin_overriding_builtin_component(temporary_plugin
     class LoudGELU(nn.Module):
         """Stands in for a plugin that replaces a built-in component on purpose."""
 
-    from modtransfer.components import COMPONENTS
+    from modtransfer.core.components import COMPONENTS
 
     original = COMPONENTS["activation"].entry("gelu")
     try:

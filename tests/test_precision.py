@@ -15,12 +15,14 @@ import pytest
 import torch
 import yaml
 
-from modtransfer import bench_precision, cli, peak, precision
-from modtransfer.cell import make_datamodule, make_module, make_trainer
-from modtransfer.errors import UserError
-from modtransfer.model import build
-from modtransfer.plan import load_plan
-from modtransfer.task import TASKS
+import modtransfer.cli.commands as cli
+from modtransfer.bench import precision as bench_precision
+from modtransfer.core import peak, precision
+from modtransfer.core.errors import UserError
+from modtransfer.core.model import build
+from modtransfer.core.task import TASKS
+from modtransfer.run.cell import make_datamodule, make_module, make_trainer
+from modtransfer.run.plan import load_plan
 
 NATIVE_BF16 = precision.cpu_bf16_flag() is not None
 needs_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
@@ -152,7 +154,7 @@ def test_compare_flags_a_gap_beyond_the_noise() -> None:
 @pytest.mark.parametrize("masks", ["causal", "causal+pad+bias"])
 def test_bf16_attention_on_cpu_is_the_same_softmax(masks: str) -> None:
     """bf16 on a CPU takes the explicit-matmul path: the fp32 result up to bf16 rounding, still causal."""
-    from modtransfer.spec import ModelSpec
+    from modtransfer.core.spec import ModelSpec
     from modtransfer.variants.attention import MultiHeadAttention, explicit_is_faster
 
     assert explicit_is_faster(torch.zeros(1, dtype=torch.bfloat16)) and not explicit_is_faster(torch.zeros(1))

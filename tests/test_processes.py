@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from modtransfer.store import Store
+from modtransfer.run.store import Store
 
 
 def _env() -> dict[str, str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modtransfer import cli
-from modtransfer.store import Store
+import modtransfer.cli.commands as cli
+from modtransfer.run.store import Store
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

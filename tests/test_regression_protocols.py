@@ -8,16 +8,16 @@ import pytest
 import torch
 import yaml
 
-from modtransfer import cli
-from modtransfer.errors import UserError
-from modtransfer.model import build
-from modtransfer.sizes import size_preset
-from modtransfer.store import Store
+import modtransfer.cli.commands as cli
+from modtransfer.core.errors import UserError
+from modtransfer.core.model import build
+from modtransfer.core.sizes import size_preset
+from modtransfer.run.store import Store
 from modtransfer.tasks.regression import Regression
 
 
 def _model(task: Regression, **spec: object) -> torch.nn.Module:
-    import modtransfer.components as comps
+    import modtransfer.core.components as comps
 
     comps.ensure_builtin_components()
     s = task.configure_spec(size_preset("tiny").replace(d_model=32, n_layers=1, d_ff=64, **spec))

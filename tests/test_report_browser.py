@@ -18,7 +18,7 @@ import pytest
 
 from modtransfer.reports import build_report
 from modtransfer.reports.analysis import Settings
-from modtransfer.store import Store
+from modtransfer.run.store import Store
 from tests.test_figures import with_evaluations
 from tests.test_reports import TASK_INFO, TASKS, make_row, report_run  # noqa: F401  (report_run: a fixture)
 

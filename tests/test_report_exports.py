@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modtransfer import cli
-from modtransfer.errors import UserError
+import modtransfer.cli.commands as cli
+from modtransfer.core.errors import UserError
 from modtransfer.reports import build_report
 from modtransfer.reports.analysis import Settings
 from modtransfer.reports.summary import analyse_run
 from modtransfer.reports.table import latex, main_table
-from modtransfer.store import Store
+from modtransfer.run.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_reports import TASK_INFO, make_row  # noqa: E402  (the synthetic rows of the report tests)

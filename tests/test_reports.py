@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modtransfer.errors import UserError
+from modtransfer.core.errors import UserError
 from modtransfer.reports import build_report, stats
 from modtransfer.reports.agreement import agreement
 from modtransfer.reports.analysis import Comparison, Condition, Settings, compare
 from modtransfer.reports.reference import PAPER_NAMES, compare_reference, load_table
 from modtransfer.reports.summary import analyse
 from modtransfer.reports.verdicts import VERDICTS, call, combine, verdict
-from modtransfer.store import Store
+from modtransfer.run.store import Store
 
 TASKS = {"lm": ("val_loss", False, 2.0, 0.02), "mt": ("val_bleu", True, 20.0, 0.3)}
 #: Declared gate info per synthetic task: margin 1 SD, trivial scores far from the baseline.

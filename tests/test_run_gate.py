@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modtransfer import cli
-from modtransfer.plan import load_plan
-from modtransfer.store import Store
+import modtransfer.cli.commands as cli
+from modtransfer.run.plan import load_plan
+from modtransfer.run.store import Store
 
 PLUGINS = Path(__file__).parent / "plugins"
 

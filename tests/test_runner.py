@@ -25,13 +25,13 @@ import pytest
 import torch
 import yaml
 
-from modtransfer import cli
-from modtransfer.components import COMPONENTS
-from modtransfer.plan import load_plan
-from modtransfer.runner import execute
-from modtransfer.store import Store
-from modtransfer.task import TASKS
-from modtransfer.variant import VARIANTS
+import modtransfer.cli.commands as cli
+from modtransfer.core.components import COMPONENTS
+from modtransfer.core.task import TASKS
+from modtransfer.core.variant import VARIANTS
+from modtransfer.run.plan import load_plan
+from modtransfer.run.runner import execute
+from modtransfer.run.store import Store
 
 RAISING_PLUGIN = Path(__file__).parent / "plugins" / "raising_plugin.py"
 RAISING_MESSAGE = "raising_plugin: deliberate failure inside forward"
@@ -113,7 +113,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _no_stale_plugin_problems(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("modtransfer.plugins.PROBLEMS", [])
+    monkeypatch.setattr("modtransfer.core.plugins.PROBLEMS", [])
 
 
 @contextlib.contextmanager

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modtransfer import cli
-from modtransfer.plan import load_plan
+import modtransfer.cli.commands as cli
 from modtransfer.reports.plateau import wilson
+from modtransfer.run.plan import load_plan
 
 PLAN = Path(__file__).resolve().parents[1] / "configs" / "bench" / "sensitivity-toy.yaml"
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from modtransfer import cli
-from modtransfer.errors import UserError
-from modtransfer.status import summarise
-from modtransfer.store import (
+import modtransfer.cli.commands as cli
+from modtransfer.core.errors import UserError
+from modtransfer.run.status import summarise
+from modtransfer.run.store import (
     CorruptStoreError,
     ReadOnlyStoreError,
     Store,
@@ -216,8 +216,8 @@ def test_read_only_store_reads_and_stays_unchanged(read_only: Path) -> None:
 NOBODY_READER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from modtransfer.status import summarise
-    from modtransfer.store import Store
+    from modtransfer.run.status import summarise
+    from modtransfer.run.store import Store
     p = Path(sys.argv[1])
     s = Store(p, readonly=True)
     print(json.dumps({"rows": len(s.rows()), "meta": s.meta(), "running": len(s.running()),
@@ -309,7 +309,7 @@ def _connect_with(monkeypatch: pytest.MonkeyPatch, factory: type[sqlite3.Connect
     def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         return real(*args, **kwargs, factory=factory)
 
-    monkeypatch.setattr("modtransfer.store.sqlite3.connect", connect)
+    monkeypatch.setattr("modtransfer.run.store.sqlite3.connect", connect)
 
 
 class _PageLimited(sqlite3.Connection):

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from modtransfer import cli
-from modtransfer.errors import UserError
-from modtransfer.plan import hparam_rows, load_plan
+import modtransfer.cli.commands as cli
+from modtransfer.core.errors import UserError
+from modtransfer.run.plan import hparam_rows, load_plan
 
 
 def plan(**extra: Any) -> dict[str, Any]:

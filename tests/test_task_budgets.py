@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modtransfer.plan import load_plan
-from modtransfer.task import TASKS
+from modtransfer.core.task import TASKS
+from modtransfer.run.plan import load_plan
 
 PLAN = Path(__file__).resolve().parents[1] / "configs" / "bench" / "transfer-cpu.yaml"
 #: The modifications the design card names for the CPU transfer study.

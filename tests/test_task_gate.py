@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from modtransfer.errors import UserError
-from modtransfer.task import TASKS, Task
+from modtransfer.core.errors import UserError
+from modtransfer.core.task import TASKS, Task
 from modtransfer.tasks.lm import LanguageModelling, count_model_scores
 from modtransfer.tasks.mt import BLEU_SETTINGS, Translation
 from modtransfer.tasks.regression import Regression
@@ -131,8 +131,8 @@ def test_lm_default_budget_exposes_a_planted_cheat(lm: LanguageModelling, cache_
     """Baseline and cheat, one seed, default budget, tiny size, the real cell path (about 70 s on an idle core)."""
     import torch
 
-    from modtransfer.cell import run_cell
-    from modtransfer.plan import load_plan
+    from modtransfer.run.cell import run_cell
+    from modtransfer.run.plan import load_plan
 
     assert temporary_plugin(PLUGIN) is not None  # unregistered again after the test
     plan = load_plan({"name": "cheat", "size": "tiny", "tasks": ["lm"], "variants": ["cheat_peek_ahead"],

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from modtransfer.errors import UserError
-from modtransfer.model import build
-from modtransfer.spec import ModelSpec
-from modtransfer.task import TASKS
+from modtransfer.core.errors import UserError
+from modtransfer.core.model import build
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.task import TASKS
 from modtransfer.tasks import _bible, _shakespeare
 from modtransfer.tasks._fetch import fetch_package, sha256_of
 from modtransfer.tasks.lm import LanguageModelling, bpe_chars_per_id, byte_to_unicode, encode_chars

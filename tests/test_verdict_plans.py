@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from modtransfer import cli
-from modtransfer.errors import UserError
-from modtransfer.plan import load_plan
-from modtransfer.store import Store
+import modtransfer.cli.commands as cli
+from modtransfer.core.errors import UserError
+from modtransfer.run.plan import load_plan
+from modtransfer.run.store import Store
 
 
 def plan_dict(name: str, **extra: Any) -> dict[str, Any]:

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from modtransfer.components import component
-from modtransfer.errors import UserError
-from modtransfer.model import build, count_params
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import VARIANTS, resolve
+from modtransfer.core.components import component
+from modtransfer.core.errors import UserError
+from modtransfer.core.model import build, count_params
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import VARIANTS, resolve
 from modtransfer.variants.attention import (
     LinearAttention,
     MultiHeadAttention,

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from modtransfer.components import ensure_builtin_components
-from modtransfer.errors import UserError
-from modtransfer.model import build, count_flops, count_params
-from modtransfer.sizes import size_names, size_preset
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import VARIANTS, resolve
+from modtransfer.core.components import ensure_builtin_components
+from modtransfer.core.errors import UserError
+from modtransfer.core.model import build, count_flops, count_params
+from modtransfer.core.sizes import size_names, size_preset
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import VARIANTS, resolve
 from modtransfer.variants.depth import rescale_depth
 from modtransfer.variants.embeddings import AdaptiveInput, FactorizedEmbedding
 from modtransfer.variants.moe import MixtureOfExperts, load_balancing_loss

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from modtransfer.components import ensure_builtin_components
-from modtransfer.errors import UserError
-from modtransfer.plan import load_plan
-from modtransfer.task import TASKS
-from modtransfer.variant import VARIANTS
+from modtransfer.core.components import ensure_builtin_components
+from modtransfer.core.errors import UserError
+from modtransfer.core.task import TASKS
+from modtransfer.core.variant import VARIANTS
+from modtransfer.run.plan import load_plan
 
 ensure_builtin_components()
 
@@ -33,7 +33,7 @@ def test_variant_trains_on_task(cell):
         task.prepare()
     except UserError as exc:  # data not fetchable here: say so rather than pass silently
         pytest.skip(f"{cell.task} data unavailable: {exc}")
-    from modtransfer.cell import run_cell
+    from modtransfer.run.cell import run_cell
 
     with tempfile.TemporaryDirectory() as tmp:
         row = run_cell(cell, Path(tmp), wandb_cfg={"mode": "disabled"},

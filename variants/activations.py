@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from modtransfer.components import register_component
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import register_variant
+from modtransfer.core.components import register_component
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import register_variant
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

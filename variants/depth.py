@@ -20,10 +20,10 @@ import functools
 
 import torch
 
-from modtransfer.components import component
-from modtransfer.errors import UserError
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import register_variant
+from modtransfer.core.components import component
+from modtransfer.core.errors import UserError
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import register_variant
 
 #: the stack sets whose parameters must match: a lone stack and an encoder + decoder-with-cross
 #: (the layout's name is the topology the stacks are built for)
@@ -51,7 +51,7 @@ def _cached_stack_params(spec: ModelSpec, stack: str, cross: bool, topology: str
 
 
 def _stack_params(spec: ModelSpec, stack: str, cross: bool, topology: str) -> int:
-    from modtransfer.model import Stack
+    from modtransfer.core.model import Stack
 
     shared = component("sharing", spec.sharing)(stack)
     with torch.device("meta"):

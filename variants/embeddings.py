@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modtransfer.components import register_component
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import register_variant
+from modtransfer.core.components import register_component
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import register_variant
 from modtransfer.variants.output import adaptive_bounds, cluster_dims
 
 

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from modtransfer.components import register_component
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import register_variant
+from modtransfer.core.components import register_component
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import register_variant
 
 
 @register_component("ffn", "dense", paper="Vaswani et al. 2017, arXiv 1706.03762")

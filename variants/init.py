@@ -14,7 +14,7 @@ because the embedding component ties its scale to the sqrt(d) input multiplier a
 output layer.
 
 Implementation schemes (selected by the ``torch``, ``t5`` and ``gpt2`` implementation profiles,
-see :mod:`modtransfer.implementations`):
+see :mod:`modtransfer.core.implementations`):
 torch: what PyTorch's own modules do (``torch.nn.Linear.reset_parameters``,
 ``torch.nn.MultiheadAttention._reset_parameters``, ``nn.TransformerEncoder`` cloning its layer,
 ``nn.Transformer._reset_parameters``), see :func:`init_torch`.
@@ -36,11 +36,11 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from modtransfer.components import register_component
-from modtransfer.errors import UserError
-from modtransfer.model import clone_blocks
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import register_variant
+from modtransfer.core.components import register_component
+from modtransfer.core.errors import UserError
+from modtransfer.core.model import clone_blocks
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import register_variant
 from modtransfer.variants.residual import branch_weights
 
 WeightInit = Callable[[Tensor], object]

@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modtransfer.components import register_component
-from modtransfer.errors import UserError
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import register_variant
+from modtransfer.core.components import register_component
+from modtransfer.core.errors import UserError
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import register_variant
 from modtransfer.variants.ffn import DenseFFN
 
 DEFAULT_EXPERTS = 4

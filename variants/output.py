@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modtransfer.components import register_component
-from modtransfer.errors import UserError
-from modtransfer.model import IGNORE_INDEX
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import register_variant
+from modtransfer.core.components import register_component
+from modtransfer.core.errors import UserError
+from modtransfer.core.model import IGNORE_INDEX
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import register_variant
 
 
 def masked_nll(log_probs: Tensor, targets: Tensor) -> Tensor:

@@ -22,10 +22,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from modtransfer.components import register_component
-from modtransfer.errors import UserError
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import register_variant
+from modtransfer.core.components import register_component
+from modtransfer.core.errors import UserError
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import register_variant
 
 
 class PositionBase(nn.Module):

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modtransfer.components import register_component
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import register_variant
+from modtransfer.core.components import register_component
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import register_variant
 
 NormFactory = Callable[..., nn.Module]
 

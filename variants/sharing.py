@@ -12,9 +12,9 @@ encoder / decoder: only the encoder (or the decoder) shares.
 
 from __future__ import annotations
 
-from modtransfer.components import register_component
-from modtransfer.spec import ModelSpec
-from modtransfer.variant import register_variant
+from modtransfer.core.components import register_component
+from modtransfer.core.spec import ModelSpec
+from modtransfer.core.variant import register_variant
 
 _ALBERT = "Lan et al. 2020, arXiv 1909.11942"
 

@@ -1,0 +1,1 @@
+"""bench layer of modtransfer (see the README's Architecture section)."""

@@ -1,0 +1,1 @@
+"""check layer of modtransfer (see the README's Architecture section)."""

@@ -1,0 +1,1 @@
+"""core layer of modtransfer (see the README's Architecture section)."""

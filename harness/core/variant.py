@@ -1,0 +1,356 @@
+"""Variants: named, documented patches of a :class:`ModelSpec`.
+
+A variant is a function ``spec -> spec`` (optionally with keyword parameters, written
+``init_normal(std=0.02)`` in a plan). Variants compose with ``+``; two variants that change
+the same spec field conflict, and the error names both, before anything trains. The free-form
+options in ``ModelSpec.extra`` count key by key, so variants keeping different options there
+compose.
+
+:func:`code_digest` hashes the plugin code a variant expression uses (nothing for built-ins):
+part of a cell's identity, and the key of the gate's cache.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import inspect
+import re
+import sysconfig
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modtransfer.core.errors import ConflictError, UserError
+from modtransfer.core.registry import Entry, Registry, is_builtin
+from modtransfer.core.spec import SLOTS, ModelSpec
+
+VARIANTS: Registry[Callable[..., ModelSpec]] = Registry("variant")
+
+#: Capabilities a task can offer and a variant can require: ``vocab`` (token inputs and a
+#: softmax output over a vocabulary), ``padding`` (batches carry padded positions, given to the
+#: model as masks), ``decoder`` / ``encoder`` / ``encoder_decoder`` (the task's topology), and
+#: ``causal`` (the model has a causal decoder stack: decoder and encoder-decoder tasks).
+CAPABILITIES = ("vocab", "padding", "decoder", "encoder", "encoder_decoder", "causal")
+MATCHES = (None, "params", "flops")
+
+BASELINE = "baseline"
+
+
+def register_variant(
+    name: str,
+    *,
+    slot: str,
+    paper: str = "",
+    description: str | None = None,
+    matches: str | None = None,
+    requires: Iterable[str] = (),
+    requires_any: Iterable[str] = (),
+    override: bool = False,
+) -> Callable[[Callable[..., ModelSpec]], Callable[..., ModelSpec]]:
+    """Register ``fn(spec, **params) -> spec`` as a variant.
+
+    ``slot``: the slot it modifies (``ls`` groups by it; ``"shape"`` for width/depth).
+    ``matches``: ``"params"`` or ``"flops"`` when the variant re-balances width or depth to stay
+    matched to the baseline (tested to within 2% at every size preset).
+    ``requires``: task capabilities all needed (e.g. ``{"vocab"}`` for an output softmax);
+    ``requires_any``: at least one of these (e.g. ``{"decoder", "encoder_decoder"}``).
+    ``override``: replace a variant of the same name on purpose (a plugin re-defining a built-in).
+    """
+    if slot not in SLOTS + ("shape", "baseline"):
+        raise ValueError(f"variant {name!r}: unknown slot {slot!r}; use one of {SLOTS + ('shape',)}")
+    if matches not in MATCHES:
+        raise ValueError(f"variant {name!r}: matches must be one of {MATCHES}")
+    for cap in (*requires, *requires_any):
+        if cap not in CAPABILITIES:
+            raise ValueError(f"variant {name!r}: unknown capability {cap!r}; use {CAPABILITIES}")
+
+    def decorator(fn: Callable[..., ModelSpec]) -> Callable[..., ModelSpec]:
+        doc = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+        VARIANTS.register(
+            name, fn, override=override, slot=slot, paper=paper, description=doc.strip(), matches=matches,
+            requires=frozenset(requires), requires_any=frozenset(requires_any),
+        )
+        return fn
+
+    return decorator
+
+
+@register_variant(BASELINE, slot="baseline", description="the reference model every variant is compared with")
+def baseline(spec: ModelSpec) -> ModelSpec:
+    return spec
+
+
+# -- parsing "a+b(k=v)" ----------------------------------------------------------------
+_PART = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+@dataclass(frozen=True)
+class VariantPart:
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def __str__(self) -> str:
+        if not self.params:
+            return self.name
+        return f"{self.name}(" + ",".join(f"{k}={v!r}" for k, v in self.params) + ")"
+
+
+def _split_plus(expr: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in expr:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "+" and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return parts
+
+
+def parse_variant(expr: str) -> list[VariantPart]:
+    """``"swiglu+init_normal(std=0.02)"`` -> parts; names are checked against the registry."""
+    from modtransfer.core.components import ensure_builtin_components
+
+    ensure_builtin_components()
+    if not isinstance(expr, str) or not expr.strip():
+        raise UserError(f"a variant must be a non-empty string, got {expr!r}")
+    parts: list[VariantPart] = []
+    for raw in _split_plus(expr):
+        m = _PART.match(raw)
+        if not m:
+            raise UserError(f"cannot parse variant {raw.strip()!r} in {expr!r}; write name or name(key=value)")
+        name, arglist = m.group(1), m.group(2)
+        VARIANTS.entry(name)
+        params: list[tuple[str, Any]] = []
+        if arglist and arglist.strip():
+            try:
+                call = ast.parse(f"f({arglist})", mode="eval").body
+                assert isinstance(call, ast.Call) and not call.args
+                # a bare word is a string: scope=all is scope="all"
+                params = [(kw.arg, kw.value.id if isinstance(kw.value, ast.Name) else ast.literal_eval(kw.value))
+                          for kw in call.keywords]  # type: ignore[misc]
+            except (SyntaxError, ValueError, AssertionError):
+                raise UserError(
+                    f"cannot parse the parameters of variant {raw.strip()!r}; write name(key=value, ...) with literal values"
+                ) from None
+        parts.append(VariantPart(name, tuple(sorted(params))))
+    names = [p.name for p in parts]
+    if len(parts) > 1 and BASELINE in names:
+        raise UserError(f"variant {expr!r}: 'baseline' cannot be combined with other variants")
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise UserError(f"variant {expr!r} names {sorted(dup)[0]!r} twice")
+    return parts
+
+
+def canonical(expr: str) -> str:
+    """A normal form of a variant expression (parameters sorted, no spaces)."""
+    return "+".join(str(p) for p in parse_variant(expr))
+
+
+@dataclass
+class ResolvedVariant:
+    """A variant expression applied to a baseline spec."""
+
+    name: str
+    spec: ModelSpec
+    parts: list[VariantPart]
+    slots: list[str]
+    requires: frozenset[str] = field(default_factory=frozenset)
+    requires_any: list[frozenset[str]] = field(default_factory=list)
+    matches: list[str] = field(default_factory=list)
+    papers: list[str] = field(default_factory=list)
+
+    def missing(self, capabilities: Iterable[str]) -> str | None:
+        """Why this variant cannot run on a task with ``capabilities`` (None when it can)."""
+        caps = set(capabilities)
+        lacking = sorted(self.requires - caps)
+        if lacking:
+            return f"needs a task with {', '.join(lacking)}"
+        for group in self.requires_any:
+            if not group & caps:
+                return f"needs a task with one of {', '.join(sorted(group))}"
+        return None
+
+
+def _apply(part: VariantPart, spec: ModelSpec) -> ModelSpec:
+    fn = VARIANTS.get(part.name)
+    try:
+        out = fn(spec, **dict(part.params))
+    except TypeError as exc:
+        raise UserError(f"variant {part}: {exc}") from None
+    if not isinstance(out, ModelSpec):
+        raise UserError(f"variant {part.name!r} returned {type(out).__name__}, not a ModelSpec")
+    return out
+
+
+def _extra_changes(before: ModelSpec, after: ModelSpec) -> tuple[dict[str, Any], set[str]]:
+    """Keys of ``extra`` a patch set (to a new value) and keys it removed."""
+    old, new = dict(before.extra), dict(after.extra)
+    changed = {k: v for k, v in new.items() if k not in old or old[k] != v}
+    return changed, {k for k in old if k not in new}
+
+
+def resolve(expr: str, base: ModelSpec) -> ResolvedVariant:
+    """Apply a variant expression to ``base``, rejecting parts that patch the same field.
+
+    ``extra`` counts per key: variants setting different keys of it compose (each keeps the
+    others' keys, whatever it wrote), two setting the same key conflict.
+    """
+    parts = parse_variant(expr)
+    touched: dict[str, str] = {}
+    deltas: list[tuple[dict[str, Any], set[str]]] = []
+    for part in parts:
+        out = _apply(part, base)
+        names = [f for f in out.diff(base) if f != "extra"]
+        changed, removed = _extra_changes(base, out)
+        deltas.append((changed, removed))
+        names += [f"extra[{k!r}]" for k in sorted({*changed, *removed})]
+        for fname in names:
+            if fname in touched:
+                raise ConflictError(
+                    f"variants {touched[fname]!r} and {str(part)!r} both change ModelSpec.{fname}; "
+                    "they cannot be combined"
+                )
+            touched[fname] = str(part)
+    spec = base
+    extra = dict(base.extra)
+    for part, (changed, removed) in zip(parts, deltas, strict=True):
+        # each part's own keys (as it sets them on the baseline), whatever it wrote over the others'
+        extra = {k: v for k, v in extra.items() if k not in removed} | changed
+        out = _apply(part, spec)
+        if dict(out.extra) != extra:
+            out = out.replace(extra=tuple(sorted(extra.items(), key=lambda kv: kv[0])))
+        spec = out
+    spec.check_components()
+    metas = [VARIANTS.entry(p.name).meta for p in parts]
+    return ResolvedVariant(
+        name="+".join(str(p) for p in parts),
+        spec=spec,
+        parts=parts,
+        slots=[m["slot"] for m in metas],
+        requires=frozenset().union(*(m["requires"] for m in metas)),
+        requires_any=[m["requires_any"] for m in metas if m["requires_any"]],
+        matches=[m["matches"] for m in metas if m["matches"]],
+        papers=[m["paper"] for m in metas if m["paper"]],
+    )
+
+
+# -- plugin code: what it is, where it lives, and its digest -----------------------------
+def source_file(obj: Any) -> Path | None:
+    """The resolved file that defines ``obj``, or None (defined interactively, or a C object)."""
+    try:
+        path = inspect.getsourcefile(inspect.unwrap(obj))
+    except (TypeError, OSError):
+        return None
+    return Path(path).resolve() if path else None
+
+
+@functools.cache
+def _library_roots() -> tuple[Path, ...]:
+    names = ("stdlib", "platstdlib", "purelib", "platlib")
+    return tuple({Path(p).resolve() for n in names if (p := sysconfig.get_paths().get(n))})
+
+
+def _is_library(path: Path) -> bool:
+    return any(path.is_relative_to(root) for root in _library_roots())
+
+
+def plugin_source_files(obj: Any) -> list[Path]:
+    """The files of plugin code behind a registered object: its own file and those of its base
+    classes, leaving out the package and installed libraries (torch's ``nn.Module``)."""
+    classes = [c for c in getattr(obj, "__mro__", ()) if not is_builtin(c)] or [obj]
+    files = {f for f in map(source_file, classes) if f is not None}
+    return sorted(f for f in files if not _is_library(f))
+
+
+def _registries() -> list[tuple[str, Registry[Any]]]:
+    from modtransfer.core.components import COMPONENTS
+    from modtransfer.core.implementations import IMPLEMENTATIONS
+    from modtransfer.core.task import TASKS
+
+    return [*COMPONENTS.items(), ("variant", VARIANTS), ("task", TASKS), ("implementation", IMPLEMENTATIONS)]
+
+
+def plugin_entries() -> list[tuple[str, str, Any]]:
+    """``(kind, name, object)`` of everything registered from outside the package.
+
+    ``kind`` is the slot of a component (``"ffn"``), or ``"variant"``, ``"task"``,
+    ``"implementation"``: the interface through which the harness calls the object. Plugin
+    files, entry points, tests and scripts count; the built-ins (even ``torch`` functions the
+    package registers, such as ``relu``) do not.
+    """
+    return [(kind, e.name, e.obj) for kind, reg in _registries() for e in reg.list() if not e.builtin]
+
+
+def _code_text(obj: Any) -> str:
+    """The code behind ``obj``: every plugin file defining it or one of its base classes.
+
+    Whole files, not just the object's lines: module constants and helper functions change
+    what a component computes too. Files are compared as syntax trees, so editing comments or
+    layout does not change the digest; anything else does. An object without a readable
+    plugin file (a library function registered under a new name) counts by its import path.
+    """
+    texts = []
+    for f in plugin_source_files(obj):
+        try:
+            source = f.read_text(encoding="utf-8")
+        except OSError:
+            texts.append(f"{f}: unreadable")
+            continue
+        try:
+            texts.append(ast.dump(ast.parse(source)))
+        except SyntaxError:
+            texts.append(source)
+    if texts:
+        return "\n".join(texts)
+    try:
+        return inspect.getsource(obj)
+    except (TypeError, OSError):
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def code_digest(variant_expr: str, spec: ModelSpec | None = None, task: str | None = None) -> str:
+    """A hash of the plugin code a variant uses; ``""`` when everything it uses is built in.
+
+    Covers the variant function of every part, the component of every slot of the resolved
+    spec (``spec``, else the expression applied to a default :class:`ModelSpec`), its
+    implementation profile, and the task ``task`` when given, keeping those registered from
+    outside the package (plugin files, entry points, a plugin that overrides a built-in name).
+    Built-ins contribute nothing, so the ids of built-in cells never change; editing a plugin's
+    code changes the digest, so results of the old code are not taken for the new.
+    """
+    from modtransfer.core.components import COMPONENTS
+    from modtransfer.core.implementations import IMPLEMENTATIONS
+    from modtransfer.core.task import TASKS
+
+    used: list[tuple[str, Entry[Any]]] = [("variant", VARIANTS.entry(p.name)) for p in parse_variant(variant_expr)]
+    resolved = spec
+    if resolved is None:
+        try:
+            resolved = resolve(variant_expr, ModelSpec()).spec
+        except Exception:  # noqa: BLE001 - a variant that cannot resolve: its own code is what counts
+            resolved = None
+    if resolved is not None:
+        used += [(slot, COMPONENTS[slot].entry(getattr(resolved, slot))) for slot in SLOTS
+                 if getattr(resolved, slot) in COMPONENTS[slot]]
+        if resolved.implementation in IMPLEMENTATIONS:
+            used.append(("implementation", IMPLEMENTATIONS.entry(resolved.implementation)))
+    if task is not None:
+        used.append(("task", TASKS.entry(task)))
+    plugin = sorted({(kind, e.name): e.obj for kind, e in used if not e.builtin}.items(), key=lambda kv: kv[0])
+    if not plugin:
+        return ""
+    h = hashlib.sha256()
+    for (kind, name), obj in plugin:
+        h.update(f"{kind}:{name}\n".encode())
+        h.update(_code_text(obj).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""run layer of modtransfer (see the README's Architecture section)."""
