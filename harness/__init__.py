@@ -12,6 +12,7 @@ on first use. Importing the package stays light (no torch): the base classes, th
 
 from typing import Any
 
+from modtransfer.core import __version__  # noqa: F401  (the package version)
 from modtransfer.core.components import COMPONENTS, ensure_builtin_components, register_component
 from modtransfer.core.errors import UserError
 from modtransfer.core.implementations import (
@@ -24,8 +25,6 @@ from modtransfer.core.registry import set_builtin_loader
 from modtransfer.core.spec import SLOTS, ModelSpec
 from modtransfer.core.task import TASKS, Budget, Task, register_task
 from modtransfer.core.variant import CAPABILITIES, VARIANTS, code_digest, register_variant
-
-__version__ = "0.1.0"
 
 #: Names served lazily (their modules import torch): name -> module that defines it.
 _LAZY = {

@@ -39,7 +39,7 @@ def versions() -> dict[str, Any]:
             out[mod] = __import__(mod).__version__
         except Exception:  # pragma: no cover - optional
             out[mod] = None
-    from modtransfer import __version__
+    from modtransfer.core import __version__
 
     out["modtransfer"] = __version__
     return out
