@@ -60,9 +60,8 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
     to write it (default ``run_dir/report``), for a run folder that is read-only.
     """
     from . import render_html, render_md
-    from .content import build_document
     from .figures import draw
-    from .happened import happened_section
+    from .page import Context, build_document
     from .wandb_push import log_run, write_report_definition
 
     if wandb_mode not in ("offline", "online", "disabled"):
@@ -76,13 +75,7 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
     try:
         figs = draw(a, tmp)
         table = main_table(a)
-        doc = build_document(a, figs, table)
-        happened = happened_section(a, run_dir, tmp)
-        if happened is not None:
-            doc.sections.insert(len(doc.sections) - 2, happened)  # before Skipped and failed cells
-        else:
-            doc.omitted.append("**What happened**: no cell recorded a diagnostic event, diverged or lost to the "
-                               "baseline.")
+        doc = build_document(a, figs, Context(run_dir, tmp), table)
         _write_tables(a, table, doc, tmp, run_dir)
         wb = _online_tolerant(wandb_mode, "logging the report run", log_run, a, tmp, figs,
                              run_dir if out_dir is None else final.parent, wandb_mode, final)

@@ -1,61 +1,19 @@
-"""What the report says: the sections of the document, built from an :class:`Analysis` and its figures."""
+"""The report's general sections (verdicts, noise, effects, curves, agreement, cost, problems, reproducibility),
+built from an :class:`Analysis` and its figures; their order is in :mod:`.page`."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 from .analysis import BASELINE
-from .doc import Bullets, Cell, Document, Image, Para, Pre, Section, Table
+from .doc import Bullets, Cell, Image, Para, Pre, Section, Table
 from .figures import Figures
-from .front import caveats, headline, main_section, sweep_section
 from .marks import SYMBOLS, call_cell, ci_text, ratio  # noqa: F401  (SYMBOLS re-exported)
-from .studies import implementations_section, plateau_section, reference_section, sensitivity_section
 from .summary import Analysis, fmt
-from .table import MainTable, main_table
 from .verdicts import VERDICT_RULE, call_rule
-
-
-def build_document(a: Analysis, figs: Figures, table: MainTable | None = None) -> Document:
-    """The report: headline, caveats, the main table first, then the evidence behind it."""
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    settings = f" in {len(a.labels)} settings" if len(a.labels) != len(a.groups) else ""
-    who = (f"{len(a.order)} variant(s) against `{BASELINE}`" if a.order else f"`{BASELINE}` only")
-    sub = (f"Benchmark `{a.benchmark}` · {len(a.rows)} cells · {who} on {len(a.groups)} task(s){settings} · "
-           f"generated {now}")
-    doc = Document(f"Transfer report: {a.benchmark}", sub, headline=headline(a), banner=caveats(a))
-    table = table if table is not None else main_table(a)
-    optional: list[tuple[str, Section | None, str]] = [
-        ("Verdicts", verdict_section(a, figs) if a.order else None, "no variant besides the baseline"),
-        ("Baseline per hyper-parameter setting", sweep_section(a, figs), "one setting per task"),
-        ("Noise floor and margins", noise_section(a) if a.comps else None, "no comparison with the baseline"),
-        ("Effects per task", effects_section(a, figs) if a.comps else None, "no comparison with the baseline"),
-        ("Learning curves", curves_section(a, figs) if figs.curves else None, "no cell recorded a curve"),
-        ("Agreement between tasks", agreement_section(a, figs) if a.agreement.pairs else None,
-         "needs at least two tasks and two variants"),
-        ("Cost next to benefit", cost_section(a) if a.order else None, "no variant besides the baseline"),
-        ("Reference study", reference_section(a) if a.reference else None,
-         "no variant of this run has a row in Narang et al. 2021's table on a task it measured"),
-        ("Hyper-parameter sensitivity", sensitivity_section(a, figs) if a.sensitivity else None,
-         "no variant was compared over hyper-parameter settings"),
-    ]
-    plateau = a.plateau()
-    impl_rows = a.across_implementations()
-    optional += [("Training sensitivity", plateau_section(plateau, figs) if plateau else None,
-                  "no task declares a plateau threshold for these rows"),
-                 ("Across implementations", implementations_section(impl_rows) if impl_rows else None,
-                  "one implementation only")]
-    doc.sections = [main_section(a, table)]
-    for title, section, why in optional:
-        if section is not None:
-            doc.sections.append(section)
-        else:
-            doc.omitted.append(f"**{title}**: {why}.")
-    doc.sections += [problems_section(a), repro_section(a)]
-    return doc
 
 
 def noise_section(a: Analysis) -> Section:

@@ -36,7 +36,7 @@ def unit(metric: str, task: str) -> str:
     return metric
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Analysis:
     rows: list[dict[str, Any]]
     meta: dict[str, Any]
@@ -145,9 +145,10 @@ def analyse(rows: list[dict[str, Any]], meta: dict[str, Any], settings: Settings
                 task_calls[v][g] = combine(calls)
         verdicts[v] = verdict(list(task_calls[v].values()))
     skipped = meta.get("skipped") if isinstance(meta.get("skipped"), list) else []
-    return Analysis(rows, meta, settings, comps, labels, overall, order_variants(overall), verdicts, groups,
-                    task_calls, variant_costs(comps), agreement(comps, settings), compare_reference(comps), sensitivity(comps),
-                    skipped)
+    return Analysis(rows=rows, meta=meta, settings=settings, comps=comps, labels=labels, overall=overall,
+                    order=order_variants(overall), verdicts=verdicts, groups=groups, task_calls=task_calls,
+                    costs=variant_costs(comps), agreement=agreement(comps, settings),
+                    reference=compare_reference(comps), sensitivity=sensitivity(comps), skipped=skipped)
 
 
 def analyse_run(run_dir: Path, settings: Settings | None = None) -> Analysis:
