@@ -12,8 +12,10 @@ on first use. Importing the package stays light (no torch): the base classes, th
 
 from typing import Any
 
+from modtransfer.builtins import load_builtins
 from modtransfer.core import __version__  # noqa: F401  (the package version)
-from modtransfer.core.components import COMPONENTS, ensure_builtin_components, register_component
+from modtransfer.core.components import COMPONENTS, register_component
+from modtransfer.core.digest import code_digest
 from modtransfer.core.errors import UserError
 from modtransfer.core.implementations import (
     IMPLEMENTATIONS,
@@ -24,18 +26,18 @@ from modtransfer.core.implementations import (
 from modtransfer.core.registry import set_builtin_loader
 from modtransfer.core.spec import SLOTS, ModelSpec
 from modtransfer.core.task import TASKS, Budget, Task, register_task
-from modtransfer.core.variant import CAPABILITIES, VARIANTS, code_digest, register_variant
+from modtransfer.core.variant import CAPABILITIES, VARIANTS, register_variant
 
 #: Names served lazily (their modules import torch): name -> module that defines it.
 _LAZY = {
     "AttentionBase": "modtransfer.variants.attention",
     "ResidualBase": "modtransfer.variants.residual",
     "NormBase": "modtransfer.variants.norms",
-    "ActivationFn": "modtransfer.core.model", "FFNFactory": "modtransfer.core.model", "NormFactory": "modtransfer.core.model",
-    "ResidualComponent": "modtransfer.core.model", "PositionComponent": "modtransfer.core.model",
-    "AttentionComponent": "modtransfer.core.model", "EmbeddingComponent": "modtransfer.core.model",
-    "OutputComponent": "modtransfer.core.model", "SharingFn": "modtransfer.core.model", "InitFn": "modtransfer.core.model",
-    "SLOT_PROTOCOLS": "modtransfer.core.model",
+    "ActivationFn": "modtransfer.core.protocols", "FFNFactory": "modtransfer.core.protocols", "NormFactory": "modtransfer.core.protocols",
+    "ResidualComponent": "modtransfer.core.protocols", "PositionComponent": "modtransfer.core.protocols",
+    "AttentionComponent": "modtransfer.core.protocols", "EmbeddingComponent": "modtransfer.core.protocols",
+    "OutputComponent": "modtransfer.core.protocols", "SharingFn": "modtransfer.core.protocols", "InitFn": "modtransfer.core.protocols",
+    "SLOT_PROTOCOLS": "modtransfer.core.protocols",
     "plugin_frame": "modtransfer.check.contract", "run_contract": "modtransfer.check.contract",
 }
 
@@ -59,4 +61,4 @@ def __getattr__(name: str) -> Any:
 
 
 # last: from here on, reading a registry (or registering from outside the package) loads the built-ins
-set_builtin_loader(ensure_builtin_components)
+set_builtin_loader(load_builtins)

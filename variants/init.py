@@ -23,7 +23,7 @@ gpt2: N(0, 0.02^2), residual output projections N(0, 0.02^2 / (2 n_layers)) (:fu
 
 Special inits: a module with its own initialisation (Fixup, ReZero alpha, DeepNorm beta, the
 unscaled-attention W_q) defines ``reset_special(topology, stack)``; every scheme ends with
-:func:`apply_special_inits`, so those inits win over the scheme. ``reset_special`` re-applies
+:func:`modtransfer.core.model.apply_special_inits`, so those inits win over the scheme. ``reset_special`` re-applies
 the init from scratch, so a second call is harmless. A plugin init scheme should end with
 ``apply_special_inits(model)`` too.
 """
@@ -38,31 +38,12 @@ from torch import Tensor, nn
 
 from modtransfer.core.components import register_component
 from modtransfer.core.errors import UserError
-from modtransfer.core.model import clone_blocks
+from modtransfer.core.model import apply_special_inits, clone_blocks, reset_specials
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.variant import register_variant
 from modtransfer.variants.residual import branch_weights
 
 WeightInit = Callable[[Tensor], object]
-
-
-def apply_special_inits(model: nn.Module) -> None:
-    """Call ``reset_special(topology, stack)`` on every module that has one (each module once)."""
-    topology = getattr(model, "topology", "")
-    seen: set[int] = set()
-    stacks = [(name, getattr(model, name, None)) for name in ("encoder", "decoder")]
-    stacks.append(("", model))
-    for stack, root in stacks:
-        if isinstance(root, nn.Module):
-            _special_inits(root, topology, stack, seen)
-
-
-def _special_inits(root: nn.Module, topology: str, stack: str, seen: set[int]) -> None:
-    for m in root.modules():
-        hook = getattr(m, "reset_special", None)
-        if callable(hook) and id(m) not in seen:
-            seen.add(id(m))
-            hook(topology, stack)
 
 
 @torch.no_grad()
@@ -237,7 +218,7 @@ def init_torch(model: nn.Module, spec: ModelSpec) -> None:
         final = getattr(stack, "final_norm", None)
         if isinstance(final, nn.Module):
             _torch_module_init(final)
-        _special_inits(stack, topology, name, seen)
+        reset_specials(stack, topology, name, seen)
     if spec.clone_layers:
         clone_blocks(model)
     if topology == "encoder_decoder":
@@ -245,10 +226,10 @@ def init_torch(model: nn.Module, spec: ModelSpec) -> None:
             _xavier_matrices(getattr(stack, "blocks", []))
         seen.clear()
         for name, stack in stacks:
-            _special_inits(stack, topology, name, seen)
+            reset_specials(stack, topology, name, seen)
     inside = {id(m) for _, stack in stacks for m in stack.modules()}
     _torch_module_init(model, skip=inside)
-    _special_inits(model, topology, "", seen)
+    reset_specials(model, topology, "", seen)
 
 
 init_torch.finishes = True  # type: ignore[attr-defined]  # applies special inits and cloning itself

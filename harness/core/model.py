@@ -8,41 +8,8 @@
 * ``encoder_decoder``: encoder + decoder with causal self-attention and cross-attention
   (Vaswani et al. 2017, "Attention Is All You Need", arXiv 1706.03762).
 
-Slot interfaces (what a plugin's component must provide):
-
-``activation``  ``fn(x) -> x``, elementwise.
-``ffn``         ``factory(spec, activation, layer_index) -> Module``; ``forward(x) -> x``; may set
-                ``self.aux_loss`` (a scalar tensor) after each forward, added to the training loss.
-                A module with ``takes_pad_mask = True`` is called ``forward(x, pad_mask=...)``
-                (True at padded positions, or None), e.g. so routing can leave padding out.
-``norm``        ``factory(dim, eps) -> Module``.
-``residual``    ``cls(spec, sublayer, norm_factory, index, n_sublayers) -> Module``;
-                ``forward(x, **kw)`` calls ``sublayer(h, **kw)``; class attribute ``final_norm``
-                says whether a stack ends with a norm.
-``position``    ``cls(spec, causal) -> Module`` with ``embed(x) -> x`` (added to the input),
-                ``bias(q_len, k_len, device, dtype) -> Tensor[H, q_len, k_len] | None`` and
-                ``rotate(q, k) -> (q, k)`` (used when ``rotates`` is true). One per stack, so a
-                relative bias is shared by the stack's layers (T5).
-``attention``   ``cls(spec, causal, cross) -> Module``;
-                ``forward(x, kv=None, *, pad_mask=None, bias=None, position=None) -> x``.
-``embedding``   ``cls(spec, topology) -> Module`` with ``embed(tokens, stack) -> x``,
-                ``output_weight() -> Tensor[V, d_out] | None`` (tied weight, or None), ``to_output(h)``
-                (maps hidden states to the output head's input) and ``output_dim``.
-``output``      ``cls(spec, in_dim, tied) -> Module`` with ``log_probs(h, weight)`` and
-                ``token_nll(h, targets, weight) -> Tensor[B, T]`` (0 where ``targets == -100``).
-``sharing``     ``fn(stack) -> bool``: whether ``"encoder"``/``"decoder"`` reuses one block.
-``init``        ``fn(model, spec) -> None``, applied once after construction. A scheme with the
-                attribute ``finishes = True`` applies the special inits and ``clone_layers``
-                itself (see :func:`clone_blocks`); otherwise the builder does both after it.
-
-A component of the ``attention`` or ``ffn`` slot that builds its projections with
-``bias=spec.bias`` says so with ``honours_bias = True`` (see
-:func:`modtransfer.core.spec.honours_bias`); without it a spec with ``bias=True`` is rejected.
-Dropout rates come from ``spec.dropout_for(site)``, so ``spec.dropout_at`` decides where
-dropout is applied. The same interfaces, typed, are the ``Protocol`` classes below
-(:data:`SLOT_PROTOCOLS`); base classes that implement most of them are
-:class:`~modtransfer.variants.attention.AttentionBase`,
-:class:`~modtransfer.variants.residual.ResidualBase` and :class:`~modtransfer.variants.norms.NormBase`.
+The interface of each slot (what a plugin's component must provide) is documented, typed, in
+:mod:`modtransfer.core.protocols`.
 
 Capabilities a task offers and a variant may require (``register_variant(requires=...)``):
 ``vocab`` (token inputs and a softmax output), ``padding`` (batches carry padded positions),
@@ -52,117 +19,16 @@ has a causal decoder stack: ``decoder`` and ``encoder_decoder`` tasks).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar, Protocol, runtime_checkable
-
 import torch
 from torch import Tensor, nn
 
 from modtransfer.core.components import component
 from modtransfer.core.errors import UserError
 from modtransfer.core.spec import ModelSpec
+from modtransfer.core.validate import check_components
 
+#: The target of a position that counts in no loss (padding), as ``torch.nn.functional.cross_entropy``'s default.
 IGNORE_INDEX = -100
-
-
-# -- slot interfaces ------------------------------------------------------------------------------
-@runtime_checkable
-class ActivationFn(Protocol):
-    """``activation``: an elementwise function, applied inside the FFN (``relu``, ``gelu``)."""
-
-    def __call__(self, x: Tensor, /) -> Tensor: ...
-
-
-class FFNFactory(Protocol):
-    """``ffn``: builds the position-wise branch of block ``layer_index`` (from 0, per stack).
-
-    The module's ``forward(x) -> x`` maps [B, T, d_model] to the same shape, position by
-    position: a FFN must never mix positions (``check`` tests causality and padding). It may
-    set ``aux_loss`` (a scalar tensor, weighted by ``spec.aux_loss_weight``) after each forward;
-    with ``takes_pad_mask = True`` it is called ``forward(x, pad_mask=pad_mask)``; a module
-    whose parameters are used only for some tokens sets ``conditional_grad = True``.
-    """
-
-    def __call__(self, spec: Any, activation: Callable[[Tensor], Tensor], layer_index: int = 0, /) -> nn.Module: ...
-
-
-class NormFactory(Protocol):
-    """``norm``: builds a normalisation of the last dimension, ``forward(x) -> x``."""
-
-    def __call__(self, dim: int, eps: float, /) -> nn.Module: ...
-
-
-class ResidualComponent(Protocol):
-    """``residual``: wraps one sublayer (attention or FFN) of a block.
-
-    ``forward(x, **kw)`` must call ``sublayer(h, **kw)`` (passing the keywords on: masks and
-    positions travel in them) and combine the result with ``x``. ``index`` counts the stack's
-    sublayers from 0 out of ``n_sublayers``; ``final_norm`` says whether a stack of these ends
-    with a norm (pre-norm: yes; post-norm: no).
-    """
-
-    final_norm: ClassVar[bool]
-
-    def __call__(self, spec: Any, sublayer: nn.Module, norm: NormFactory, index: int = 0,
-                 n_sublayers: int = 1, /) -> nn.Module: ...
-
-
-class PositionComponent(Protocol):
-    """``position``: one per stack (``causal`` for a decoder); the built module provides
-    ``embed(x) -> x`` (applied to the stack's input), ``bias(q_len, k_len, device, dtype) ->
-    Tensor[H, q_len, k_len] | None`` (added to attention logits; set ``adds_bias = True``) and
-    ``rotate(q, k) -> (q, k)`` (used when ``rotates = True``)."""
-
-    def __call__(self, spec: Any, causal: bool = False, /) -> nn.Module: ...
-
-
-class AttentionComponent(Protocol):
-    """``attention``: builds self- (``cross=False``) or cross-attention (``cross=True``).
-
-    ``forward(x, kv=None, *, pad_mask=None, bias=None, position=None) -> x``: ``kv`` is the
-    encoder memory for cross-attention, ``pad_mask`` [B, S] is True at padded keys, ``bias`` is
-    the position bias [H, T, S], ``position`` the stack's position module (rotation). A causal
-    module must never let query i see keys after i, in training as in evaluation.
-    """
-
-    def __call__(self, spec: Any, causal: bool = False, cross: bool = False, /) -> nn.Module: ...
-
-
-class EmbeddingComponent(Protocol):
-    """``embedding``: token embeddings (``embed(tokens, stack) -> x``), the tied output weight
-    (``output_weight() -> Tensor[V, d_out] | None``), ``to_output(h)`` and ``output_dim``."""
-
-    def __call__(self, spec: Any, topology: str, /) -> nn.Module: ...
-
-
-class OutputComponent(Protocol):
-    """``output``: ``log_probs(h, weight) -> Tensor[B, T, V]`` (normalised) and
-    ``token_nll(h, targets, weight) -> Tensor[B, T]`` (0 where ``targets == -100``)."""
-
-    def __call__(self, spec: Any, in_dim: int, tied: bool, /) -> nn.Module: ...
-
-
-@runtime_checkable
-class SharingFn(Protocol):
-    """``sharing``: whether the stack ``"encoder"`` / ``"decoder"`` reuses one block for all layers."""
-
-    def __call__(self, stack: str, /) -> bool: ...
-
-
-@runtime_checkable
-class InitFn(Protocol):
-    """``init``: initialises a built model in place, once; ``finishes = True`` when it applies
-    the components' special inits and ``clone_layers`` itself."""
-
-    def __call__(self, model: nn.Module, spec: Any, /) -> None: ...
-
-
-#: The interface each slot's components implement.
-SLOT_PROTOCOLS: dict[str, type] = {
-    "activation": ActivationFn, "ffn": FFNFactory, "norm": NormFactory, "residual": ResidualComponent,
-    "position": PositionComponent, "attention": AttentionComponent, "embedding": EmbeddingComponent,
-    "output": OutputComponent, "sharing": SharingFn, "init": InitFn,
-}
 
 
 class Block(nn.Module):
@@ -255,6 +121,30 @@ def _check_clonable(spec: ModelSpec, blocks: nn.ModuleList) -> None:
             )
 
 
+def apply_special_inits(model: nn.Module) -> None:
+    """Call ``reset_special(topology, stack)`` on every module that has one (each module once).
+
+    Components with their own init (Fixup, ReZero, DeepNorm, T5's unscaled attention) define
+    ``reset_special``; every init scheme ends with this, so those inits win over the scheme.
+    """
+    topology = getattr(model, "topology", "")
+    seen: set[int] = set()
+    stacks: list[tuple[str, object]] = [(name, getattr(model, name, None)) for name in ("encoder", "decoder")]
+    stacks.append(("", model))
+    for stack, root in stacks:
+        if isinstance(root, nn.Module):
+            reset_specials(root, topology, stack, seen)
+
+
+def reset_specials(root: nn.Module, topology: str, stack: str, seen: set[int]) -> None:
+    """``reset_special(topology, stack)`` on each module under ``root`` not yet in ``seen`` (ids)."""
+    for m in root.modules():
+        hook = getattr(m, "reset_special", None)
+        if callable(hook) and id(m) not in seen:
+            seen.add(id(m))
+            hook(topology, stack)
+
+
 @torch.no_grad()
 def clone_blocks(model: nn.Module) -> None:
     """Copy the first block of each stack into the others (``spec.clone_layers``).
@@ -279,7 +169,7 @@ class Transformer(nn.Module):
         super().__init__()
         if topology not in ("decoder", "encoder", "encoder_decoder"):
             raise ValueError(f"unknown topology {topology!r}")
-        spec.check_components()
+        check_components(spec)
         self.spec = spec
         self.topology = topology
         self.has_vocab = spec.vocab_size > 0
@@ -305,8 +195,6 @@ class Transformer(nn.Module):
         init = component("init", spec.init)
         init(self, spec)
         if not getattr(init, "finishes", False):
-            from modtransfer.variants.init import apply_special_inits
-
             apply_special_inits(self)  # components' own inits (Fixup, ReZero, DeepNorm, ...) win over the scheme
             if spec.clone_layers:
                 clone_blocks(self)
@@ -357,12 +245,20 @@ class Transformer(nn.Module):
         """Continuous outputs [B, S, out_features] for tasks without a vocabulary."""
         return self.out_proj(h)
 
-    def aux_loss(self) -> Tensor | float:
-        """Sum of auxiliary losses from the last forward (e.g. MoE load balancing), weighted."""
+    def aux_loss(self) -> Tensor:
+        """Sum of auxiliary losses from the last forward (e.g. MoE load balancing), weighted.
+
+        Always a scalar tensor (zero on the model's device when no module has one), so a
+        training step writes ``loss + model.aux_loss()``.
+        """
         losses = [m.aux_loss for m in self._aux if isinstance(m.aux_loss, Tensor)]
         if not losses:
-            return 0.0
+            return torch.zeros((), device=self._device())
         return self.spec.aux_loss_weight * torch.stack(losses).sum()
+
+    def _device(self) -> torch.device:
+        first = next(self.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
 
 
 def build(spec: ModelSpec, topology: str) -> Transformer:

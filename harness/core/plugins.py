@@ -19,6 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from modtransfer.core.errors import UserError
+from modtransfer.core.registry import ensure_builtins
 
 GROUPS = ("modtransfer.variants", "modtransfer.tasks")
 
@@ -57,9 +58,7 @@ def load_plugin_file(path: str | Path, *, strict: bool = True) -> str | None:
     A missing file is a user error (exit 2) when ``strict``; an import error is recorded in
     :data:`PROBLEMS` and reported, not raised.
     """
-    from modtransfer.core.components import ensure_builtin_components
-
-    ensure_builtin_components()
+    ensure_builtins()
     p = Path(path).expanduser().resolve()
     if not p.is_file() or p.suffix != ".py":
         if strict:
@@ -113,9 +112,7 @@ def load_entry_points() -> list[str]:
     if _loaded_eps:
         return []
     _loaded_eps = True
-    from modtransfer.core.components import ensure_builtin_components
-
-    ensure_builtin_components()
+    ensure_builtins()
     names = []
     for group in GROUPS:
         for ep in entry_points(group=group):

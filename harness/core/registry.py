@@ -7,7 +7,7 @@ object is harmless, so re-importing a plugin file is safe).
 Built-ins load on first use: the package installs a loader (:func:`set_builtin_loader`, the
 import of the built-in component, variant and task modules) that every registry calls before
 it is read, so ``VARIANTS.names()`` in a fresh process lists the built-ins without anyone
-calling ``ensure_builtin_components()`` first. Importing ``modtransfer`` alone stays light
+calling ``modtransfer.builtins.load_builtins()`` first. Importing ``modtransfer`` alone stays light
 (no torch): nothing is loaded until a registry is read, or until an outside module registers
 something (the built-ins go first, so a plugin's ``override=True`` replaces them and a clash
 with a built-in name is reported against the plugin).
@@ -49,6 +49,11 @@ def loading_builtins() -> Iterator[None]:
         _loading -= 1
 
 
+def ensure_builtins() -> None:
+    """Run the installed built-in loader, once (a no-op when none is installed)."""
+    _load_builtins()
+
+
 def _load_builtins() -> None:
     global _builtins_loaded
     if _builtins_loaded or _builtin_loader is None:
@@ -64,8 +69,8 @@ def is_builtin(obj: Any) -> bool:
 
 
 #: Modules whose functions only pass a registration on (the decorators); the module calling them registers.
-_HELPERS = frozenset({"modtransfer.core.registry", "modtransfer.core.components", "modtransfer.core.variant", "modtransfer.core.task",
-                      "modtransfer.core.implementations"})
+_HELPERS = frozenset({"modtransfer.core.registry", "modtransfer.core.components", "modtransfer.core.variant",
+                      "modtransfer.core.task", "modtransfer.core.profiles"})
 
 
 def _caller_module() -> str:
@@ -217,5 +222,3 @@ class Registry(Generic[T]):
             out.extend(h for h in hits if h not in out)
         return out
 
-
-Factory = Callable[..., Any]

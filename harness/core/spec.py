@@ -2,7 +2,8 @@
 
 Shape fields plus one string per *slot* a modification can change. Strings (not classes)
 keep the spec round-tripping through YAML, JSON, SQLite and the W&B config unchanged; the
-builder resolves each string in the component registry of its slot.
+builder resolves each string in the component registry of its slot
+(:func:`modtransfer.core.validate.check_components` checks that every string names one).
 """
 
 from __future__ import annotations
@@ -144,26 +145,6 @@ class ModelSpec:
             raise UserError(f"ModelSpec: moe_top_k={self.moe_top_k} exceeds n_experts={self.n_experts}")
         if self.final_norm not in FINAL_NORMS:
             raise UserError(f"ModelSpec.final_norm must be one of {', '.join(FINAL_NORMS)}, got {self.final_norm!r}")
-
-    def check_components(self) -> None:
-        """Every slot string must name a registered component of its slot."""
-        from modtransfer.core.components import COMPONENTS, ensure_builtin_components
-
-        ensure_builtin_components()
-        from modtransfer.core.implementations import IMPLEMENTATIONS
-
-        IMPLEMENTATIONS.entry(self.implementation)
-        for slot in SLOTS:
-            entry = COMPONENTS[slot].entry(getattr(self, slot))
-            check = getattr(entry.obj, "check_spec", None)
-            if callable(check):  # a component may reject combinations before anything is built
-                check(self)
-            if self.bias and slot in BIAS_SLOTS and not honours_bias(entry.obj, entry.meta):
-                raise UserError(
-                    f"the {slot} component {entry.name!r} has no bias terms, but ModelSpec.bias is true "
-                    f"(implementation {self.implementation!r} puts biases on every projection); "
-                    "it cannot run on this implementation"
-                )
 
     # -- derived ----------------------------------------------------------------------
     @property

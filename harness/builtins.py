@@ -1,0 +1,38 @@
+"""The explicit loader of the built-in zoo: every component, variant and task the package ships.
+
+``load_builtins()`` imports the built-in variant modules (``variants/``: each registers its
+components and variants) and the built-in tasks (``tasks/``), once, marked as built in. The
+package installs it as the registries' loader (:func:`modtransfer.core.registry.set_builtin_loader`),
+so reading any registry loads the zoo first; code that wants the zoo loaded up front calls it.
+The imports sit inside the function so that ``import modtransfer`` stays light (no torch).
+"""
+
+from __future__ import annotations
+
+from modtransfer.core.registry import loading_builtins
+
+_loaded = False
+
+
+def load_builtins() -> None:
+    """Import the built-in component, variant and task modules (once)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    with loading_builtins():  # importing a module registers what it defines (the imports are the point)
+        import modtransfer.tasks  # noqa: F401  (built-in tasks register with the rest)
+        from modtransfer.variants import (  # noqa: F401
+            activations,
+            attention,
+            depth,
+            embeddings,
+            ffn,
+            init,
+            moe,
+            norms,
+            output,
+            position,
+            residual,
+            sharing,
+        )
