@@ -55,6 +55,9 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
+#: W&B modes, the one list: a plan's ``wandb.mode``, ``--wandb`` on the command line, the cells and the report
+#: all read it (``disabled`` logs nothing; ``offline`` writes local runs for ``wandb sync``)
+WANDB_MODES = ("offline", "online", "disabled")
 #: W&B's folders, each an environment variable, and where it goes under ``RUN_DIR/wandb`` ("" is the root)
 WANDB_FOLDERS = {"WANDB_DIR": "", "WANDB_CACHE_DIR": ".cache", "WANDB_CONFIG_DIR": ".config",
                  "WANDB_DATA_DIR": ".data", "WANDB_ARTIFACT_DIR": ".artifacts"}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from modtransfer.run.plan import Cell, Plan
+    from modtransfer.run.cells import Cell, Plan
 
 #: How often Ray may retry a task whose worker process died (not a cell that raised:
 #: ``train_and_record`` records exceptions as ``failed`` rows and returns normally).
@@ -42,6 +42,33 @@ def _wants_gpu(device: str, cluster_gpus: float) -> bool:
     if device == "cuda" or device.startswith("cuda:"):
         return True
     return device == "auto" and cluster_gpus > 0
+
+
+def _start_ray(address: str | None) -> bool:
+    """Connect to the cluster at ``address``, or start a local one, unless Ray runs already; True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="warning")
+    else:
+        import torch
+
+        ray.init(num_cpus=os.cpu_count() or 1, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+                 log_to_driver=False, logging_level="warning", configure_logging=True)
+    return True
+
+
+def _result(ray: Any, ref: Any, cell: Cell) -> dict[str, Any]:
+    """A finished task's summary, or a ``lost`` one when its worker died (no row was written)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return {"cell_id": cell.cell_id, "label": cell.label, "status": "lost",
+                "error": f"Ray task lost, no row written (run again to retry): {first}"}
 
 
 def execute_ray(
@@ -64,17 +91,7 @@ def execute_ray(
     cache = str(Path(cache_dir).resolve()) if cache_dir else None
     plugin_files = [str(Path(p).resolve()) for p in plugins]
 
-    started_here = False
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level="warning")
-        else:
-            import torch
-
-            ray.init(num_cpus=os.cpu_count() or 1, num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                     log_to_driver=False, logging_level="warning", configure_logging=True)
-        started_here = True
+    started_here = _start_ray(address)
     summaries: list[dict[str, Any]] = []
     pending: dict[Any, Cell] = {}
     try:
@@ -93,12 +110,7 @@ def execute_ray(
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 cell = pending.pop(ref)
-                try:
-                    summary = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    summary = {"cell_id": cell.cell_id, "label": cell.label, "status": "lost",
-                               "error": f"Ray task lost, no row written (run again to retry): {first}"}
+                summary = _result(ray, ref, cell)
                 summaries.append(summary)
                 done(summary)
     finally:

@@ -22,13 +22,9 @@ from modtransfer.run.store import Store
 from modtransfer.run.workers import WorkerPool, train_and_record
 
 if TYPE_CHECKING:
-    from modtransfer.run.plan import Cell, Plan
+    from modtransfer.run.cells import Cell, Plan
 
 __all__ = ["EXECUTORS", "Progress", "execute", "resolve_layout", "results_table", "train_and_record"]
-
-
-def run_dir_for(plan: Plan, root: str | Path = "runs") -> Path:
-    return Path(root) / plan.name
 
 
 @dataclass

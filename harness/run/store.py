@@ -22,7 +22,6 @@ Nothing wrong is ever stored or read as a result:
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -32,121 +31,38 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from modtransfer.core.errors import UserError
+from modtransfer.run.store_base import (
+    JSON_COLUMNS,
+    SCHEMA,
+    SIDE_SCHEMA,
+    SIDE_TABLES,
+    STATUSES,
+    STORE_NAME,
+    VALUED_STATUSES,
+    CorruptStoreError,
+    ReadOnlyStoreError,
+    StoreError,
+    StoreFullError,
+    _finite,
+    _json_cells,
+    _json_default,
+    _loads,
+    _rollback,
+    _store_error,
+    _tables,
+    claim_alive,
+    open_readonly,
+    process_start,
+    repair_hint,
+    store_path,
+)
+from modtransfer.run.store_repair import Repaired, format_repair, repair
 
-STATUSES = ("done", "diverged", "failed", "timeout")
-#: statuses whose row may carry a primary value (a diverged or failed cell never does)
-VALUED_STATUSES = ("done", "timeout")
-STORE_NAME = "results.sqlite"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS cells (
-    cell_id         TEXT PRIMARY KEY,
-    benchmark       TEXT NOT NULL,
-    variant         TEXT NOT NULL,
-    task            TEXT NOT NULL,
-    seed            INTEGER NOT NULL,
-    size            TEXT NOT NULL,
-    hparams         TEXT NOT NULL,      -- JSON: hyper-parameter axis values of this cell ({} if none)
-    status          TEXT NOT NULL CHECK (status IN ('done', 'diverged', 'failed', 'timeout')),
-    primary_metric  TEXT NOT NULL,
-    higher_is_better INTEGER NOT NULL,
-    primary_value   REAL,               -- NULL unless the cell produced a finite final evaluation
-    metrics         TEXT NOT NULL,      -- JSON: all final metrics
-    curve           TEXT NOT NULL,      -- JSON: [{"step": s, "train_loss": x, <val metrics>...}, ...]
-    params          INTEGER,
-    flops_per_token REAL,
-    tokens_per_s    REAL,
-    mfu             REAL,               -- model-FLOP utilisation: 3 x FLOPs/token x tokens/s / matmul peak
-    train_s         REAL,               -- seconds inside the training loop
-    wall_s          REAL,               -- seconds from cell start to row
-    startup_s       REAL,               -- seconds from cell start to the first training step
-    steps           INTEGER,
-    failed_step     INTEGER,            -- step of divergence / timeout
-    error           TEXT,               -- traceback or reason
-    spec            TEXT NOT NULL,      -- JSON: the resolved ModelSpec
-    task_config     TEXT NOT NULL,      -- JSON
-    budget          TEXT NOT NULL,      -- JSON
-    env             TEXT NOT NULL,      -- JSON: versions, git commit, device, host
-    wandb_dir       TEXT,
-    finished_at     REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS running (
-    cell_id    TEXT PRIMARY KEY,
-    pid        INTEGER NOT NULL,
-    host       TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    proc_start TEXT                     -- the claiming process's start time (boot id + clock ticks)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
-
-#: Created with the first row that has diagnostics or events, so a store without any (and one
-#: written before these tables existed) has none; readers treat a missing table as empty.
-SIDE_SCHEMA = {
-    "diagnostics": """CREATE TABLE IF NOT EXISTS diagnostics (  -- one value per cell, step, measure and layer
-    cell_id TEXT NOT NULL,
-    step    INTEGER NOT NULL,
-    name    TEXT NOT NULL,               -- modtransfer.run.diagnostics: grad_norm, attn_entropy, ...
-    layer   TEXT NOT NULL,               -- '' for a global value
-    value   REAL,                        -- NULL when not finite
-    PRIMARY KEY (cell_id, name, layer, step)
-)""",
-    "events": """CREATE TABLE IF NOT EXISTS events (  -- modtransfer.run.events: why a cell ended as it did
-    cell_id TEXT NOT NULL,
-    seq     INTEGER NOT NULL,            -- order of the cell's events
-    kind    TEXT NOT NULL,
-    step    INTEGER,
-    layer   TEXT,
-    detail  TEXT NOT NULL,
-    PRIMARY KEY (cell_id, seq)
-)""",
-}
-#: row keys stored in their own tables, not as columns of ``cells``
-SIDE_TABLES = tuple(SIDE_SCHEMA)
-
-JSON_COLUMNS = ("hparams", "metrics", "curve", "spec", "task_config", "budget", "env")
-
-
-class StoreError(UserError):
-    """A results store that cannot be read or written as asked; the message says what to do."""
-
-
-class CorruptStoreError(StoreError):
-    """The store file is damaged, not an SQLite database, or not a results store."""
-
-
-class StoreFullError(StoreError):
-    """The disk (or SQLite's page limit) is full: the write was rolled back, nothing half-written."""
-
-
-class ReadOnlyStoreError(StoreError):
-    """A write to a store opened ``readonly=True`` or that this user may not write."""
-
-
-class Repaired(NamedTuple):
-    """What :func:`repair` did: the fresh store, the kept damaged file, rows copied and rows lost."""
-
-    new_path: Path
-    old_path: Path
-    copied: int
-    lost: int
-
-
-def store_path(target: str | Path) -> Path:
-    """The store file of a run folder, or ``target`` itself when it names a file."""
-    p = Path(target)
-    return p / STORE_NAME if p.is_dir() else p
-
-
-def repair_hint(path: Path) -> str:
-    """The command that rebuilds the store at ``path`` from its readable rows."""
-    return f"modtransfer store repair {path.parent if path.name == STORE_NAME else path}"
+__all__ = ["SCHEMA", "SIDE_SCHEMA", "STATUSES", "STORE_NAME", "VALUED_STATUSES", "CorruptStoreError",
+           "ReadOnlyStoreError", "Repaired", "Store", "StoreError", "StoreFullError", "claim_alive", "format_repair",
+           "open_readonly", "process_start", "repair", "repair_hint", "sanitise_row", "store_path"]
 
 
 class Store:
@@ -422,90 +338,6 @@ class Store:
                     for r in con.execute("SELECT * FROM meta")}
 
 
-# -- connections and errors ----------------------------------------------------------
-def open_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection to ``path``.
-
-    ``mode=ro`` takes SQLite's usual shared locks, so reading while a benchmark writes is safe.
-    A WAL store needs its ``-shm`` lock file, which SQLite cannot create in a folder this user
-    may not write; then the file is opened ``immutable=1`` (no locks, no lock files): nobody
-    can be writing to a folder that cannot hold lock files.
-    """
-    uri = Path(os.path.abspath(path)).as_uri()
-    con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60.0, isolation_level=None)
-    try:
-        con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the first read opens the WAL index
-    except sqlite3.OperationalError as exc:
-        if not _errorname(exc).startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
-            con.close()
-            raise
-        con.close()
-        con = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=60.0, isolation_level=None)
-    except BaseException:
-        con.close()
-        raise
-    con.row_factory = sqlite3.Row
-    return con
-
-
-def _errorname(exc: sqlite3.Error) -> str:
-    return str(getattr(exc, "sqlite_errorname", "") or "")
-
-
-def _store_error(path: Path, exc: sqlite3.Error) -> StoreError | None:
-    """The :class:`StoreError` an SQLite error means for a user, or None for a plain bug."""
-    name, text = _errorname(exc), " ".join(str(exc).split())
-    if name.startswith("SQLITE_FULL") or "disk is full" in text:
-        return StoreFullError(f"the disk holding {path} is full ({text}); nothing was half-written: "
-                              f"free some space and run the same command again")
-    if name == "SQLITE_NOTADB" or "file is not a database" in text:
-        return CorruptStoreError(f"{path} is not an SQLite database ({text}); move it away, or keep it aside "
-                                 f"and start an empty store with: {repair_hint(path)}")
-    if name.startswith("SQLITE_CORRUPT") or "malformed" in text:
-        return CorruptStoreError(f"the results store {path} is damaged ({text}); recover its readable rows "
-                                 f"with: {repair_hint(path)}")
-    if name.startswith("SQLITE_READONLY") or "readonly database" in text:
-        return ReadOnlyStoreError(f"the results store {path} cannot be written by this user ({text}); "
-                                  f"run as its owner, or copy the run folder somewhere writable")
-    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
-        return StoreError(f"cannot open the results store {path} ({text}); check the path and its permissions")
-    return None
-
-
-def _rollback(con: sqlite3.Connection) -> None:
-    """Roll back only a transaction that is still open.
-
-    SQLite ends some failed transactions itself (a full disk, for one); an unconditional
-    ``ROLLBACK`` would then raise "cannot rollback - no transaction is active" over the real
-    error. Closing the connection discards whatever is left in any case.
-    """
-    if con.in_transaction:
-        try:
-            con.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-
-
-def _tables(con: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def _loads(text: str, path: Path, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        raise CorruptStoreError(f"the results store {path} holds undecodable JSON in {what}; "
-                                f"drop that row and keep the rest with: {repair_hint(path)}") from None
-
-
-def _json_cells(con: sqlite3.Connection) -> Iterator[tuple[str, sqlite3.Row]]:
-    if "cells" not in _tables(con):
-        return
-    for row in con.execute(f"SELECT cell_id, {', '.join(JSON_COLUMNS)} FROM cells"):
-        for col in JSON_COLUMNS:
-            yield col, row
-
-
 def sanitise_row(row: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``row`` that cannot put a wrong value into a mean.
 
@@ -524,66 +356,6 @@ def sanitise_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# -- claims: is the claiming process still the one that claimed? ----------------------
-@functools.cache
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def process_start(pid: int) -> str | None:
-    """An id of the process ``pid``'s start: the same pid reused by a new process gives another.
-
-    On Linux, field 22 of ``/proc/<pid>/stat`` (start time in clock ticks since boot) with the
-    boot id; elsewhere psutil's create time when it is installed; otherwise None (unknown).
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ", fields 3, 4, ...
-        return f"{_boot_id()}:{fields[22 - 3]}"
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import psutil  # type: ignore[import-untyped]
-
-        return f"psutil:{psutil.Process(pid).create_time():.2f}"
-    except Exception:
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim_alive(claim: dict[str, Any]) -> bool:
-    """Whether a ``running`` row's process still runs: same host, pid alive, same start time.
-
-    Claims from another host cannot be checked and are trusted; claims written before the
-    start time was recorded are judged by their pid alone.
-    """
-    if claim["host"] != socket.gethostname():
-        return True
-    if not _pid_alive(claim["pid"]):
-        return False
-    recorded = claim.get("proc_start")
-    if recorded is None:
-        return True
-    now = process_start(claim["pid"])
-    return now is None or now == recorded
-
-
-def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
-
-
 def _insert_side(con: sqlite3.Connection, cell_id: str, side: dict[str, list[dict[str, Any]]]) -> None:
     """A row's diagnostics and events into their tables (inside the row's transaction)."""
     values = {
@@ -596,170 +368,3 @@ def _insert_side(con: sqlite3.Connection, cell_id: str, side: dict[str, list[dic
         if rows:
             con.execute(SIDE_SCHEMA[table])
             con.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, tuple | set | frozenset):
-        return list(obj)
-    return str(obj)
-
-
-# -- repair ---------------------------------------------------------------------------
-def repair(target: str | Path) -> Repaired:
-    """Rebuild a damaged store from every row it still yields, keeping the damaged file.
-
-    ``target`` is a run folder or a store file. Readable cells (their JSON decodable, their
-    row valid) and meta entries are copied into a fresh store, written under a temporary name
-    and moved into place; the old file (with its ``-wal``) becomes
-    ``results.sqlite.corrupt-<timestamp>``. Cells that cannot be read are counted as lost;
-    a rerun trains them again. Refused while a live process holds a claim on the store.
-    """
-    path = store_path(target)
-    if not path.is_file():
-        raise UserError(f"no results store at {path}; pass a run folder like runs/<benchmark>")
-    cells, meta, lost, claims = _salvage(path)
-    side = _salvage_side(path)
-    live = [c for c in claims if claim_alive(c)]
-    if live:
-        c = live[0]
-        raise UserError(f"{len(live)} cell(s) of {path} are running (pid {c['pid']} on {c['host']}); "
-                        f"stop that run before repairing its store")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    old = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while old.exists():
-        old = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
-    tmp = path.with_name(f"{path.name}.repair-tmp")
-    for p in (tmp, Path(f"{tmp}-journal")):
-        p.unlink(missing_ok=True)
-    copied = 0
-    con = sqlite3.connect(tmp, isolation_level=None)
-    try:
-        con.executescript(SCHEMA)
-        columns = [r[1] for r in con.execute("PRAGMA table_info(cells)")]
-        con.execute("BEGIN")
-        for row in cells:
-            values = {k: v for k, v in row.items() if k in columns}
-            try:
-                con.execute(f"INSERT OR IGNORE INTO cells ({', '.join(values)}) "
-                            f"VALUES ({', '.join(':' + k for k in values)})", values)
-                copied += 1
-            except sqlite3.Error:  # a NOT NULL or CHECK constraint the damaged row breaks
-                lost += 1
-        con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
-        kept = {r[0] for r in con.execute("SELECT cell_id FROM cells")}
-        for table, rows in side.items():
-            rows = [r for r in rows if r[0] in kept]
-            if rows:
-                con.execute(SIDE_SCHEMA[table])
-                con.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
-        con.execute("COMMIT")
-    except BaseException:
-        _rollback(con)
-        con.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    con.close()
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(f"{path}{suffix}")
-        if src.exists():
-            os.replace(src, f"{old}{suffix}")
-    os.replace(tmp, path)
-    return Repaired(path, old, copied, lost)
-
-
-def format_repair(result: Repaired) -> str:
-    """The lines ``modtransfer store repair`` prints."""
-    lines = [f"repaired {result.new_path}: {result.copied} cell(s) copied, {result.lost} lost",
-             f"the damaged file is kept as {result.old_path}"]
-    if result.lost:
-        lines.append("run the benchmark again to retrain the lost cells")
-    return "\n".join(lines)
-
-
-def _salvage_side(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """The readable rows of the diagnostics and events tables (best effort: they explain, never count)."""
-    out: dict[str, list[tuple[Any, ...]]] = {}
-    try:
-        con = open_readonly(path)
-    except sqlite3.Error:
-        return out
-    try:
-        tables = _tables(con)
-        for table in SIDE_TABLES:
-            if table in tables:
-                out[table] = [tuple(r) for r in con.execute(f"SELECT * FROM {table}")]
-    except sqlite3.Error:
-        pass
-    finally:
-        con.close()
-    return out
-
-
-def _salvage(path: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]], int, list[dict[str, Any]]]:
-    """Every readable cell row, meta entry and claim of a possibly damaged store, and rows lost.
-
-    Row ids are gathered from both ends of the table and of its primary-key index, so a bad
-    page hides only the rows on it; each row is then read on its own.
-    """
-    try:
-        con = open_readonly(path)
-    except sqlite3.Error:
-        return [], [], 0, []
-    cells: list[dict[str, Any]] = []
-    meta: list[tuple[str, str]] = []
-    claims: list[dict[str, Any]] = []
-    lost = 0
-    try:
-        try:
-            tables = _tables(con)
-            indexes = [r[0] for r in con.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'cells'")]
-        except sqlite3.Error:
-            return [], [], 0, []
-        if "cells" in tables:
-            rowids: set[int] = set()
-            scans = [f"SELECT rowid FROM cells NOT INDEXED ORDER BY rowid {o}" for o in ("ASC", "DESC")]
-            scans += [f"SELECT rowid FROM cells INDEXED BY {ix} ORDER BY cell_id {o}"
-                      for ix in indexes for o in ("ASC", "DESC")]
-            for sql in scans:
-                try:
-                    for (rid,) in con.execute(sql):
-                        rowids.add(rid)
-                except sqlite3.Error:
-                    pass
-            for rid in sorted(rowids):
-                try:
-                    r = con.execute("SELECT * FROM cells WHERE rowid = ?", (rid,)).fetchone()
-                except sqlite3.Error:
-                    lost += 1
-                    continue
-                if r is None:
-                    continue
-                row = dict(r)
-                try:
-                    for col in JSON_COLUMNS:
-                        json.loads(row[col])
-                except (TypeError, ValueError):
-                    lost += 1
-                    continue
-                cells.append(row)
-        if "meta" in tables:
-            try:
-                for r in con.execute("SELECT key, value FROM meta"):
-                    try:
-                        json.loads(r["value"])
-                    except (TypeError, ValueError):
-                        continue  # an undecodable entry is dropped; the next run writes the plan again
-                    meta.append((r["key"], r["value"]))
-            except sqlite3.Error:
-                pass
-        if "running" in tables:
-            try:
-                claims.extend(dict(r) for r in con.execute("SELECT * FROM running"))
-            except sqlite3.Error:
-                pass
-    finally:
-        con.close()
-    return cells, meta, lost, claims

@@ -19,10 +19,11 @@ from multiprocessing import connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modtransfer.run.row import Row
 from modtransfer.run.store import Store
 
 if TYPE_CHECKING:
-    from modtransfer.run.plan import Cell
+    from modtransfer.run.cells import Cell
 
 #: workers that die before they are ready, in a row, after which the run stops (a broken
 #: environment or plugin, not a cell's fault)
@@ -81,10 +82,10 @@ def warm_up(threads: int, plugins: list[str]) -> None:
     torch.set_num_threads(max(1, threads))
     import lightning  # noqa: F401
 
-    from modtransfer.core.components import ensure_builtin_components
+    from modtransfer.builtins import load_builtins
     from modtransfer.core.plugins import load_plugins
 
-    ensure_builtin_components()
+    load_builtins()
     load_plugins(plugins)
     import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
 
@@ -109,13 +110,7 @@ def worker_main(conn: connection.Connection, threads: int, plugins: list[str], j
 
 def crashed_row(cell: Cell, error: str) -> dict[str, Any]:
     """The ``failed`` row of a cell whose worker process died while training it."""
-    return {
-        "cell_id": cell.cell_id, "benchmark": cell.benchmark, "variant": cell.variant, "task": cell.task,
-        "seed": cell.seed, "size": cell.size, "hparams": cell.hparams, "status": "failed", "primary_metric": "",
-        "higher_is_better": 0, "primary_value": None, "metrics": {}, "curve": [], "spec": cell.spec.to_dict(),
-        "task_config": cell.task_config, "budget": cell.budget.to_dict(), "env": {"contract_gate": cell.gate},
-        "error": error,
-    }
+    return Row.for_cell(cell, env={"contract_gate": cell.gate}, error=error, steps=None).to_dict()
 
 
 def death_words(exitcode: int | None) -> str:

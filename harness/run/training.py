@@ -1,0 +1,215 @@
+"""The training of one cell under Lightning: :class:`CellModule` (the LightningModule), its data
+module and its Trainer.
+
+This module imports Lightning, so only a cell that trains imports it (``modtransfer ls`` and the
+other light commands never do). The training step stays free of host synchronisation: the loss
+curve, the divergence flag (:class:`~modtransfer.run.divergence.DivergenceMonitor`) and the first
+bad step are accumulated on the device and read every ``log_every`` steps; evaluation calls the
+task's ``evaluate`` on fixed held-out batches every ``eval_every`` steps and at the end.
+Optimiser: AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization",
+arXiv 1711.05101), weight decay on matrices only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from typing import Any
+
+import lightning as L
+import torch
+
+from modtransfer.core.schedule import lr_lambda
+from modtransfer.run.cells import Cell
+from modtransfer.run.divergence import (
+    DivergenceMonitor,
+    diverge_factor_for,
+    diverge_patience_for,
+    divergence_limit,
+)
+
+
+def _lightning() -> Any:
+    """Lightning, with its start-up chatter silenced (called before each use: pytest resets warning filters)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    return L
+
+
+def fused_adamw_supported(device: torch.device) -> bool:
+    """Whether AdamW has a fused kernel here: CUDA, and CPU from torch 2.4 (one pass over each
+    parameter instead of about eight elementwise passes; the same update up to float rounding)."""
+    if device.type == "cuda":
+        return True
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return device.type == "cpu" and (major, minor) >= (2, 4)
+
+
+class CellModule(L.LightningModule):
+    """One cell's model, loss and evaluation; ``status`` ends ``done``, ``diverged`` or ``timeout``."""
+
+    def __init__(self, model: torch.nn.Module, task: Any, budget: Any, val_batches: list[Any], log_every: int,
+                 t_start: float) -> None:
+        super().__init__()
+        self.model = model
+        self._task, self._budget, self._val, self._log_every, self._t_start = task, budget, val_batches, log_every, t_start
+        self._factor = diverge_factor_for(task, budget)
+        self._patience = diverge_patience_for(task, budget)
+        self.curve: list[dict[str, Any]] = []
+        self.status = "done"
+        self.failed_step: int | None = None
+        self.reason: str | None = None
+        self.tokens = 0
+        self.first_step_at: float | None = None
+        self.initial_loss: float | None = None
+        self._loss_sum = torch.zeros(())
+        self._loss_n = 0
+        self.divergence = DivergenceMonitor(self._patience)
+        self.final_metrics: dict[str, float] = {}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        budget = self._budget
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 and budget.weight_decay > 0 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": budget.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        opt = torch.optim.AdamW(groups, lr=budget.lr, betas=budget.betas,
+                                fused=True if fused_adamw_supported(self.device) else None)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(budget.schedule, budget.steps, budget.warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        self._loss_sum = self._loss_sum.to(self.device)
+        self.divergence.to(self.device)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.first_step_at is None:
+            self.first_step_at = time.perf_counter()
+        loss = self._task.loss(self.model, batch)
+        aux = self.model.aux_loss()
+        total = loss + aux
+        det = loss.detach()
+        self._loss_sum += det
+        self._loss_n += 1
+        self.tokens += self._task.count_tokens(batch)
+        self.divergence.update(det, self.global_step)
+        return total
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # the gradient norm, clipped here as Lightning's fp32 plugin does it: its bf16-mixed
+        # plugin refuses to clip for fused optimizers (they unscale a GradScaler's gradients
+        # inside step(), and cells use no GradScaler), which would fail every CUDA cell
+        if gradient_clip_val:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        budget, step = self._budget, self.global_step  # optimiser steps taken so far
+        if self.initial_loss is None:  # the loss of step 0 (the only one summed so far)
+            self.initial_loss = float(self._loss_sum)
+            self.divergence.limit = divergence_limit(self.initial_loss, self._factor)
+        if step % self._log_every == 0 or step >= budget.steps:
+            self._flush(step, final=step >= budget.steps)
+        if self.status != "done":
+            return
+        if budget.max_seconds and time.perf_counter() - self._t_start > budget.max_seconds:
+            self._stop("timeout", step, f"over the wall-clock budget of {budget.max_seconds:g} s")
+            return
+        if budget.eval_every and step % budget.eval_every == 0 and step < budget.steps:
+            self.evaluate(step)
+
+    def _flush(self, step: int, final: bool = False) -> None:
+        if self._loss_n:
+            mean = float(self._loss_sum) / self._loss_n
+            self.curve.append({"step": step, "train_loss": mean if math.isfinite(mean) else None})
+            if self.logger is not None:
+                self.logger.log_metrics({"train_loss": mean}, step=step)
+            self._loss_sum.zero_()
+            self._loss_n = 0
+        bad = self.divergence.first_bad_step(final)
+        if bad is not None and self.status == "done":
+            self._stop("diverged", bad, "training loss became NaN/inf" if self.divergence.limit is None else
+                       f"training loss NaN/inf, or above {self._factor:g} x its initial value "
+                       f"({self.initial_loss:.4g} at step 0) for {self._patience} steps in a row")
+
+    def _stop(self, status: str, step: int, reason: str) -> None:
+        self.status, self.failed_step, self.reason = status, step, reason
+        self.trainer.should_stop = True
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        was = self.model.training
+        self.model.eval()
+        batches = [self._to_device(b) for b in self._val]
+        metrics = {k: float(v) for k, v in self._task.evaluate(self.model, batches).items()}
+        self.model.train(was)
+        if self.curve and self.curve[-1]["step"] == step:
+            self.curve[-1].update(metrics)
+        else:
+            self.curve.append({"step": step, **metrics})
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=step)
+        return metrics
+
+    def _to_device(self, batch: Any) -> Any:
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list[Any], log_every: int,
+                t_start: float) -> CellModule:
+    """The LightningModule of a cell."""
+    _lightning()
+    return CellModule(model, task, cell.budget, val_batches, log_every, t_start)
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """The task's training batches for one seed, as Lightning's data loader reads them."""
+
+    def __init__(self, task: Any, seed: int, batch_size: int) -> None:
+        self.task, self.seed, self.batch_size = task, seed, batch_size
+
+    def __iter__(self):
+        return iter(self.task.train_batches(self.seed, self.batch_size))
+
+
+class TaskDataModule(L.LightningDataModule):
+    """One cell's training data: the task's own batches, no worker processes."""
+
+    def __init__(self, task: Any, seed: int, batch_size: int) -> None:
+        super().__init__()
+        self._stream = _Stream(task, seed, batch_size)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self._stream, batch_size=None, num_workers=0)
+
+
+def make_datamodule(task: Any, seed: int, batch_size: int) -> TaskDataModule:
+    _lightning()
+    return TaskDataModule(task, seed, batch_size)
+
+
+def make_trainer(budget: Any, accel: str, logger: Any, log_every: int, callbacks: list[Any] | None = None,
+                 precision: str = "auto") -> L.Trainer:
+    """The Lightning Trainer of a cell: ``budget.steps`` optimiser steps, no checkpoints, no sanity
+    or Lightning validation (the cell evaluates itself), in the cell's ``precision``
+    (:mod:`modtransfer.core.precision`: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere)."""
+    from modtransfer.core.precision import lightning_precision, resolve_precision
+
+    _lightning()
+    return L.Trainer(
+        accelerator=accel, devices=1, max_steps=budget.steps, max_epochs=-1, logger=logger or False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=log_every,
+        gradient_clip_val=budget.grad_clip or None, precision=lightning_precision(resolve_precision(precision, accel)),
+        deterministic=False, use_distributed_sampler=False, callbacks=callbacks,
+    )
