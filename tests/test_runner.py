@@ -389,3 +389,25 @@ def test_ray_executor_matches_local(tmp_path: Path) -> None:
     import ray
 
     assert not ray.is_initialized(), "the executor must shut down the cluster it started"
+
+
+def test_stored_rows_have_exactly_the_row_fields(mixed_run: dict[str, Any]) -> None:
+    """The store's columns are Row's (its one schema); every stored cell, trained or failed, fills them all."""
+    from modtransfer.run.row import COLUMNS, JSON_COLUMNS, Row
+
+    rows = mixed_run["store"].rows()
+    assert rows and all(set(r) == set(COLUMNS) for r in rows)
+    assert all(isinstance(r[c], dict | list) for r in rows for c in JSON_COLUMNS)
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert failed["finished_at"] > 0 and Row(**failed).to_dict() == {**failed, "diagnostics": [], "events": []}
+
+
+def test_planning_and_executing_do_not_import_lightning() -> None:
+    """Loading a plan and choosing a layout stay light: Lightning comes with the first cell that trains."""
+    code = ("import sys; from modtransfer.run.plan import load_plan; from modtransfer.run.runner import resolve_layout; "
+            "p = load_plan({'name': 'x', 'tasks': ['regression'], 'variants': ['gelu'], 'seeds': 1}); "
+            "resolve_layout('auto', p.cells, device='cpu'); "
+            "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'wandb') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -388,3 +388,24 @@ def test_no_wrong_primary_value_is_stored(run_dir: Path) -> None:
     rows = {r["cell_id"]: r for r in store.rows()}
     assert rows["cell0001"]["primary_value"] is None and rows["cell0001"]["status"] == "diverged"
     assert rows["cell0002"]["primary_value"] is None and rows["cell0002"]["status"] == "diverged"
+
+
+def test_cells_table_is_the_row_dataclass(tmp_path: Path) -> None:
+    """One schema: the table's columns are Row's fields in order, and a Row for a cell records as is."""
+    from modtransfer.core.spec import ModelSpec
+    from modtransfer.core.task import Budget
+    from modtransfer.run.cells import Cell
+    from modtransfer.run.row import COLUMNS, Row
+
+    store = Store(tmp_path / "results.sqlite")
+    cell = Cell(benchmark="b", variant="baseline", task="regression", seed=3, size="tiny", spec=ModelSpec(),
+                task_config={}, budget=Budget())
+    assert store.record(Row.for_cell(cell, error="worker died").to_dict())
+    con = sqlite3.connect(store.path)
+    try:
+        assert tuple(r[1] for r in con.execute("PRAGMA table_info(cells)")) == COLUMNS
+    finally:
+        con.close()
+    (row,) = store.rows()
+    assert (row["cell_id"], row["status"], row["seed"], row["error"]) == (cell.cell_id, "failed", 3, "worker died")
+    assert row["budget"] == Budget().to_dict() and row["primary_value"] is None

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from modtransfer.builtins import load_builtins
 from modtransfer.core.errors import UserError, did_you_mean
 from modtransfer.core.precision import check_precision, resolve_precision
 from modtransfer.core.sizes import size_preset
@@ -135,8 +136,7 @@ def _seeds(seed_value: Any) -> tuple[list[int], list[int]]:
 
 
 def _task_names(task_items: Any) -> list[str]:
-    import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
-
+    load_builtins()  # the built-in tasks (and variants) registered
     if isinstance(task_items, list) and not all(isinstance(t, str) for t in task_items):
         raise UserError(f"plan.tasks must be a list of task names, got {task_items!r}")
     task_names = TASKS.select(task_items)

@@ -87,7 +87,6 @@ def warm_up(threads: int, plugins: list[str]) -> None:
 
     load_builtins()
     load_plugins(plugins)
-    import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
 
 
 def worker_main(conn: connection.Connection, threads: int, plugins: list[str], job: dict[str, Any]) -> None:
