@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
 from modtransfer import ModelSpec, register_component, register_variant
+from modtransfer.builtins import load_builtins
 from modtransfer.check.contract import (
     CHECKS,
     FALLBACK_VOCAB,
@@ -27,13 +28,12 @@ from modtransfer.check.contract import (
     format_results,
     run_contract,
 )
-from modtransfer.core.components import ensure_builtin_components
 from modtransfer.core.errors import ConflictError, UserError
 from modtransfer.core.plugins import PROBLEMS
 from modtransfer.core.task import TASKS, Task, register_task
 from modtransfer.core.variant import VARIANTS
 
-ensure_builtin_components()
+load_builtins()
 PAIRS = [pytest.param(v, t, id=f"{v}-{t}") for v in VARIANTS.names() for t in TASKS.names()]
 
 Loader = Callable[[str | Path], str | None]

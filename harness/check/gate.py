@@ -26,8 +26,9 @@ import torch
 
 from modtransfer.check.contract import CONTRACT_SPEC, CheckResult, run_contract
 from modtransfer.core.cache import read_json, write_json
+from modtransfer.core.digest import code_digest, plugin_entries, plugin_source_files
 from modtransfer.core.spec import SLOTS
-from modtransfer.core.variant import canonical, code_digest, parse_variant, plugin_entries, plugin_source_files, resolve
+from modtransfer.core.variant import canonical, parse_variant, resolve
 
 CACHE_FILE = "gate.json"
 _KEEP = 512   # cached (expression, task) results kept, newest last

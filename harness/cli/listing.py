@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from modtransfer.core.components import COMPONENTS, ensure_builtin_components
+from modtransfer.builtins import load_builtins
+from modtransfer.core.components import COMPONENTS
 from modtransfer.core.spec import SLOTS
 from modtransfer.core.variant import VARIANTS, resolve
 
@@ -119,7 +120,7 @@ def _fmt_count(n: float) -> str:
 
 def list_variants(pattern: str | None = None, *, size: str = "small", markdown: bool = False,
                   counts: bool = True) -> str:
-    ensure_builtin_components()
+    load_builtins()
     entries = VARIANTS.list(pattern)
     order = {s: i for i, s in enumerate(("baseline",) + SLOTS + ("shape",))}
     entries.sort(key=lambda e: (order.get(e.meta["slot"], 99), e.name))
@@ -162,7 +163,7 @@ def list_implementations(pattern: str | None = None, *, markdown: bool = False) 
     """One row per implementation profile: description, source, and each default with its source."""
     from modtransfer.core.implementations import IMPLEMENTATIONS, profile_defaults
 
-    ensure_builtin_components()
+    load_builtins()
     header = ["implementation", "description", "source", "defaults"]
     rows, details = [], []
     for e in IMPLEMENTATIONS.list(pattern):
@@ -181,7 +182,7 @@ def list_implementations(pattern: str | None = None, *, markdown: bool = False) 
 
 
 def list_components(pattern: str | None = None) -> str:
-    ensure_builtin_components()
+    load_builtins()
     rows = []
     for slot in SLOTS:
         for e in COMPONENTS[slot].list(pattern):
