@@ -18,14 +18,14 @@ PACKAGES = {"modtransfer": ROOT / "harness", "modtransfer.variants": ROOT / "var
             "modtransfer.tasks": ROOT / "tasks", "modtransfer.reports": ROOT / "reports"}
 #: lowest first; a module may import only from its own layer or layers listed before it
 LAYERS = [
-    ("core", ("modtransfer.core", "modtransfer.core.errors")),
+    ("core", ("modtransfer.core",)),
     ("zoo", ("modtransfer.variants", "modtransfer.tasks")),
     ("builtins", ("modtransfer.builtins",)),
     ("check", ("modtransfer.check",)),
     ("run", ("modtransfer.run",)),
     ("reports", ("modtransfer.reports",)),
+    ("cli", ("modtransfer.cli", "modtransfer.__main__", "modtransfer")),
     ("bench", ("modtransfer.bench",)),
-    ("cli", ("modtransfer.cli.commands", "modtransfer.__main__", "modtransfer")),
 ]
 MAX_LINES = 400
 
