@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from modtransfer.core.components import COMPONENTS, ensure_builtin_components
+from modtransfer.builtins import load_builtins
+from modtransfer.core.components import COMPONENTS
 from modtransfer.core.plugins import load_plugin_file
 from modtransfer.core.task import TASKS
 from modtransfer.core.variant import VARIANTS
@@ -20,7 +21,7 @@ from modtransfer.core.variant import VARIANTS
 PLUGIN_DIR = Path(__file__).parent / "plugins"
 GOOD_PLUGIN = PLUGIN_DIR / "good_plugin.py"
 
-ensure_builtin_components()
+load_builtins()
 if load_plugin_file(GOOD_PLUGIN) is None:
     raise RuntimeError(f"the example plugin {GOOD_PLUGIN} failed to load; see modtransfer.core.plugins.PROBLEMS")
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modtransfer.core.components import ensure_builtin_components
+from modtransfer.builtins import load_builtins
 from modtransfer.core.errors import ConflictError, UnknownNameError, UserError
 from modtransfer.core.model import build, count_flops, count_params
 from modtransfer.core.registry import Registry
 from modtransfer.core.spec import ModelSpec
+from modtransfer.core.validate import check_components
 from modtransfer.core.variant import VARIANTS, canonical, parse_variant, resolve
 
-ensure_builtin_components()
+load_builtins()
 TINY = ModelSpec(d_model=32, n_layers=2, n_heads=2, d_ff=64, vocab_size=50, max_len=32)
 
 
@@ -48,7 +49,7 @@ def test_spec_unknown_field_suggests():
 
 def test_spec_unknown_component_named():
     with pytest.raises(UnknownNameError, match="unknown norm component 'batchnorm'"):
-        TINY.replace(norm="batchnorm").check_components()
+        check_components(TINY.replace(norm="batchnorm"))
 
 
 # -- registry -------------------------------------------------------------------------

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from modtransfer.builtins import load_builtins
 from modtransfer.cli.listing import list_implementations
-from modtransfer.core.components import COMPONENTS, ensure_builtin_components, register_component
+from modtransfer.core.components import COMPONENTS, register_component
 from modtransfer.core.errors import UnknownNameError, UserError
 from modtransfer.core.implementations import (
     IMPLEMENTATIONS,
@@ -22,11 +23,12 @@ from modtransfer.core.implementations import (
 )
 from modtransfer.core.model import Transformer, build, count_params
 from modtransfer.core.spec import LATE_FIELDS, ModelSpec
+from modtransfer.core.validate import check_components
 from modtransfer.core.variant import VARIANTS, register_variant, resolve
 from modtransfer.variants.init import init_torch
 from modtransfer.variants.position import sinusoid_table
 
-ensure_builtin_components()
+load_builtins()
 
 D, H, FF, L = 64, 4, 128, 2
 SHAPE = ModelSpec(d_model=D, n_layers=L, n_heads=H, d_ff=FF, max_len=32)
@@ -313,7 +315,7 @@ def test_spec_fields_are_validated() -> None:
     with pytest.raises(UserError, match="true or false"):
         ModelSpec(bias=1)
     with pytest.raises(UnknownNameError, match="unknown implementation 'pytorch'"):
-        SHAPE.replace(implementation="pytorch").check_components()
+        check_components(SHAPE.replace(implementation="pytorch"))
     with pytest.raises(UnknownNameError, match="did you mean 'torch'"):
         apply_implementation("troch", SHAPE)
     with pytest.raises(UserError, match="built by implementation 't5'"):

@@ -17,10 +17,12 @@ from torch import Tensor, nn
 
 from modtransfer import CAPABILITIES, ModelSpec, register_component, register_variant
 from modtransfer.check.contract import CHECKS, CheckResult, plugin_frame, run_contract
+from modtransfer.core.digest import code_digest
 from modtransfer.core.errors import ConflictError
-from modtransfer.core.model import SLOT_PROTOCOLS, build
+from modtransfer.core.model import build
+from modtransfer.core.protocols import SLOT_PROTOCOLS
 from modtransfer.core.spec import SLOTS
-from modtransfer.core.variant import code_digest, resolve
+from modtransfer.core.variant import resolve
 
 Loader = Callable[[str | Path], str | None]
 TINY = ModelSpec(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=32, vocab_size=50)

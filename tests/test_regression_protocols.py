@@ -17,9 +17,9 @@ from modtransfer.tasks.regression import Regression
 
 
 def _model(task: Regression, **spec: object) -> torch.nn.Module:
-    import modtransfer.core.components as comps
+    from modtransfer.builtins import load_builtins
 
-    comps.ensure_builtin_components()
+    load_builtins()
     s = task.configure_spec(size_preset("tiny").replace(d_model=32, n_layers=1, d_ff=64, **spec))
     torch.manual_seed(0)
     return build(s, task.topology).eval()

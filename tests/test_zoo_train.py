@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from modtransfer.core.components import ensure_builtin_components
+from modtransfer.builtins import load_builtins
 from modtransfer.core.errors import UserError
 from modtransfer.core.task import TASKS
 from modtransfer.core.variant import VARIANTS
 from modtransfer.run.plan import load_plan
 
-ensure_builtin_components()
+load_builtins()
 
 
 def _cells():
