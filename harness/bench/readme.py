@@ -25,7 +25,7 @@ def slots_section() -> str:
     """One row per slot: the call a component must answer to, and its Protocol's docstring."""
     import inspect
 
-    from modtransfer.core.model import SLOT_PROTOCOLS
+    from modtransfer.core.protocols import SLOT_PROTOCOLS
 
     rows = ["| slot | a component is called as | contract |", "|---|---|---|"]
     for slot, proto in SLOT_PROTOCOLS.items():
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args(argv)
-    from modtransfer.core.components import ensure_builtin_components
+    from modtransfer.builtins import load_builtins
 
-    ensure_builtin_components()
+    load_builtins()
     text = README.read_text()
     new = render(text)
     if args.check:
