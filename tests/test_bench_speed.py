@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from modtransfer.bench import speed as bench_speed
+from modtransfer.bench.speed_loops import FitTimes
+from modtransfer.bench.speed_table import aggregate, summarise_fit
 from modtransfer.core.errors import UserError
 from modtransfer.core.precision import cpu_bf16_flag
 from modtransfer.tasks.lm import LanguageModelling
@@ -117,24 +119,24 @@ def test_bf16_run_has_the_speedup_column(cache_dir: Path, tmp_path: Path) -> Non
 
 def test_fit_summary_arithmetic() -> None:
     """Per-iteration ratios and MFU from made-up step times (the warm-up iteration is left out)."""
-    times = bench_speed.FitTimes(
+    times = FitTimes(
         harness=[9.0, 2.0, 2.0, 4.0], plain={"plain": [9.0, 1.0, 1.0, 2.0], "x-tf": [9.0, 2.0, 3.0, 4.0]},
         tokens=[100, 100, 100, 100],
     )
-    s = bench_speed.summarise_fit(times, flops_per_token=2.0, warmup=1, steps=3, startup_s=0.5, peak_flops=1e3)
+    s = summarise_fit(times, flops_per_token=2.0, warmup=1, steps=3, startup_s=0.5, peak_flops=1e3)
     assert s["harness_over_plain"] == pytest.approx(0.5)
     assert s["harness_tok_s"] == pytest.approx(50.0)
     assert s["plain_tok_s"] == pytest.approx(100.0)
     assert s["ours_over_xtf"] == pytest.approx(2.0)
     assert s["mfu"] == pytest.approx(3 * 2.0 * 100 / 2.0 / 1e3)
-    agg = bench_speed.aggregate([s, {**s, "harness_over_plain": 0.7}, {**s, "harness_over_plain": 0.9}])
+    agg = aggregate([s, {**s, "harness_over_plain": 0.7}, {**s, "harness_over_plain": 0.9}])
     assert agg["harness_over_plain"] == pytest.approx(0.7)
 
 
 def test_bf16_speedup_is_ours_in_fp32_over_ours_in_bf16() -> None:
-    times = bench_speed.FitTimes(harness=[1.0, 1.0, 1.0], plain={"plain": [9.0, 1.0, 2.0], "plain fp32": [9.0, 3.0, 4.0]},
+    times = FitTimes(harness=[1.0, 1.0, 1.0], plain={"plain": [9.0, 1.0, 2.0], "plain fp32": [9.0, 3.0, 4.0]},
                                  tokens=[10, 10, 10])
-    s = bench_speed.summarise_fit(times, flops_per_token=1.0, warmup=1, steps=2, startup_s=None, peak_flops=1.0)
+    s = summarise_fit(times, flops_per_token=1.0, warmup=1, steps=2, startup_s=None, peak_flops=1.0)
     assert s["bf16_speedup"] == pytest.approx(2.5)  # median of 3/1 and 4/2
-    assert "bf16_speedup" not in bench_speed.summarise_fit(
-        bench_speed.FitTimes([1.0, 1.0], {"plain": [1.0, 1.0]}, [1, 1]), 1.0, 0, 2, None, 1.0)
+    assert "bf16_speedup" not in summarise_fit(
+        FitTimes([1.0, 1.0], {"plain": [1.0, 1.0]}, [1, 1]), 1.0, 0, 2, None, 1.0)

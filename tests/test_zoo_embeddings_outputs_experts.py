@@ -1,4 +1,4 @@
-"""The second half of the zoo: embeddings, output layers, mixtures of experts, depth.
+"""The zoo's embeddings, output layers, mixtures of experts and depth.
 
 ``test_matched_variant_stays_matched`` is parametrised over every registered variant that
 declares ``matches`` (built-in or plugin), every size preset and every topology it applies to.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from modtransfer.core.components import ensure_builtin_components
+from modtransfer.builtins import load_builtins
 from modtransfer.core.errors import UserError
 from modtransfer.core.model import build, count_flops, count_params
 from modtransfer.core.sizes import size_names, size_preset
@@ -31,7 +31,7 @@ from modtransfer.variants.output import (
     adaptive_bounds,
 )
 
-ensure_builtin_components()
+load_builtins()
 
 
 @pytest.fixture(autouse=True, scope="module")

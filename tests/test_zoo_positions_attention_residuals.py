@@ -1,4 +1,4 @@
-"""The first half of the modification zoo: position, attention, residual, init, sharing.
+"""The zoo's positions, attention, residual placements, initialisations and block sharing.
 
 Each component is checked for the property that makes it what its paper says it is, on tiny
 models (d_model 32-64, 1-2 layers).

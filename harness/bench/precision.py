@@ -39,7 +39,8 @@ PRECISIONS = ("fp32", "bf16")
 def fit(cell: Any, task: Any, device: str) -> dict[str, Any]:
     """Train ``cell`` as ``run_cell`` does (no logger, no row): status, metrics, train-loss curve, tokens/s."""
     from modtransfer.core.model import build
-    from modtransfer.run.cell import LOG_EVERY, _lightning, make_datamodule, make_module, make_trainer
+    from modtransfer.run.cell import LOG_EVERY
+    from modtransfer.run.training import _lightning, make_datamodule, make_module, make_trainer
 
     L = _lightning()
     spec = task.configure_spec(cell.spec)
