@@ -59,13 +59,15 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
     W&B and its URL printed when online and ``wandb-workspaces`` is installed). ``out_dir``: where
     to write it (default ``run_dir/report``), for a run folder that is read-only.
     """
+    from modtransfer.run.envinfo import WANDB_MODES
+
     from . import render_html, render_md
     from .figures import draw
     from .page import Context, build_document
     from .wandb_push import log_run, write_report_definition
 
-    if wandb_mode not in ("offline", "online", "disabled"):
-        raise ValueError(f"wandb_mode must be 'offline', 'online' or 'disabled', got {wandb_mode!r}")
+    if wandb_mode not in WANDB_MODES:
+        raise ValueError(f"wandb_mode must be one of {', '.join(WANDB_MODES)}, got {wandb_mode!r}")
     run_dir = Path(run_dir)
     a = analyse_run(run_dir, settings)
     final = Path(out_dir) if out_dir is not None else run_dir / "report"
