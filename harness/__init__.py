@@ -30,9 +30,9 @@ from modtransfer.core.variant import CAPABILITIES, VARIANTS, register_variant
 
 #: Names served lazily (their modules import torch): name -> module that defines it.
 _LAZY = {
-    "AttentionBase": "modtransfer.variants.attention",
-    "ResidualBase": "modtransfer.variants.residual",
-    "NormBase": "modtransfer.variants.norms",
+    "AttentionBase": "modtransfer.variants.baseline.attention",
+    "ResidualBase": "modtransfer.variants.baseline.residual",
+    "NormBase": "modtransfer.variants.baseline.norms",
     "ActivationFn": "modtransfer.core.protocols", "FFNFactory": "modtransfer.core.protocols", "NormFactory": "modtransfer.core.protocols",
     "ResidualComponent": "modtransfer.core.protocols", "PositionComponent": "modtransfer.core.protocols",
     "AttentionComponent": "modtransfer.core.protocols", "EmbeddingComponent": "modtransfer.core.protocols",

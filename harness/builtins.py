@@ -1,9 +1,10 @@
 """The explicit loader of the built-in zoo: every component, variant and task the package ships.
 
-``load_builtins()`` imports the built-in variant modules (``variants/``: each registers its
-components and variants) and the built-in tasks (``tasks/``), once, marked as built in. The
-package installs it as the registries' loader (:func:`modtransfer.core.registry.set_builtin_loader`),
-so reading any registry loads the zoo first; code that wants the zoo loaded up front calls it.
+``load_builtins()`` imports, once and marked as built in, the built-in tasks (``tasks/``), the
+baseline's components (``variants/baseline/``) and then the modification modules (``variants/``:
+each registers its components and variants). The package installs it as the registries' loader
+(:func:`modtransfer.core.registry.set_builtin_loader`), so reading any registry loads the zoo first;
+code that wants the zoo loaded up front calls it.
 The imports sit inside the function so that ``import modtransfer`` stays light (no torch).
 """
 
@@ -22,6 +23,7 @@ def load_builtins() -> None:
     _loaded = True
     with loading_builtins():  # importing a module registers what it defines (the imports are the point)
         import modtransfer.tasks  # noqa: F401  (built-in tasks register with the rest)
+        import modtransfer.variants.baseline  # noqa: F401  (the baseline's parts, before any modification)
         from modtransfer.variants import (  # noqa: F401
             activations,
             attention,

@@ -275,7 +275,7 @@ def one_step(model: nn.Module, recorder: Recorder, *inputs: Any, **kw: Any) -> N
 def test_attention_entropy_is_one_when_attention_is_uniform(topology: str) -> None:
     """W_q = 0 makes every query attend uniformly to the keys it may see (causal, unpadded), so the
     normalised entropy must be exactly 1 in self- and cross-attention: the masks are read right."""
-    from modtransfer.variants.attention import AttentionBase
+    from modtransfer.variants.baseline.attention import AttentionBase
 
     torch.manual_seed(0)
     model = build(ModelSpec(d_model=16, n_heads=2, n_layers=2, d_ff=32, vocab_size=40, max_len=12), topology)

@@ -25,8 +25,8 @@ from modtransfer.core.model import Transformer, build, count_params
 from modtransfer.core.spec import LATE_FIELDS, ModelSpec
 from modtransfer.core.validate import check_components
 from modtransfer.core.variant import VARIANTS, register_variant, resolve
+from modtransfer.variants.baseline.position import sinusoid_table
 from modtransfer.variants.init import init_torch
-from modtransfer.variants.position import sinusoid_table
 
 load_builtins()
 

@@ -155,7 +155,7 @@ def test_compare_flags_a_gap_beyond_the_noise() -> None:
 def test_bf16_attention_on_cpu_is_the_same_softmax(masks: str) -> None:
     """bf16 on a CPU takes the explicit-matmul path: the fp32 result up to bf16 rounding, still causal."""
     from modtransfer.core.spec import ModelSpec
-    from modtransfer.variants.attention import MultiHeadAttention, explicit_is_faster
+    from modtransfer.variants.baseline.attention import MultiHeadAttention, explicit_is_faster
 
     assert explicit_is_faster(torch.zeros(1, dtype=torch.bfloat16)) and not explicit_is_faster(torch.zeros(1))
     torch.manual_seed(0)

@@ -27,7 +27,6 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-register_component("activation", "relu", paper="Nair & Hinton 2010")(F.relu)
 register_component("activation", "gelu", paper="Hendrycks & Gimpel 2016, arXiv 1606.08415")(F.gelu)
 register_component("activation", "swish", paper="Ramachandran et al. 2017, arXiv 1710.05941")(F.silu)
 register_component("activation", "elu", paper="Clevert et al. 2016, arXiv 1511.07289")(F.elu)

@@ -19,23 +19,6 @@ from modtransfer.core.spec import ModelSpec
 from modtransfer.core.variant import register_variant
 
 
-@register_component("ffn", "dense", paper="Vaswani et al. 2017, arXiv 1706.03762")
-class DenseFFN(nn.Module):
-    """act(x W1 + b1) W2 + b2 (the biases only with ``spec.bias``)."""
-
-    honours_bias = True
-
-    def __init__(self, spec: ModelSpec, activation: Callable[[Tensor], Tensor], layer_index: int = 0) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(spec.d_model, spec.d_ff, bias=spec.bias)
-        self.w2 = nn.Linear(spec.d_ff, spec.d_model, bias=spec.bias)
-        self.act = activation
-        self.drop = nn.Dropout(spec.dropout_for("ffn"))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w2(self.drop(self.act(self.w1(x))))
-
-
 @register_component("ffn", "glu", paper="Shazeer 2020, arXiv 2002.05202")
 class GatedFFN(nn.Module):
     """(act(x W) * (x V)) W2, with W and V fused into one matmul (biases with ``spec.bias``)."""

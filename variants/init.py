@@ -41,7 +41,7 @@ from modtransfer.core.errors import UserError
 from modtransfer.core.model import apply_special_inits, clone_blocks, reset_specials
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.variant import register_variant
-from modtransfer.variants.residual import branch_weights
+from modtransfer.variants.residual import branch_weights  # (importing residual here keeps the variants' order)
 
 WeightInit = Callable[[Tensor], object]
 
@@ -97,12 +97,6 @@ def _scheme(name: str, make: Callable[[float], WeightInit], paper: str, what: st
                                                           else " of two or more dimensions (embeddings included)")
                           + ", then the modules' special inits.")
     register_component("init", f"{name}_all", paper=paper)(scheme_all)
-
-
-@register_component("init", "default")
-def init_default(model: nn.Module, spec: ModelSpec) -> None:
-    """Keep each module's own initialisation (special inits re-applied with the model's topology)."""
-    apply_special_inits(model)
 
 
 # -- implementation schemes --------------------------------------------------------------

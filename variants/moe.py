@@ -47,7 +47,7 @@ from modtransfer.core.components import register_component
 from modtransfer.core.errors import UserError
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.variant import register_variant
-from modtransfer.variants.ffn import DenseFFN
+from modtransfer.variants.baseline.ffn import DenseFFN
 
 DEFAULT_EXPERTS = 4
 

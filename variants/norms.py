@@ -4,6 +4,7 @@ LayerNorm (Ba et al. 2016, arXiv 1607.06450): y = (x - mean) / sqrt(var + eps) *
 RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467): y = x / sqrt(mean(x^2) + eps) * g, no
 centring and no bias; cheaper, and in Narang et al. 2021 one of the few changes that helped.
 
+LayerNorm (the baseline) and :class:`NormBase` live in :mod:`modtransfer.variants.baseline.norms`.
 :class:`NormBase` (exported as ``modtransfer.NormBase``) is the base for plugins: a class
 ``cls(dim, eps)`` is already a norm factory; a subclass overrides :meth:`NormBase.normalise`.
 """
@@ -16,37 +17,7 @@ from torch import Tensor, nn
 from modtransfer.core.components import register_component
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.variant import register_variant
-
-
-@register_component("norm", "layernorm", paper="Ba et al. 2016, arXiv 1607.06450")
-def layernorm(dim: int, eps: float) -> nn.Module:
-    return nn.LayerNorm(dim, eps=eps)
-
-
-class NormBase(nn.Module):
-    """A normalisation of the last dimension: normalise(x) * g (+ b), for plugins to extend.
-
-    ``cls(dim, eps)`` matches the norm slot's factory, so a subclass registers directly
-    (``@register_component("norm", "my_norm")``). ``weight`` g (ones) is learned;
-    ``bias`` b (zeros) exists when the class sets ``use_bias = True``. A subclass overrides
-    :meth:`normalise` only; it must act on each position separately (never across positions).
-    """
-
-    use_bias = False
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.dim, self.eps = dim, eps
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if self.use_bias else None
-
-    def normalise(self, x: Tensor) -> Tensor:
-        """x scaled to unit root mean square over the last dimension (override this)."""
-        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.normalise(x) * self.weight
-        return y + self.bias if self.bias is not None else y
+from modtransfer.variants.baseline.norms import NormBase
 
 
 class RMSNorm(NormBase):

@@ -26,29 +26,7 @@ from modtransfer.core.components import register_component
 from modtransfer.core.errors import UserError
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.variant import register_variant
-
-
-class PositionBase(nn.Module):
-    """No position signal; the base of every position component."""
-
-    rotates = False
-    adds_bias = False
-
-    def __init__(self, spec: ModelSpec, causal: bool = False) -> None:
-        super().__init__()
-        self.causal = causal
-
-    def embed(self, x: Tensor) -> Tensor:
-        return x
-
-    def bias(self, q_len: int, k_len: int, device: torch.device, dtype: torch.dtype) -> Tensor | None:
-        return None
-
-    def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        return q, k
-
-
-register_component("position", "none")(PositionBase)
+from modtransfer.variants.baseline.position import PositionBase
 
 
 def offsets(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:
@@ -56,28 +34,6 @@ def offsets(q_len: int, k_len: int, device: torch.device | None = None) -> Tenso
     q_pos = torch.arange(q_len, device=device) + (k_len - q_len)
     k_pos = torch.arange(k_len, device=device)
     return k_pos[None, :] - q_pos[:, None]
-
-
-def sinusoid_table(n: int, d: int) -> Tensor:
-    """The fixed sin/cos table of Vaswani et al. 2017, shape [n, d]."""
-    pos = torch.arange(n, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
-    table = torch.zeros(n, d)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq[: d // 2])
-    return table
-
-
-@register_component("position", "sinusoidal", paper="Vaswani et al. 2017, arXiv 1706.03762")
-class Sinusoidal(PositionBase):
-    """Adds the fixed sinusoid table (a buffer, not saved in the state dict)."""
-
-    def __init__(self, spec: ModelSpec, causal: bool = False) -> None:
-        super().__init__(spec, causal)
-        self.register_buffer("table", sinusoid_table(spec.max_len, spec.d_model), persistent=False)
-
-    def embed(self, x: Tensor) -> Tensor:
-        return x + self.table[: x.shape[1]].to(x.dtype)
 
 
 @register_component("position", "learned", paper="Gehring et al. 2017, arXiv 1705.03122")

@@ -19,11 +19,6 @@ from modtransfer.core.variant import register_variant
 _ALBERT = "Lan et al. 2020, arXiv 1909.11942"
 
 
-@register_component("sharing", "none")
-def share_none(stack: str) -> bool:
-    return False
-
-
 @register_component("sharing", "all", paper=_ALBERT)
 def share_all(stack: str) -> bool:
     return True

@@ -34,8 +34,8 @@ Dropout rates come from ``spec.dropout_for(site)``, so ``spec.dropout_at`` decid
 dropout is applied. The same interfaces, typed, are the ``Protocol`` classes below
 (:data:`SLOT_PROTOCOLS`).
 
-Base classes that implement most of them are :class:`~modtransfer.variants.attention.AttentionBase`,
-:class:`~modtransfer.variants.residual.ResidualBase` and :class:`~modtransfer.variants.norms.NormBase`.
+Base classes that implement most of them are :class:`~modtransfer.variants.baseline.attention.AttentionBase`,
+:class:`~modtransfer.variants.baseline.residual.ResidualBase` and :class:`~modtransfer.variants.baseline.norms.NormBase`.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def attention_entropy(module: nn.Module, x: Tensor, kv: Tensor | None, pad_mask:
     as its forward, on the first :data:`ENTROPY_SAMPLE` examples; queries that may see a single
     key are left out (their entropy is 0 by force).
     """
-    from modtransfer.variants.attention import additive_mask
+    from modtransfer.variants.baseline.attention import additive_mask
 
     n = ENTROPY_SAMPLE  # the first examples of the batch: an estimate at a fraction of the cost
     x, kv = x[:n], kv[:n] if kv is not None else None
@@ -276,7 +276,7 @@ class Recorder:
         return hook
 
     def _hook_attention(self, wrapper: nn.Module | None, layer: str, name: str) -> None:
-        from modtransfer.variants.attention import AttentionBase
+        from modtransfer.variants.baseline.attention import AttentionBase
 
         module = getattr(wrapper, "sublayer", None)
         if not isinstance(module, AttentionBase) or type(module).forward is not AttentionBase.forward:
@@ -305,7 +305,7 @@ class Recorder:
         elif act is not None and isinstance(getattr(ffn, "w_in", None), nn.Linear) and hasattr(ffn, "d_ff"):
             self._add(ffn.w_in, lambda m, a, out: record(act(out.detach()[..., : ffn.d_ff])))
         else:
-            from modtransfer.variants.residual import output_layers
+            from modtransfer.variants.baseline.residual import output_layers
 
             for m in output_layers(ffn)[:1]:
                 self._add(m, lambda m, a, out: record(a[0]))

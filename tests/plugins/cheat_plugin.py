@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modtransfer import ModelSpec, register_component, register_variant
-from modtransfer.variants.attention import MultiHeadAttention, additive_mask
+from modtransfer.variants.baseline.attention import MultiHeadAttention, additive_mask
 
 #: How many tokens beyond its own position a causal query may see.
 PEEK = 1

@@ -7,7 +7,7 @@ and the cells finished before it must be kept.
 from __future__ import annotations
 
 from modtransfer import ModelSpec, register_component, register_variant
-from modtransfer.variants.ffn import DenseFFN
+from modtransfer.variants.baseline.ffn import DenseFFN
 
 
 @register_component("ffn", "interrupting")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from modtransfer import ModelSpec, register_component, register_variant
-from modtransfer.variants.ffn import DenseFFN
+from modtransfer.variants.baseline.ffn import DenseFFN
 
 
 @register_component("ffn", "data_dependent")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from modtransfer import ModelSpec, register_component, register_variant
-from modtransfer.variants.ffn import DenseFFN
+from modtransfer.variants.baseline.ffn import DenseFFN
 from modtransfer.variants.moe import MixtureOfExperts, is_moe_layer
 
 CAPACITY = 0.5
