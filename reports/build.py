@@ -19,6 +19,7 @@ from modtransfer.core.errors import UserError
 
 from .analysis import Settings
 from .exports import write_cells_csv, write_readme, write_results_json
+from .folders import replace_folder
 from .summary import Analysis, analyse_run, transfer_table
 from .table import MainTable, as_tables, latex, main_table
 from .table import write_csv as write_table_csv
@@ -32,22 +33,6 @@ def write_csv(a: Analysis, path: Path) -> None:
         w = csv.writer(f)
         w.writerow(columns)
         w.writerows(["" if x is None else x for x in row] for row in rows)
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``, swapping out an older report only once the new one is complete."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}-old-{tmp.name}")
-        final.rename(old)
-    try:
-        tmp.rename(final)
-    except BaseException:
-        if old is not None:
-            old.rename(final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bool = False,
@@ -92,7 +77,7 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
         write_readme(tmp, a, run_dir)
         if final.exists():
             print(f"note: replacing the earlier report in {final}", file=sys.stderr)
-        _replace(tmp, final)
+        replace_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,6 +29,7 @@ from modtransfer.core.errors import UserError
 
 from .analysis import Comparison
 from .doc import Bullets, Cell, Document, Para, Section, Table
+from .folders import replace_folder
 from .marks import call_cell, ci_text
 from .summary import Analysis, analyse_run, fmt
 
@@ -360,20 +361,10 @@ def _check_out(out: Path, inputs: list[Input]) -> None:
 
 
 def _swap(tmp: Path, out: Path) -> None:
-    """Put the finished ``tmp`` at ``out``; an earlier comparison there is removed only after the rename."""
-    old = None
+    """Put the finished ``tmp`` at ``out``, saying so when it replaces an earlier comparison."""
     if out.exists():
         print(f"note: replacing the earlier comparison in {out}", file=sys.stderr)
-        old = out.with_name(f".{out.name}-old-{tmp.name}")
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, out)
 
 
 def write_comparison(paths: list[Path], out: Path | None = None) -> Path:
