@@ -151,6 +151,87 @@ def learn_gate(cond: Condition, baseline: list[float], settings: Settings) -> Ga
     return Gate("learned" if ok else "not learned", text, float(trivial))
 
 
+def _noise(base_values: list[float], declared: Any) -> tuple[float, str]:
+    """The baseline's seed SD here: measured with two or more seeds, else the task's declared figure."""
+    if len(base_values) >= 2:
+        return stats.sample_std(base_values), f"measured, {len(base_values)} seeds"
+    if isinstance(declared, int | float) and declared > 0:
+        return float(declared), "declared by the task"
+    return math.nan, "none"
+
+
+def _pair(c: Comparison, cells: dict[int, dict[str, Any]], base_ok: dict[int, dict[str, Any]]) -> list[float]:
+    """Fill the paired differences and failure counts of ``c``; returns the per-seed throughput ratios."""
+    sign = 1.0 if c.cond.higher_is_better else -1.0
+    tps: list[float] = []
+    for s in sorted(cells):
+        r = cells[s]
+        c.n_variant_cells += 1
+        if usable(r):
+            c.variant_values.append(float(r["primary_value"]))
+            if s in base_ok:
+                b = float(base_ok[s]["primary_value"])
+                c.seeds.append(s)
+                c.paired_baseline.append(b)
+                c.diffs.append(sign * (float(r["primary_value"]) - b))
+                bt, vt = base_ok[s].get("tokens_per_s"), r.get("tokens_per_s")
+                if bt and vt and bt > 0 and vt > 0:
+                    tps.append(vt / bt)
+        elif r["status"] == "timeout":
+            c.n_timeout += 1
+        else:
+            c.n_failed += 1
+            c.n_diverged += r["status"] == "diverged"
+    return tps
+
+
+def _test(c: Comparison, settings: Settings) -> None:
+    """The (sequential) paired t and TOST p-values, the interval and the sign-flip p of ``c``."""
+    if not c.diffs:
+        return
+    d = np.asarray(c.diffs)
+    p_diff, p_eq, used = stats.sequential_p(d, settings.looks, c.margin if math.isfinite(c.margin) else None)
+    c.n_used = used
+    if used >= 2:
+        c.p_value, c.p_equiv = float(p_diff), float(p_eq)
+        c.ci = stats.t_interval(d[:used], settings.level)
+    c.p_signflip = stats.sign_flip_pvalue(d[: used or len(d)], settings.rng(c.variant, c.cond.label))
+
+
+def _one(v: str, cond: Condition, cells: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]],
+         settings: Settings) -> Comparison:
+    """Variant ``v`` against the baseline under ``cond``."""
+    base_ok = {s: r for s, r in base.items() if usable(r)}
+    base_values = [float(base_ok[s]["primary_value"]) for s in sorted(base_ok)]
+    margin, margin_src = settings.margin(cond.task)
+    noise, noise_src = _noise(base_values, (settings.tasks.get(cond.task) or {}).get("noise_sd"))
+    c = Comparison(v, cond, gate=learn_gate(cond, base_values, settings), margin=margin, margin_source=margin_src,
+                   noise_sd=noise, noise_source=noise_src)
+    tps = _pair(c, cells, base_ok)
+    c.baseline_values = base_values
+    c.n_baseline_bad = len(base) - len(base_ok)
+    c.n_baseline_cells = len(base)
+    vrows = [r for r in cells.values() if r["status"] == "done"]
+    for col in ("params", "flops_per_token", "tokens_per_s"):
+        c.cost[col] = _ratio([r.get(col) for r in vrows], [r.get(col) for r in base_ok.values()])
+    c.cost_noisy["tokens_per_s"] = len(tps) >= 2 and float(np.std(tps, ddof=1) / np.mean(tps)) > NOISY_THROUGHPUT_CV
+    _test(c, settings)
+    return c
+
+
+def _adjust(comps: list[Comparison], settings: Settings) -> None:
+    """Correct the tested comparisons' p-values across the benchmark (equivalence tests separately)."""
+    family = [c for c in comps if tested(c, settings)]
+    if not family:
+        return
+    for c, q in zip(family, stats.adjust([c.p_value for c in family], settings.correction), strict=True):
+        c.p_adjusted = float(q)
+    eq = [c for c in family if math.isfinite(c.p_equiv)]
+    if eq:
+        for c, q in zip(eq, stats.adjust([c.p_equiv for c in eq], settings.correction), strict=True):
+            c.p_equiv_adjusted = float(q)
+
+
 def compare(rows: list[dict[str, Any]], settings: Settings = Settings()) -> list[Comparison]:
     """Every (variant, condition) comparison with the baseline, with p-values adjusted and calls made."""
     conds = conditions(rows)
@@ -161,70 +242,9 @@ def compare(rows: list[dict[str, Any]], settings: Settings = Settings()) -> list
     comps: list[Comparison] = []
     for ckey, cond in conds.items():
         base = _by_seed(grouped.get((ckey, BASELINE), []))
-        base_ok = {s: r for s, r in base.items() if usable(r)}
-        base_values = [float(base_ok[s]["primary_value"]) for s in sorted(base_ok)]
-        gate = learn_gate(cond, base_values, settings)
-        margin, margin_src = settings.margin(cond.task)
-        declared = (settings.tasks.get(cond.task) or {}).get("noise_sd")
-        if len(base_values) >= 2:
-            noise, noise_src = stats.sample_std(base_values), f"measured, {len(base_values)} seeds"
-        elif isinstance(declared, int | float) and declared > 0:
-            noise, noise_src = float(declared), "declared by the task"
-        else:
-            noise, noise_src = math.nan, "none"
-        variants = sorted({v for (k, v) in grouped if k == ckey and v != BASELINE})
-        for v in variants:
-            cells = _by_seed(grouped[(ckey, v)])
-            c = Comparison(v, cond, gate=gate, margin=margin, margin_source=margin_src, noise_sd=noise,
-                           noise_source=noise_src)
-            sign = 1.0 if cond.higher_is_better else -1.0
-            tps: list[float] = []
-            for s in sorted(cells):
-                r = cells[s]
-                c.n_variant_cells += 1
-                if usable(r):
-                    c.variant_values.append(float(r["primary_value"]))
-                    if s in base_ok:
-                        b = float(base_ok[s]["primary_value"])
-                        c.seeds.append(s)
-                        c.paired_baseline.append(b)
-                        c.diffs.append(sign * (float(r["primary_value"]) - b))
-                        bt, vt = base_ok[s].get("tokens_per_s"), r.get("tokens_per_s")
-                        if bt and vt and bt > 0 and vt > 0:
-                            tps.append(vt / bt)
-                elif r["status"] == "timeout":
-                    c.n_timeout += 1
-                else:
-                    c.n_failed += 1
-                    c.n_diverged += r["status"] == "diverged"
-            c.baseline_values = base_values
-            c.n_baseline_bad = len(base) - len(base_ok)
-            c.n_baseline_cells = len(base)
-            vrows = [r for r in cells.values() if r["status"] == "done"]
-            brows = list(base_ok.values())
-            for col in ("params", "flops_per_token", "tokens_per_s"):
-                c.cost[col] = _ratio([r.get(col) for r in vrows], [r.get(col) for r in brows])
-            c.cost_noisy["tokens_per_s"] = (len(tps) >= 2 and float(np.std(tps, ddof=1) / np.mean(tps))
-                                            > NOISY_THROUGHPUT_CV)
-            if c.diffs:
-                d = np.asarray(c.diffs)
-                p_diff, p_eq, used = stats.sequential_p(d, settings.looks, margin if math.isfinite(margin) else None)
-                c.n_used = used
-                if used >= 2:
-                    c.p_value, c.p_equiv = float(p_diff), float(p_eq)
-                    c.ci = stats.t_interval(d[:used], settings.level)
-                c.p_signflip = stats.sign_flip_pvalue(d[: used or len(d)], settings.rng(v, cond.label))
-            comps.append(c)
-    family = [c for c in comps if tested(c, settings)]
-    if family:
-        adjusted = stats.adjust([c.p_value for c in family], settings.correction)
-        for c, q in zip(family, adjusted, strict=True):
-            c.p_adjusted = float(q)
-        eq = [c for c in family if math.isfinite(c.p_equiv)]
-        if eq:
-            adjusted = stats.adjust([c.p_equiv for c in eq], settings.correction)
-            for c, q in zip(eq, adjusted, strict=True):
-                c.p_equiv_adjusted = float(q)
+        for v in sorted({v for (k, v) in grouped if k == ckey and v != BASELINE}):
+            comps.append(_one(v, cond, _by_seed(grouped[(ckey, v)]), base, settings))
+    _adjust(comps, settings)
     for c in comps:
         c.call = call(c, settings)
     return comps
