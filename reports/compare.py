@@ -28,7 +28,7 @@ from typing import Any
 from modtransfer.core.errors import UserError
 
 from .analysis import Comparison
-from .doc import Bullets, Cell, Document, Para, Section, Table
+from .doc import Bullets, Document, Para, Section, Table, TableCell
 from .folders import replace_folder
 from .marks import call_cell, ci_text
 from .summary import Analysis, analyse_run, fmt
@@ -263,8 +263,8 @@ def _delta(c: Comparison | None) -> str:
     return f"{fmt(c.mean_diff, 3, True)} {ci_text(c.ci, c.n)} n={c.n}"
 
 
-def _yes_no(x: bool | None) -> Cell:
-    return Cell("—", "c-missing") if x is None else (Cell("yes", "c-better") if x else Cell("no", "c-worse"))
+def _yes_no(x: bool | None) -> TableCell:
+    return TableCell("—", "c-missing") if x is None else (TableCell("yes", "c-better") if x else TableCell("no", "c-worse"))
 
 
 def task_section(task: str, matches: list[Match], inputs: list[Input]) -> Section:
@@ -277,11 +277,11 @@ def task_section(task: str, matches: list[Match], inputs: list[Input]) -> Sectio
     for inp in inputs:
         headers += [f"{inp.name}: Δ [CI]", f"{inp.name}: call"]
     headers += ["Signs agree", "Calls agree"]
-    rows: list[list[str | Cell]] = []
+    rows: list[list[str | TableCell]] = []
     for m in matches:
-        row: list[str | Cell] = [m.variant, *([m.setting or "—"] if with_setting else [])]
+        row: list[str | TableCell] = [m.variant, *([m.setting or "—"] if with_setting else [])]
         for c in m.comps:
-            row += [_delta(c), call_cell(c.call) if c is not None else Cell("— not run", "c-missing")]
+            row += [_delta(c), call_cell(c.call) if c is not None else TableCell("— not run", "c-missing")]
         rows.append([*row, _yes_no(m.signs_agree), _yes_no(m.calls_agree)])
     what = "; ".join(f"`{k}` ({'higher' if hib else 'lower'} is better)" for k, hib in metrics)
     s.blocks.append(Table(headers, rows, id=s.id + "-table",
@@ -293,11 +293,11 @@ def task_section(task: str, matches: list[Match], inputs: list[Input]) -> Sectio
 
 def verdict_section(inputs: list[Input]) -> Section:
     s = Section("Verdicts", "verdicts")
-    rows: list[list[str | Cell]] = []
+    rows: list[list[str | TableCell]] = []
     for v in _variants(inputs):
         got = [inp.analysis.verdicts.get(v, ("— not run", ""))[0] for inp in inputs]
         same = None if "— not run" in got else len(set(got)) == 1
-        rows.append([v, *[Cell(g, f"v-{g}") for g in got], _yes_no(same)])
+        rows.append([v, *[TableCell(g, f"v-{g}") for g in got], _yes_no(same)])
     s.blocks.append(Table(["Variant", *[i.name for i in inputs], "Same verdict"], rows, id="verdict-compare",
                           caption="Each input's verdict per variant, over the tasks that input ran"))
     return s

@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Any
 
 from .analysis import BASELINE
-from .doc import Bullets, Cell, Image, Para, Pre, Section, Table
+from .doc import Bullets, Image, Para, Pre, Section, Table, TableCell
 from .figures import Figures
 from .marks import SYMBOLS, call_cell, ci_text, ratio  # noqa: F401  (SYMBOLS re-exported)
 from .summary import Analysis, fmt
@@ -24,7 +24,7 @@ def noise_section(a: Analysis) -> Section:
         rows.append([r["condition"], r["metric"], f"{fmt(r['margin'], 3)} ({r['margin_source']})",
                      f"{fmt(r['noise_sd'], 3)} ({r['noise_source']})", str(r["baseline_seeds"]),
                      call_cell("not learned") if r["gate"] == "not learned" else r["gate"],
-                     Cell(r["gate_text"], "wrap")])
+                     TableCell(r["gate_text"], "wrap")])
     s.blocks.append(Table(["Task", "Metric", "Margin (smallest effect of interest)", "Baseline seed SD",
                            "Baseline seeds", "Baseline learned?", "Against the trivial score"], rows,
                           id="noise-table", caption="What a call is judged against, in each metric's own units"))
@@ -42,11 +42,11 @@ def verdict_section(a: Analysis, figs: Figures) -> Section:
     rows = []
     for v in a.order:
         verdict, why = a.verdicts[v]
-        cells: list[str | Cell] = [v, Cell(verdict, f"v-{verdict}"), Cell(why, "wrap"),
+        cells: list[str | TableCell] = [v, TableCell(verdict, f"v-{verdict}"), TableCell(why, "wrap"),
                                    fmt(a.overall[v], 3, signed=True)]
         for g in a.groups:
             tc = a.task_calls[v].get(g)
-            cells.append(call_cell(tc) if tc else Cell("— not run", "c-missing"))
+            cells.append(call_cell(tc) if tc else TableCell("— not run", "c-missing"))
         cost = a.costs.get(v, {})
         noisy = any(c.cost_noisy.get("tokens_per_s") for c in a.comps if c.variant == v)
         cells += [ratio(cost.get("params", math.nan)), ratio(cost.get("flops_per_token", math.nan)),
@@ -105,7 +105,7 @@ def effects_section(a: Analysis, figs: Figures) -> Section:
             if c is None:
                 continue
             n = str(c.n) if c.n_used in (0, c.n) else f"{c.n_used} of {c.n}"
-            rows.append([v, Cell(f"{lab} · {c.cond.metric} {'↑' if c.cond.higher_is_better else '↓'}", "wrap"),
+            rows.append([v, TableCell(f"{lab} · {c.cond.metric} {'↑' if c.cond.higher_is_better else '↓'}", "wrap"),
                          call_cell(c.call), n, f"{fmt(c.baseline_mean, 4)} ± {fmt(c.baseline_std, 2)}",
                          fmt(c.mean_diff, 3, True), ci_text(c.ci, c.n), fmt(c.std_effect, 3, True),
                          fmt(c.p_improve, 2), fmt(c.p_adjusted, 2), fmt(c.p_equiv_adjusted, 2),
@@ -181,7 +181,7 @@ def cost_section(a: Analysis) -> Section:
     for v in a.order:
         cost = a.costs.get(v, {})
         verdict, _ = a.verdicts[v]
-        rows.append([v, Cell(verdict, f"v-{verdict}"), fmt(a.overall[v], 3, True),
+        rows.append([v, TableCell(verdict, f"v-{verdict}"), fmt(a.overall[v], 3, True),
                      ratio(cost.get("params", math.nan)), ratio(cost.get("flops_per_token", math.nan)),
                      ratio(cost.get("tokens_per_s", math.nan))])
     s.blocks.append(Table(["Variant", "Verdict", f"Overall effect ({a.effect_unit})", "Params ×", "FLOPs/token ×",
@@ -225,7 +225,7 @@ def _reason(error: str | None) -> str:
 def problems_section(a: Analysis) -> Section:
     s = Section("Skipped and failed cells", "problems")
     if a.skipped:
-        rows = [[str(x.get("variant", "")), str(x.get("task", "")), Cell(str(x.get("reason", "")), "wrap")]
+        rows = [[str(x.get("variant", "")), str(x.get("task", "")), TableCell(str(x.get("reason", "")), "wrap")]
                 for x in a.skipped]
         s.blocks.append(Table(["Variant", "Task", "Reason"], rows, id="skipped-table",
                               caption="Cells a variant cannot run (not trained)"))
@@ -236,7 +236,7 @@ def problems_section(a: Analysis) -> Section:
     if bad:
         rows = [[r["variant"], r["task"], str(r["seed"]), json.dumps(r.get("hparams") or {}, sort_keys=True),
                  r["status"], str(r.get("failed_step") if r.get("failed_step") is not None else "—"),
-                 Cell(_reason(r.get("error")), "wrap")] for r in bad]
+                 TableCell(_reason(r.get("error")), "wrap")] for r in bad]
         s.blocks.append(Table(["Variant", "Task", "Seed", "Hyper-parameters", "Status", "Step", "Reason"], rows,
                               id="failed-table", caption="Cells that diverged, failed, timed out or gave no value"))
     else:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class Cell:
+class TableCell:
     text: str
     cls: str = ""        # CSS class in HTML (e.g. a verdict's colour)
     sort: str = ""       # sort key in HTML when the text does not sort well
@@ -18,7 +18,7 @@ class Cell:
 @dataclass
 class Table:
     headers: list[str]
-    rows: list[list[str | Cell]]
+    rows: list[list[str | TableCell]]
     id: str = ""
     caption: str = ""
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
-from .doc import Cell, Image, Para, Section, Table
+from .doc import Image, Para, Section, Table, TableCell
 from .figures import Figures
 from .summary import Analysis
 from .table import MainTable, as_tables, mean_sd
@@ -121,7 +121,7 @@ def sweep_section(a: Analysis, figs: Figures) -> Section | None:
         top = math.isfinite(r["mean"]) and sign * r["mean"] == best.get(r["group"])
         text = mean_sd(r["mean"], r["sd"])
         body.append([r["group"], r["setting"], f"{r['metric']} ({'↑' if r['higher_is_better'] else '↓'})",
-                     Cell(f"**{text}**" if top else text), str(r["seeds"]), str(r["failed"])])
+                     TableCell(f"**{text}**" if top else text), str(r["seeds"]), str(r["failed"])])
     s.blocks.append(Table(["Task", "Setting", "Metric", "Mean ± seed SD", "Seeds", "Failed"], body, id="sweep-table",
                           caption="The baseline's final score per setting; bold: the best mean of its task"))
     s.blocks.append(Para("The best mean is bolded for orientation only: settings are not tested against each other "

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 
-from .doc import Cell
+from .doc import TableCell
 
 SYMBOLS = {"better": "▲ better", "worse": "▼ worse", "no change": "= no change", "unclear": "? unclear",
            "varies": "≈ varies", "unstable": "✗ unstable", "missing": "— missing", "too few seeds": "… too few seeds",
            "not learned": "○ baseline did not learn"}
 
 
-def call_cell(call: str) -> Cell:
-    return Cell(SYMBOLS.get(call, call), f"c-{call.replace(' ', '-')}")
+def call_cell(call: str) -> TableCell:
+    return TableCell(SYMBOLS.get(call, call), f"c-{call.replace(' ', '-')}")
 
 
 def ratio(x: float) -> str:

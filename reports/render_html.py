@@ -11,7 +11,7 @@ import html
 import re
 from pathlib import Path
 
-from .doc import Bullets, Cell, Document, Image, Para, Pre, Table
+from .doc import Bullets, Document, Image, Para, Pre, Table, TableCell
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1b1b1b;
@@ -90,8 +90,8 @@ def inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
-def _cell(c: str | Cell, tag: str = "td") -> str:
-    if isinstance(c, Cell):
+def _cell(c: str | TableCell, tag: str = "td") -> str:
+    if isinstance(c, TableCell):
         attrs = f' class="{html.escape(c.cls)}"' if c.cls else ""
         attrs += f' data-sort="{html.escape(c.sort)}"' if c.sort else ""
         return f"<{tag}{attrs}>{inline(c.text)}</{tag}>"

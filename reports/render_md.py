@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .doc import Bullets, Cell, Document, Image, Para, Pre, Table
+from .doc import Bullets, Document, Image, Para, Pre, Table, TableCell
 
 
-def _text(c: str | Cell) -> str:
-    s = c.text if isinstance(c, Cell) else c
+def _text(c: str | TableCell) -> str:
+    s = c.text if isinstance(c, TableCell) else c
     return s.replace("|", "\\|").replace("\n", " ")
 
 

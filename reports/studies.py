@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .doc import Bullets, Cell, Image, Para, Section, Table
+from .doc import Bullets, Image, Para, Section, Table, TableCell
 from .figures import Figures
 from .marks import SYMBOLS, call_cell, ci_text
 from .reference import RefRow
@@ -29,7 +29,7 @@ def reference_section(a: Analysis) -> Section:
     for r in a.reference:
         agree = {True: "yes", False: "**no**", None: "—"}[r.signs_agree]
         clear = {True: "yes", False: "no (within noise)", None: "n/a (one run)"}[r.paper_clear]
-        rows.append([r.variant, Cell(r.paper_model, "wrap"), r.task,
+        rows.append([r.variant, TableCell(r.paper_model, "wrap"), r.task,
                      f"{fmt(r.paper_delta, 3, True)} {r.paper_measure}",
                      f"{'better' if r.paper_better else 'worse'}, clear: {clear}",
                      f"{fmt(r.ours_delta, 3, True)} {r.ours_metric}", ci_text(r.ours_ci, 2) if r.ours_ci else "—",
@@ -104,11 +104,11 @@ def implementations_section(rows: list[dict[str, Any]]) -> Section:
     impls = sorted({i for r in rows for i in r["per"]})
     body = []
     for r in rows:
-        cells: list[str | Cell] = [r["variant"], r["task"]]
+        cells: list[str | TableCell] = [r["variant"], r["task"]]
         for i in impls:
             p = r["per"].get(i)
-            cells.append(Cell(f"{fmt(p['effect'], 2, True)} SD, {SYMBOLS.get(p['call'], p['call'])}",
-                              f"c-{p['call'].replace(' ', '-')}") if p else Cell("— not run", "c-missing"))
+            cells.append(TableCell(f"{fmt(p['effect'], 2, True)} SD, {SYMBOLS.get(p['call'], p['call'])}",
+                              f"c-{p['call'].replace(' ', '-')}") if p else TableCell("— not run", "c-missing"))
         cells += [{"kept": "yes", "flips": "**no: flips**", "untested": "not shown (some calls unclear)"}[r["sign"]],
                   "yes" if r["points"] else "no"]
         body.append(cells)

@@ -21,7 +21,7 @@ import numpy as np
 from modtransfer.core.spec import SLOTS
 
 from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
-from .doc import Cell, Table
+from .doc import Table, TableCell
 from .summary import Analysis, fmt
 
 #: How a call is written next to a number (short forms: the long ones are in the verdict table).
@@ -182,14 +182,14 @@ def as_tables(t: MainTable, per_table: int = COLUMNS_PER_TABLE) -> list[Table]:
     for k, labels in enumerate(chunks):
         headers = ["Model", "Slot", f"Params{cost}", f"FLOPs/token{cost}", f"Steps/s{cost}",
                    *[header(t, lab) for lab in labels]]
-        rows: list[list[str | Cell]] = []
+        rows: list[list[str | TableCell]] = []
         for ln in t.lines:
-            cells: list[str | Cell] = [Cell(f"**{ln.variant}**" if ln.slot == "baseline" else ln.variant),
+            cells: list[str | TableCell] = [TableCell(f"**{ln.variant}**" if ln.slot == "baseline" else ln.variant),
                                        ln.slot, _big(ln.params), _big(ln.flops_per_token), fmt(ln.steps_per_s, 3)]
             for lab in labels:
                 e = ln.entries.get(lab)
                 cls = f"c-{e.call.replace(' ', '-')}" if e is not None and e.call else ""
-                cells.append(Cell(entry_text(e), cls))
+                cells.append(TableCell(entry_text(e), cls))
             rows.append(cells)
         part = f" (part {k + 1} of {len(chunks)})" if len(chunks) > 1 else ""
         out.append(Table(headers, rows, id="main-results-table" + (f"-{k + 1}" if k else ""),
