@@ -55,6 +55,7 @@ def table_lines(out: str) -> tuple[str, list[str]]:
     return lines[i], body
 
 
+@pytest.mark.slow  # about 30 s: run with -m slow
 def test_smallest_run_prints_the_table(cache_dir: Path, tmp_path: Path) -> None:
     out_json = tmp_path / "speed.json"
     env = {**os.environ, "MODTRANSFER_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from modtransfer.run.store import Store
@@ -86,6 +87,7 @@ def test_pool_workers_end_when_the_run_is_killed(tmp_path: Path) -> None:
             pass
 
 
+@pytest.mark.slow  # about 30 s: run with -m slow
 def test_killed_cell_resumes_its_wandb_run_under_the_same_id(tmp_path: Path) -> None:
     plan = _plan(tmp_path / "p.yaml", "resume-wb", steps=1500, seeds=1, wandb="offline")
     runs = tmp_path / "runs"

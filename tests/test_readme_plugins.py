@@ -47,6 +47,7 @@ def test_variant_examples_pass_check(tmp_path: Path, temporary_plugin, capsys: p
     assert code == 0, out
 
 
+@pytest.mark.slow  # about 30 s: run with -m slow
 def test_task_example_runs_end_to_end(tmp_path: Path, temporary_plugin,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "reverse_task.py"

@@ -363,6 +363,7 @@ def test_wall_clock_budget_gives_timeout(tmp_path: Path, restore_environ: None, 
 
 
 # -- Ray ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # about 30 s: run with -m slow
 def test_ray_executor_matches_local(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     plan = load_plan(tiny_plan("ray", steps=20, seeds=[0], variants=["gelu", "rmsnorm"]))
