@@ -61,6 +61,8 @@ def caveats(a: Analysis) -> list[str]:
         text = f"{b['steps']} steps" if "steps" in b else "default steps"
         budgets.setdefault(r["task"], set()).add(text + (f", batch {b['batch_size']}" if "batch_size" in b else ""))
     size = ", ".join(sorted({r["size"] for r in a.rows}))
+    precisions = sorted({str((r.get("env") or {}).get("precision", "fp32")) for r in a.rows})
+    size += f", precision {' / '.join(precisions)}"
     out.append("**Budget**: " + "; ".join(f"{t}: {' / '.join(sorted(s))}" for t, s in sorted(budgets.items()))
                + f" at size {size}. Small-scale results: a call here need not hold at the paper's scale.")
     return out

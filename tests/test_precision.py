@@ -175,3 +175,28 @@ def test_bf16_attention_on_cpu_is_the_same_softmax(masks: str) -> None:
     assert got.dtype == torch.bfloat16
     assert (got.float() - want).abs().max() <= 0.03 * want.abs().max()
     assert torch.equal(got[:, :9], got_later[:, :9])
+
+
+@pytest.mark.parametrize("name", ["fp32", "bf16"])
+def test_a_cell_trains_in_its_plans_precision_and_records_it(name: str, tmp_path: Path) -> None:
+    if name == "bf16" and not NATIVE_BF16:
+        pytest.skip("this CPU has no native bf16")
+    from modtransfer.run import cell as cell_mod
+
+    seen: list[str] = []
+    original = cell_mod.make_trainer
+
+    def spy(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+        seen.append(str(trainer.precision))
+        return trainer
+
+    cell_mod.make_trainer = spy
+    try:
+        plan = load_plan({**PLAN, "precision": name, "task_budget": {"regression": {"steps": 4, "batch_size": 4}}})
+        row = cell_mod.run_cell(plan.cells[0], tmp_path, wandb_cfg={"mode": "disabled"}, device="cpu")
+    finally:
+        cell_mod.make_trainer = original
+    assert row["status"] == "done", row["error"]
+    assert row["env"]["precision"] == name
+    assert seen == ["bf16-mixed" if name == "bf16" else "32-true"]

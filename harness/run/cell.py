@@ -64,6 +64,7 @@ class _CellRun:
     def prepare(self) -> tuple[Any, Any, torch.nn.Module, str]:
         """The task (data prepared), its spec, the model (seeded) and the accelerator; fills the row's sizes."""
         from modtransfer.core.model import build, count_flops, count_params
+        from modtransfer.core.precision import resolve_precision
         from modtransfer.core.task import TASKS
         from modtransfer.run.envinfo import environment
 
@@ -71,7 +72,8 @@ class _CellRun:
         task = TASKS.get(cell.task)(cell.task_config, self.cache_dir)
         row.update(primary_metric=task.primary_metric, higher_is_better=int(task.higher_is_better))
         accel = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
-        row.env = {**environment(accel), "contract_gate": cell.gate}
+        row.env = {**environment(accel), "contract_gate": cell.gate,
+                   "precision": resolve_precision(cell.precision, accel)}
         task.prepare()
         spec = task.configure_spec(cell.spec)
         row.spec = spec.to_dict()
@@ -96,7 +98,8 @@ class _CellRun:
 
             self.logger = wandb_logger(cell, spec, task, self.run_dir, self.wandb_cfg)
         diag = CellDiagnostics(model, cell.budget)  # gradient norms, attention entropy, ... every diag_every steps
-        trainer = make_trainer(cell.budget, accel, self.logger, log_every, callbacks=diag.callbacks)
+        trainer = make_trainer(cell.budget, accel, self.logger, log_every, callbacks=diag.callbacks,
+                               precision=cell.precision)
         _fit(trainer, module, make_datamodule(task, cell.seed, cell.budget.batch_size))
         t_end = time.perf_counter()
         steps = trainer.global_step
@@ -116,7 +119,7 @@ class _CellRun:
         row.train_s = t_end - module.first_step_at
         row.tokens_per_s = module.tokens / max(row.train_s, 1e-9)
         if row.flops_per_token:
-            row.mfu = 3.0 * row.flops_per_token * row.tokens_per_s / matmul_peak(accel)
+            row.mfu = 3.0 * row.flops_per_token * row.tokens_per_s / matmul_peak(accel, self.cell.precision)
 
     def _final_evaluation(self, metrics: dict[str, float], primary: str, steps: int) -> None:
         """The final metrics; a non-finite one makes the cell diverged, a missing primary one failed."""

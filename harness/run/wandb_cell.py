@@ -50,7 +50,7 @@ def wandb_logger(cell: Cell, spec: Any, task: Any, run_dir: Path, wandb_cfg: dic
     remove_local_runs(run_dir, cell.cell_id)
     papers = [VARIANTS.entry(p.split("(")[0]).meta.get("paper", "")
               for p in cell.variant.split("+") if p.split("(")[0] in VARIANTS]
-    config = {"spec": spec.to_dict(), "task": cell.task, "task_config": task.describe(), "budget": cell.budget.to_dict(),
+    config = {"spec": spec.to_dict(), "task": cell.task, "task_config": task.describe(), "budget": cell.budget.to_dict(), "precision": cell.precision,
               "variant": cell.variant, "seed": cell.seed, "size": cell.size, "hparams": cell.hparams,
               "implementation": getattr(spec, "implementation", "modtransfer"), "cell_id": cell.cell_id,
               "benchmark": cell.benchmark, "slots": list(cell.slots), "papers": papers}
