@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from modtransfer.core.task import OBSERVERS
+
 from . import stats
 from .records import (  # noqa: F401  (re-exported: the analysis API)
     BASELINE,
@@ -39,9 +41,6 @@ from .records import (  # noqa: F401  (re-exported: the analysis API)
     usable,
 )
 from .verdicts import call
-
-#: Budget fields that only observe training; cells differing in them are the same condition.
-OBSERVERS = ("eval_every", "diag_every")
 
 
 def axis_keys(rows: list[dict[str, Any]]) -> dict[str, set[str]]:

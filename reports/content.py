@@ -11,8 +11,9 @@ from typing import Any
 from .analysis import BASELINE
 from .doc import Bullets, Image, Para, Pre, Section, Table, TableCell
 from .figures import Figures
-from .marks import SYMBOLS, call_cell, ci_text, ratio  # noqa: F401  (SYMBOLS re-exported)
+from .marks import SYMBOLS, call_cell, ci_text, last_error_line, ratio  # noqa: F401  (SYMBOLS re-exported)
 from .summary import Analysis, fmt
+from .table import mean_of
 from .verdicts import VERDICT_RULE, call_rule
 
 
@@ -191,9 +192,9 @@ def cost_section(a: Analysis) -> Section:
     for lab in a.labels:
         brows = [r for r in a.rows if r["variant"] == BASELINE and r["status"] == "done" and _lab(a, r) == lab]
         if brows:
-            base.append(f"{lab}: baseline {_big(_mean(brows, 'params'))} parameters, "
-                        f"{_big(_mean(brows, 'flops_per_token'))} FLOPs/token, "
-                        f"{_big(_mean(brows, 'tokens_per_s'))} tokens/s")
+            base.append(f"{lab}: baseline {_big(mean_of(brows, 'params'))} parameters, "
+                        f"{_big(mean_of(brows, 'flops_per_token'))} FLOPs/token, "
+                        f"{_big(mean_of(brows, 'tokens_per_s'))} tokens/s")
     if base:
         s.blocks.append(Bullets(base))
     return s
@@ -203,23 +204,12 @@ def _big(x: float) -> str:
     return f"{x:,.0f}" if math.isfinite(x) else "—"
 
 
-def _mean(rows: list[dict[str, Any]], col: str) -> float:
-    vals = [r[col] for r in rows if isinstance(r.get(col), int | float)]
-    return sum(vals) / len(vals) if vals else math.nan
-
-
 def _lab(a: Analysis, row: dict[str, Any]) -> str | None:
     hp = json.dumps(row.get("hparams") or {}, sort_keys=True)
     for c in a.comps:
         if (c.cond.task, c.cond.size, c.cond.hparams_json) == (row["task"], row["size"], hp):
             return c.cond.label
     return None
-
-
-def _reason(error: str | None) -> str:
-    lines = [ln.strip() for ln in (error or "").splitlines() if ln.strip()]
-    text = lines[-1] if lines else "(no reason recorded)"
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def problems_section(a: Analysis) -> Section:
@@ -236,7 +226,7 @@ def problems_section(a: Analysis) -> Section:
     if bad:
         rows = [[r["variant"], r["task"], str(r["seed"]), json.dumps(r.get("hparams") or {}, sort_keys=True),
                  r["status"], str(r.get("failed_step") if r.get("failed_step") is not None else "—"),
-                 TableCell(_reason(r.get("error")), "wrap")] for r in bad]
+                 TableCell(last_error_line(r.get("error")), "wrap")] for r in bad]
         s.blocks.append(Table(["Variant", "Task", "Seed", "Hyper-parameters", "Status", "Step", "Reason"], rows,
                               id="failed-table", caption="Cells that diverged, failed, timed out or gave no value"))
     else:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis import BASELINE, axis_keys, cond_key, conditions
+from .marks import last_error_line
 from .summary import Analysis, transfer_table
 
 FORMAT_VERSION = 1
@@ -34,11 +35,6 @@ def _final_train_loss(row: dict[str, Any]) -> float | None:
     return None
 
 
-def _first_line(text: str | None) -> str:
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    return lines[-1][:500] if lines else ""
-
-
 def cell_records(a: Analysis) -> tuple[list[str], list[dict[str, Any]]]:
     """Per stored cell: identity, condition label, outcome, cost and provenance; plus each final metric."""
     conds = conditions(a.rows)
@@ -53,7 +49,7 @@ def cell_records(a: Analysis) -> tuple[list[str], list[dict[str, Any]]]:
             "implementation": spec.get("implementation", "modtransfer"), "precision": env.get("precision", "fp32"),
             "final_train_loss": _final_train_loss(r), "lr": budget.get("lr"), "budget_steps": budget.get("steps"),
             "batch_size": budget.get("batch_size"), "git_commit": env.get("commit"),
-            "torch": env.get("torch"), "device": env.get("device"), "error": _first_line(r.get("error")),
+            "torch": env.get("torch"), "device": env.get("device"), "error": last_error_line(r.get("error"), 500, ""),
         })
         for m in metric_names:
             rec[f"metric:{m}"] = (r.get("metrics") or {}).get(m)

@@ -23,3 +23,12 @@ def ci_text(ci: tuple[float, float] | None, n: int) -> str:
     if ci is None:
         return "none (1 seed)" if n == 1 else "—"
     return f"[{ci[0]:+.3g}, {ci[1]:+.3g}]"
+
+
+def last_error_line(error: str | None, limit: int = 300, empty: str = "(no reason recorded)") -> str:
+    """The line of a stored error that says what went wrong (a traceback's last line), cut to ``limit``."""
+    lines = [ln.strip() for ln in (error or "").splitlines() if ln.strip()]
+    if not lines:
+        return empty
+    text = lines[-1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."

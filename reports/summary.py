@@ -132,9 +132,10 @@ def analyse(rows: list[dict[str, Any]], meta: dict[str, Any], settings: Settings
     """Run every analysis on the rows (and meta) of a results store."""
     settings = with_meta(settings, meta)
     comps = compare(rows, settings)
-    labels = [c.label for c in conditions(rows).values()]
+    conds = conditions(rows).values()
+    labels = [c.label for c in conds]
     overall = overall_effects(comps)
-    groups = sorted({c.group for c in conditions(rows).values()})
+    groups = sorted({c.group for c in conds})
     task_calls: dict[str, dict[str, str]] = {}
     verdicts = {}
     for v in overall:

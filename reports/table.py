@@ -88,7 +88,8 @@ def _steps_per_s(row: dict[str, Any]) -> float:
     return steps / train if isinstance(steps, int | float) and isinstance(train, int | float) and train > 0 else math.nan
 
 
-def _mean_of(rows: list[dict[str, Any]], key: Any) -> float:
+def mean_of(rows: list[dict[str, Any]], key: Any) -> float:
+    """Mean of a numeric column (or of ``key(row)``) over ``rows``, missing and non-finite values left out."""
     vals = [key(r) if callable(key) else r.get(key) for r in rows]
     vals = [float(v) for v in vals if isinstance(v, int | float) and math.isfinite(v)]
     return float(np.mean(vals)) if vals else math.nan
@@ -112,8 +113,8 @@ def main_table(a: Analysis) -> MainTable:
             continue
         slot = "baseline" if v == BASELINE else _slot(rows_v[0].get("spec") or {}, base_spec)
         cost_rows = [r for r in by.get((v, cost_label), []) if r["status"] == "done"]
-        line = Line(v, slot, _mean_of(cost_rows, "params"), _mean_of(cost_rows, "flops_per_token"),
-                    _mean_of(cost_rows, _steps_per_s))
+        line = Line(v, slot, mean_of(cost_rows, "params"), mean_of(cost_rows, "flops_per_token"),
+                    mean_of(cost_rows, _steps_per_s))
         for lab in labels:
             rows = by.get((v, lab), [])
             if not rows:

@@ -69,3 +69,14 @@ def temporary_plugin() -> Iterator[Callable[[str | Path], str | None]]:
     # plugins the CLI loaded in-process during the test: forget them too, so a later load registers again
     for name in {m for m in sys.modules if m.startswith("modtransfer_plugin_")} - before_modules:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the test (training tests on 2 shared cores run several times faster)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

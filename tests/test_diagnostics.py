@@ -37,12 +37,7 @@ COLLAPSE_SPEC = {"d_model": 2, "n_heads": 1, "n_layers": 1, "d_ff": 8}
 Regression = TASKS.get("regression")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cell(task: str = "regression", variant: str = "baseline", spec: dict[str, Any] | None = None,

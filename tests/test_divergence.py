@@ -7,7 +7,7 @@ counted as a rate: its metric must never reach the store's ``primary_value`` (an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,7 @@ SPEC = {"d_model": 32, "n_layers": 1, "d_ff": 64}
 Regression = TASKS.get("regression")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cell(task: str = "regression", **budget: Any) -> Cell:

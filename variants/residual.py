@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from modtransfer.core.components import register_component
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.variant import register_variant
-from modtransfer.variants.baseline.residual import NormFactory, PreNorm, branch_weights, output_layers
+from modtransfer.variants.baseline.residual import NormFactory, PreNorm, ResidualBase, branch_weights, output_layers
 
 
 @register_component("residual", "post", paper="Vaswani et al. 2017, arXiv 1706.03762")
@@ -42,7 +42,7 @@ class PostNorm(PreNorm):
 
 
 @register_component("residual", "rezero", paper="Bachlechner et al. 2020, arXiv 2003.04887")
-class ReZero(nn.Module):
+class ReZero(ResidualBase):
     """ReZero: x + alpha F(norm(x)), alpha a trained scalar per branch, initialised to 0.
 
     Every block is the identity at initialisation, so signals and gradients pass unchanged
@@ -55,11 +55,8 @@ class ReZero(nn.Module):
 
     def __init__(self, spec: ModelSpec, sublayer: nn.Module, norm: NormFactory,
                  index: int = 0, n_sublayers: int = 1) -> None:
-        super().__init__()
-        self.norm = norm(spec.d_model, spec.norm_eps)
-        self.sublayer = sublayer
+        super().__init__(spec, sublayer, norm, index, n_sublayers)
         self.alpha = nn.Parameter(torch.zeros(()))
-        self.drop = nn.Dropout(spec.dropout_for("residual"))
 
     def forward(self, x: Tensor, **kw: Any) -> Tensor:
         return x + self.alpha * self.drop(self.sublayer(self.norm(x), **kw))
@@ -173,7 +170,7 @@ def deepnorm_constants(topology: str, stack: str, n_encoder: int, n_decoder: int
 
 
 @register_component("residual", "deepnorm", paper="Wang et al. 2022, arXiv 2203.00555")
-class DeepNorm(nn.Module):
+class DeepNorm(ResidualBase):
     """DeepNorm (DeepNet, Wang et al. 2022): x_{l+1} = norm(alpha x_l + F(x_l)).
 
     Post-LN with the residual up-weighted by alpha > 1, and the branch weights initialised
@@ -188,10 +185,7 @@ class DeepNorm(nn.Module):
 
     def __init__(self, spec: ModelSpec, sublayer: nn.Module, norm: NormFactory,
                  index: int = 0, n_sublayers: int = 1) -> None:
-        super().__init__()
-        self.norm = norm(spec.d_model, spec.norm_eps)
-        self.sublayer = sublayer
-        self.drop = nn.Dropout(spec.dropout_for("residual"))
+        super().__init__(spec, sublayer, norm, index, n_sublayers)
         self.n_layers = spec.n_layers
         has_cross = n_sublayers == 3 * spec.n_layers
         self.alpha, self.beta = deepnorm_constants(

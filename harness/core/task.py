@@ -48,6 +48,9 @@ BUDGET_CEILINGS = {"steps": 10_000_000, "batch_size": 65_536, "lr": 100.0, "eval
 #: Budget fields that only observe training (never change it): left out of ``Budget.to_dict``, so
 #: they are in no cell id and never split a condition (cells differing only in them are paired).
 OBSERVING_FIELDS = ("diag_every",)
+#: Every field that only observes training: besides the above, ``eval_every`` (how often the cell is
+#: evaluated), which rows record but ids and conditions ignore (:meth:`Budget.identity`).
+OBSERVERS = (*OBSERVING_FIELDS, "eval_every")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,11 @@ class Budget:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in OBSERVING_FIELDS}
         d["betas"] = list(self.betas)
         return d
+
+    def identity(self) -> dict[str, Any]:
+        """What a cell id hashes: :meth:`to_dict` with ``eval_every`` at 0 (evaluating more often observes
+        training without changing it; 0 keeps the ids cells had before periodic evaluation was the default)."""
+        return {**self.to_dict(), "eval_every": 0}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Budget | None = None, where: str = "budget") -> Budget:

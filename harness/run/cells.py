@@ -40,7 +40,7 @@ class Cell:
         data = {"variant": self.variant, "task": self.task, "seed": self.seed, "spec": self.spec.to_dict(),
                 "task_config": self.task_config, "hparams": self.hparams,
                 # evaluating more often observes training without changing it: not part of the id
-                "budget": {**self.budget.to_dict(), "eval_every": 0}}
+                "budget": self.budget.identity()}
         if self.code:  # a changed plugin trains anew; built-in cells keep their ids
             data["code"] = self.code
         if self.precision != "auto":  # cells of an explicit precision never pair with auto ones
