@@ -62,4 +62,5 @@ class Document:
     sections: list[Section] = field(default_factory=list)
     headline: str = ""                                       # one sentence under the title
     banner: list[str] = field(default_factory=list)          # caveats shown above everything else
+    front: list[Block] = field(default_factory=list)         # the answer and the design's reach, before sections
     omitted: list[str] = field(default_factory=list)         # "Section: why it is left out"

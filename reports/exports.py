@@ -2,7 +2,8 @@
 
 ``cells.csv``: one row per stored cell (every attempt of a seed, in finish order), with the fields
 one needs to redo the analysis elsewhere. ``results.json``: the analysis (per comparison: n, Δ,
-interval, p-values, call), verdicts, the plan(s), implementations, versions, git commit and machine.
+interval, p-values, call), the headline per variant (intersection-union test across tasks), verdicts,
+what each task could call, the plan(s), implementations, versions, git commit and machine.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import csv
 import json
 import math
 import platform
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .analysis import BASELINE, axis_keys, cond_key, conditions
 from .marks import last_error_line
+from .power import task_designs
 from .summary import Analysis, transfer_table
 
 FORMAT_VERSION = 1
@@ -110,6 +113,10 @@ def results_dict(a: Analysis, run_dir: Path) -> dict[str, Any]:
         "verdicts": {v: {"verdict": a.verdicts[v][0], "why": a.verdicts[v][1], "overall_effect": a.overall[v],
                          "overall_unit": a.effect_unit, "per_task": a.task_calls.get(v, {}), "cost": a.costs.get(v, {})}
                      for v in a.order},
+        "headlines": {v: {"kind": h.kind, "why": h.why, "p": h.p, "q": h.q, "family": h.family,
+                          "blockers": h.blockers, "left_out": h.left_out, "tasks": [asdict(t) for t in h.tests]}
+                      for v, h in a.headlines.items()},
+        "design": [asdict(d) for d in task_designs(a.comps, a.settings)],
         "comparisons": [dict(zip(columns, row, strict=True)) for row in rows],
         "noise_floor": a.noise_floor(),
         "agreement": {"mean_tau": a.agreement.mean_tau, "mean_ci": a.agreement.mean_ci,
@@ -132,8 +139,8 @@ FILES = [
      "slot, mean ± seed SD per task with the call), as Markdown, LaTeX (booktabs, amssymb) and CSV"),
     ("transfer.csv", "one row per variant x task condition: paired Δ, interval, p-values, margin, call, cost ratios"),
     ("cells.csv", "one row per stored cell (every attempt of every seed): status, final metrics, cost, provenance"),
-    ("results.json", "the whole analysis (comparisons, verdicts, noise floor, agreement) with the plan(s), "
-     "implementations, versions, git commit and machine"),
+    ("results.json", "the whole analysis (headlines, comparisons, verdicts, design, noise floor, agreement) with "
+     "the plan(s), implementations, versions, git commit and machine"),
     ("*.png", "the figures (heatmap, forest plots, learning curves, ...), 150 dpi or more"),
     ("wandb_report.json", "the W&B Report definition, when the report was built with --wandb-report"),
 ]

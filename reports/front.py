@@ -11,13 +11,17 @@ from typing import Any
 import numpy as np
 
 from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
-from .doc import Image, Para, Section, Table, TableCell
+from .doc import Block, Image, Para, Section, Table, TableCell
 from .figures import Figures
-from .summary import Analysis
+from .headline import HEADLINE_RULE, Headline
+from .power import POWER, headline_design, task_designs
+from .summary import Analysis, fmt, unit
 from .table import MainTable, as_tables, mean_sd
 
-VERDICT_WORDS = {"transfers": "transfer(s) (better on every learned task)", "task-specific": "task-specific",
-                 "mixed": "mixed", "neutral": "neutral (no change)", "hurts": "hurt(s)", "unstable": "unstable",
+VERDICT_WORDS = {"transfers": "transfer(s) (better everywhere)",
+                 "task-specific": "task-specific (better on some task, worse on none)",
+                 "mixed": "mixed (better on one task, worse on another)", "neutral": "neutral (no change everywhere)",
+                 "hurts": "hurt(s) (worse on some task, better on none)", "unstable": "unstable",
                  "inconclusive": "inconclusive"}
 
 
@@ -39,8 +43,82 @@ def headline(a: Analysis) -> str:
                 f"{_seed_span(a)} seed(s) each; no variant is compared.")
     counts = Counter(a.verdicts[v][0] for v in a.order)
     parts = [f"{n} {VERDICT_WORDS.get(k, k)}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
-    return (f"Of {len(a.order)} variant(s) against `{BASELINE}` on {tasks} task(s) with {_seed_span(a)} paired "
-            f"seed(s): " + ", ".join(parts) + ".")
+    return (f"Does the gain transfer? Of {len(a.order)} variant(s) against `{BASELINE}` on {tasks} task(s) with "
+            f"{_seed_span(a)} paired seed(s): " + ", ".join(parts) + ".")
+
+
+def _task_cell(h: Headline) -> TableCell:
+    """Per task of a headline: its status at level alpha, Δ in the metric's units and the p of the claim."""
+    decided = h.kind.endswith("everywhere")
+    parts = []
+    for t in h.tests:
+        status = h.claim if decided else t.status      # decided: every task passed the claim (maybe others too)
+        claim = status if status in t.p else h.claim
+        p = f", p({claim}) {fmt(t.p[claim], 2)}" if claim and math.isfinite(t.p[claim]) else ""
+        parts.append(f"{t.label}: {status} (Δ {fmt(t.mean_diff, 3, signed=True)} {unit(t.metric, t.task)}{p})")
+    return TableCell("; ".join(parts + [f"{x}: left out" for x in h.left_out]) or "—", "wrap")
+
+
+def headline_blocks(a: Analysis) -> list[Block]:
+    """The answer per variant: the intersection-union headline, its p and q, and what blocks it."""
+    rows = []
+    for v in a.order:
+        h = a.headlines.get(v)
+        if h is None:
+            continue
+        claim = h.claim if h.kind not in ("mixed", "unstable") else ""
+        pq = f"{claim}: p {fmt(h.p[claim], 2)}, q {fmt(h.q[claim], 2)}" if claim else "—"
+        rows.append([v, TableCell(h.kind, f"h-{h.kind.replace(' ', '-')}"), pq, _task_cell(h),
+                     TableCell(h.why, "wrap")])
+    corr = "Benjamini-Hochberg" if a.settings.correction == "bh" else "Holm"
+    fam = max((h.family for h in a.headlines.values()), default=0)
+    return [Table(["Variant", "Does the gain transfer?", "Claim: p (largest per task) · q (across variants)",
+                   "Per task: status at α, Δ (+ = better), p", "Why"], rows, id="headline-table",
+                  caption="The headline: one intersection-union test per variant across tasks"),
+            Para(f"**Headline rule** (α = {a.settings.alpha}). " + HEADLINE_RULE + f" Families: {corr} across the "
+                 f"{fam} variant(s) with a testable headline, separately for better, worse and no change; never "
+                 "across tasks. The per-task calls further down are a different family (corrected across every "
+                 "variant × task comparison), so a task's call can read unclear where its headline p passes.")]
+
+
+def design_blocks(a: Analysis) -> list[Block]:
+    """Per task: the smallest effect the run could call, where its noise figure comes from, the seeds needed."""
+    designs = task_designs(a.comps, a.settings)
+    rows = []
+    for d in designs:
+        u = unit(d.metric, d.task)
+        need = str(d.seeds_needed) if d.seeds_needed else ("more than 200" if math.isfinite(d.sd_diff)
+                                                            and math.isfinite(d.margin) else "unknown")
+        det = (f"{fmt(d.detectable, 3)} {u}" if math.isfinite(d.detectable)
+               else "— (fewer than 2 seeds)" if d.n < 2 else "— (no noise figure)")
+        rows.append([d.group + ("" if d.learned else " (baseline did not learn)"),
+                     f"{d.metric} ({'↑' if d.higher_is_better else '↓'})", str(d.n),
+                     TableCell(f"{fmt(d.sd_diff, 3)} {u} ({d.sd_text})", "wrap"), det,
+                     f"{fmt(d.margin, 3)} {u} ({d.margin_source})", need])
+    pct = int(POWER * 100)
+    power, need_all = headline_design(designs, a.settings.alpha)
+    text = (f"**Smallest callable effect**: the true mean paired difference (either sign) that the paired t test at "
+            f"α = {a.settings.alpha}, two-sided, the level at which the headline tests each task, finds with "
+            f"{pct}% power at the seeds the task has (Cohen 1988); smaller real effects are missed more often than "
+            f"found. **Seeds for a one-margin effect**: paired seeds at which a difference of one margin reaches "
+            f"{pct}% power. The per-task calls are corrected across comparisons as well and need larger effects.")
+    if math.isfinite(power):
+        text += (f" A variant one margin better on every learned task would be declared better everywhere with "
+                 f"probability {power:.2f} at these seeds (the product over tasks, one variant alone); "
+                 + (f"{need_all} seeds on every task would give {pct}%." if need_all else
+                    f"more than 200 seeds would be needed for {pct}%."))
+    if a.settings.looks:
+        text += " With adaptive seeds each look spends part of α, so these fixed-design figures are optimistic."
+    return [Table(["Task", "Metric", "Paired seeds", "SD of paired differences (source)",
+                   f"Smallest callable effect ({pct}% power)", "Margin", "Seeds for a one-margin effect"], rows,
+                  id="design-table", caption="What this run could call, per task"), Para(text)]
+
+
+def front_blocks(a: Analysis) -> list[Block]:
+    """The first screen after the banner: the headline per variant, then what the design could call."""
+    if not a.comps:
+        return []
+    return (headline_blocks(a) if a.order else []) + design_blocks(a)
 
 
 def caveats(a: Analysis) -> list[str]:

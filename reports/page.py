@@ -25,7 +25,7 @@ from .content import (
 )
 from .doc import Document, Section
 from .figures import Figures
-from .front import caveats, headline, main_section, sweep_section
+from .front import caveats, front_blocks, headline, main_section, sweep_section
 from .happened import happened_section
 from .studies import implementations_section, plateau_section, reference_section, sensitivity_section
 from .summary import Analysis
@@ -82,7 +82,8 @@ def build_document(a: Analysis, figs: Figures, ctx: Context, table: MainTable | 
     who = (f"{len(a.order)} variant(s) against `{BASELINE}`" if a.order else f"`{BASELINE}` only")
     sub = (f"Benchmark `{a.benchmark}` · {len(a.rows)} cells · {who} on {len(a.groups)} task(s){settings} · "
            f"generated {now}")
-    doc = Document(f"Transfer report: {a.benchmark}", sub, headline=headline(a), banner=caveats(a))
+    doc = Document(f"Transfer report: {a.benchmark}", sub, headline=headline(a), banner=caveats(a),
+                   front=front_blocks(a))
     doc.sections = [main_section(a, table if table is not None else main_table(a))]
     for title, builder, why in SECTIONS:
         section = builder(a, figs, ctx)

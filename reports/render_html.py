@@ -11,7 +11,7 @@ import html
 import re
 from pathlib import Path
 
-from .doc import Bullets, Document, Image, Para, Pre, Table, TableCell
+from .doc import Block, Bullets, Document, Image, Para, Table, TableCell
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1b1b1b;
@@ -46,6 +46,10 @@ td.v-mixed{background:#f8ecd4!important}
 td.v-hurts{background:#f7d9c9!important;font-weight:600}
 td.v-unstable{background:#e8dcef!important;font-weight:600}
 td.v-inconclusive{background:#fafafa!important;color:#555}
+td.h-better-everywhere{background:#cfe3f5!important;font-weight:600}
+td.h-worse-everywhere{background:#f7d9c9!important;font-weight:600}
+td.h-no-change-everywhere{background:#f0f0f0!important;font-weight:600}
+td.h-mixed{background:#f8ecd4!important}td.h-unstable{background:#e8dcef!important}td.h-unclear{color:#555}
 td.c-better{color:#0a4f8a;font-weight:600}td.c-worse{color:#a23c00;font-weight:600}
 td.c-unstable{color:#6a3d7a;font-weight:600}td.c-missing,td.c-unclear,td.c-varies{color:#777}
 """
@@ -114,6 +118,18 @@ def _image(img: Image, folder: Path) -> str:
             f'data-file="{html.escape(img.file)}">{cap}</figure>')
 
 
+def _block(b: Block, folder: Path) -> str:
+    if isinstance(b, Table):
+        return _table(b)
+    if isinstance(b, Image):
+        return _image(b, folder)
+    if isinstance(b, Para):
+        return f"<p>{inline(b.text)}</p>"
+    if isinstance(b, Bullets):
+        return "<ul>" + "".join(f"<li>{inline(i)}</li>" for i in b.items) + "</ul>"
+    return f"<pre>{html.escape(b.text)}</pre>"
+
+
 def render(doc: Document, folder: Path) -> str:
     """The page; PNGs named in the document are read from ``folder``."""
     parts = [
@@ -124,21 +140,13 @@ def render(doc: Document, folder: Path) -> str:
         f'<p class="headline" id="headline">{inline(doc.headline)}</p>' if doc.headline else "",
         ('<div class="banner" id="caveats"><ul>' + "".join(f"<li>{inline(b)}</li>" for b in doc.banner)
          + "</ul></div>") if doc.banner else "",
+        ('<div class="front" id="front">' + "".join(_block(b, folder) for b in doc.front) + "</div>") if doc.front
+        else "",
         "<nav>" + "".join(f'<a href="#{html.escape(s.id)}">{html.escape(s.title)}</a>' for s in doc.sections) + "</nav>",
     ]
     for s in doc.sections:
         parts.append(f'<section id="{html.escape(s.id)}"><h2>{html.escape(s.title)}</h2>')
-        for b in s.blocks:
-            if isinstance(b, Table):
-                parts.append(_table(b))
-            elif isinstance(b, Image):
-                parts.append(_image(b, folder))
-            elif isinstance(b, Para):
-                parts.append(f"<p>{inline(b.text)}</p>")
-            elif isinstance(b, Bullets):
-                parts.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in b.items) + "</ul>")
-            elif isinstance(b, Pre):
-                parts.append(f"<pre>{html.escape(b.text)}</pre>")
+        parts.extend(_block(b, folder) for b in s.blocks)
         parts.append("</section>")
     if doc.omitted:
         parts.append('<section id="omitted" class="omitted"><h2>Not shown</h2><ul>'

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .doc import Bullets, Document, Image, Para, Pre, Table, TableCell
+from .doc import Block, Bullets, Document, Image, Para, Table, TableCell
 
 
 def _text(c: str | TableCell) -> str:
@@ -18,30 +18,33 @@ def _table(t: Table) -> str:
     return "\n".join(lines)
 
 
+def _block(b: Block) -> list[str]:
+    if isinstance(b, Table):
+        return [_table(b)]
+    if isinstance(b, Image):
+        cap = ["", "*" + b.caption.replace("*", "\\*") + "*"] if b.caption else []
+        return [f"![{b.alt}]({b.file})", *cap]
+    if isinstance(b, Para):
+        return [b.text]
+    if isinstance(b, Bullets):
+        return [f"- {i}" for i in b.items]
+    return ["```", b.text, "```"]
+
+
 def render(doc: Document) -> str:
     out = [f"# {doc.title}", "", doc.subtitle, ""]
     if doc.headline:
         out += [f"**{doc.headline}**", ""]
     if doc.banner:
         out += ["> ⚠ **Caveats**", ">"] + [f"> - {b}" for b in doc.banner] + [""]
+    for b in doc.front:
+        out += [*_block(b), ""]
     out.append(" · ".join(f"[{s.title}](#{s.id})" for s in doc.sections))
     out.append("")
     for s in doc.sections:
         out += [f'<a id="{s.id}"></a>', "", f"## {s.title}", ""]
         for b in s.blocks:
-            if isinstance(b, Table):
-                out.append(_table(b))
-            elif isinstance(b, Image):
-                out.append(f"![{b.alt}]({b.file})")
-                if b.caption:
-                    out += ["", "*" + b.caption.replace("*", "\\*") + "*"]
-            elif isinstance(b, Para):
-                out.append(b.text)
-            elif isinstance(b, Bullets):
-                out += [f"- {i}" for i in b.items]
-            elif isinstance(b, Pre):
-                out += ["```", b.text, "```"]
-            out.append("")
+            out += [*_block(b), ""]
     if doc.omitted:
         out += ["## Not shown", ""] + [f"- {o}" for o in doc.omitted] + [""]
     return "\n".join(out).rstrip() + "\n"

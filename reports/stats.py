@@ -17,6 +17,9 @@ axis of an array, so a Monte Carlo check can run thousands of benchmarks in one 
   adding seeds (conservative, never anti-conservative).
 - Power and the smallest detectable effect of a paired t test from the noncentral t
   distribution (Cohen 1988, "Statistical Power Analysis", ch. 2).
+- Directional p-values (the two-sided paired t test split by sign) and the power of the
+  intersection-union headline across tasks (Berger 1982, Technometrics 24(4):295; Berger & Hsu
+  1996, Statistical Science 11(4):283): the product of the per-task one-sided powers.
 - Percentile bootstrap of the mean (Efron 1979; Efron & Tibshirani 1993, ch. 13), kept for
   the rank-agreement intervals.
 
@@ -310,5 +313,63 @@ def seeds_needed(margin: float, sd_diff: float, alpha: float = 0.05, power: floa
     """Fewest paired seeds with which an effect of ``margin`` is found with ``power``; None beyond ``n_max``."""
     for n in range(2, n_max + 1):
         if detectable_effect(sd_diff, n, alpha, power) <= margin:
+            return n
+    return None
+
+
+def directional_p(d: ArrayLike, looks: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(p of "better", p of "worse") of paired differences, along the last axis, over a look schedule.
+
+    Each is twice the one-sided paired t p-value in that direction (Student 1908), capped at 1: the
+    two-sided test at level alpha, split by the sign it rejects with. With a positive mean the "better"
+    p equals the two-sided p of :func:`paired_t`; p_better < alpha is exactly the per-task call
+    "better" at alpha, i.e. a one-sided test at alpha / 2. Looks are handled as in
+    :func:`sequential_p` (each look's p divided by its spending weight, the smallest kept).
+    """
+    a = np.asarray(d, dtype=float)
+    n = a.shape[-1]
+    use = [k for k in (looks if looks is not None else [n]) if k <= n]
+    if not use or use[-1] < 2:
+        return np.full(a.shape[:-1], np.nan), np.full(a.shape[:-1], np.nan)
+    w = spending_weights(looks if looks is not None else [n])[: len(use)]
+    p_better = np.ones(a.shape[:-1])
+    p_worse = np.ones(a.shape[:-1])
+    for k, wk in zip(use, w, strict=True):
+        if k < 2:
+            continue
+        _, _, t, _ = paired_t(a[..., :k])
+        p_better = np.minimum(p_better, 2.0 * sps.t.sf(t, k - 1) / wk)
+        p_worse = np.minimum(p_worse, 2.0 * sps.t.cdf(t, k - 1) / wk)
+    return np.minimum(p_better, 1.0), np.minimum(p_worse, 1.0)
+
+
+def iut_power(effects: Sequence[float], sd_diffs: Sequence[float], n: int | Sequence[int], alpha: float = 0.05,
+              family: int = 1) -> float:
+    """Power of the headline "better everywhere" for true mean differences ``effects`` (> 0 = better).
+
+    The intersection-union test (Berger 1982) declares it when every task's paired t test rejects in
+    the better direction at two-sided level ``alpha / family`` (``family``: the worst case of
+    Benjamini-Hochberg across that many variants, one true effect among nulls; 1 = no correction).
+    Tasks are trained independently, so the power is the product of the per-task one-sided powers
+    P(T > t_{1 - a/2, n-1}) under the noncentral t (Cohen 1988, ch. 2). ``n``: seeds, one for all
+    tasks or one per task.
+    """
+    ns = [n] * len(effects) if isinstance(n, int) else list(n)
+    a = alpha / max(1, family)
+    power = 1.0
+    for e, sd, k in zip(effects, sd_diffs, ns, strict=True):
+        if k < 2 or not sd > 0:
+            return math.nan
+        crit = float(sps.t.ppf(1.0 - a / 2.0, k - 1))
+        p = float(sps.nct.sf(crit, k - 1, e / sd * math.sqrt(k)))
+        power *= min(1.0, max(0.0, p if math.isfinite(p) else float(e / sd * math.sqrt(k) > crit)))
+    return power
+
+
+def iut_seeds_needed(effects: Sequence[float], sd_diffs: Sequence[float], alpha: float = 0.05, power: float = 0.8,
+                     family: int = 1, n_max: int = 200) -> int | None:
+    """Fewest paired seeds (the same on every task) for :func:`iut_power` to reach ``power``; None beyond ``n_max``."""
+    for n in range(2, n_max + 1):
+        if iut_power(effects, sd_diffs, n, alpha, family) >= power:
             return n
     return None

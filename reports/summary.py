@@ -20,6 +20,7 @@ from .analysis import (
     sensitivity,
     variant_costs,
 )
+from .headline import Headline, headlines
 from .reference import RefRow, compare_reference
 from .verdicts import combine, verdict
 
@@ -53,6 +54,7 @@ class Analysis:
     reference: list[RefRow]
     sensitivity: list[dict[str, Any]]
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    headlines: dict[str, Headline] = field(default_factory=dict)   # variant -> does the gain transfer?
 
     @property
     def benchmark(self) -> str:
@@ -138,18 +140,20 @@ def analyse(rows: list[dict[str, Any]], meta: dict[str, Any], settings: Settings
     groups = sorted({c.group for c in conds})
     task_calls: dict[str, dict[str, str]] = {}
     verdicts = {}
+    heads = headlines(comps, settings)
     for v in overall:
         task_calls[v] = {}
         for g in groups:
             calls = [c.call for c in comps if c.variant == v and c.cond.group == g]
             if calls:
                 task_calls[v][g] = combine(calls)
-        verdicts[v] = verdict(list(task_calls[v].values()))
+        verdicts[v] = verdict(list(task_calls[v].values()), heads[v].kind if v in heads else None)
     skipped = meta.get("skipped") if isinstance(meta.get("skipped"), list) else []
     return Analysis(rows=rows, meta=meta, settings=settings, comps=comps, labels=labels, overall=overall,
                     order=order_variants(overall), verdicts=verdicts, groups=groups, task_calls=task_calls,
                     costs=variant_costs(comps), agreement=agreement(comps, settings),
-                    reference=compare_reference(comps), sensitivity=sensitivity(comps), skipped=skipped)
+                    reference=compare_reference(comps), sensitivity=sensitivity(comps), skipped=skipped,
+                    headlines=heads)
 
 
 def analyse_run(run_dir: Path, settings: Settings | None = None) -> Analysis:

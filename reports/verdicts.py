@@ -6,6 +6,10 @@ two one-sided tests (TOST) against the task's smallest effect of interest, corre
 way, below alpha; anything else is "unclear". No call is made from fewer than
 ``Settings.min_seeds`` paired seeds, nor on a condition whose baseline did not beat the task's
 trivial score (Narang et al. 2021 compare only baselines that learned their tasks).
+
+The verdict per variant describes the pattern of its per-task calls; whether the gain transfers
+(better, worse or no change on every task) is decided by the headline's intersection-union test
+(:mod:`.headline`), which the verdict follows when it is passed in.
 """
 
 from __future__ import annotations
@@ -45,11 +49,13 @@ def call_rule(settings: Settings) -> str:
 
 VERDICT_RULE = (
     "Per variant, over the tasks it ran whose baseline learned (first rule that matches): **unstable**: unstable on "
-    "some task; **transfers**: better on every task (at least two tasks); **mixed**: better on some, worse on others; "
-    "**task-specific**: better on some, worse on none; **hurts**: worse on some, better on none; "
-    "**neutral**: no change on every task; **inconclusive**: otherwise (too few seeds, or intervals too wide to say). "
-    "With hyper-parameter axes, a task's call is the call shared by all its settings (each compared with the "
-    "baseline at the same setting); settings that disagree make it **varies**, counted as unclear."
+    "some task; **transfers**: the headline is *better everywhere* (intersection-union test across tasks, at least "
+    "two tasks); **hurts**: the headline is *worse everywhere*; **neutral**: the headline is *no change everywhere*; "
+    "then from the per-task calls: **mixed**: better on some, worse on others; **task-specific**: better on some, "
+    "worse on none; **hurts**: worse on some, better on none; **inconclusive**: otherwise (too few seeds, or "
+    "intervals too wide to say). With hyper-parameter axes, a task's call is the call shared by all its settings "
+    "(each compared with the baseline at the same setting); settings that disagree make it **varies**, counted as "
+    "unclear."
 )
 
 
@@ -92,8 +98,13 @@ def call(c: Comparison, settings: Settings) -> str:
     return decide(c.mean_diff, c.p_adjusted, c.p_equiv_adjusted, settings.alpha)
 
 
-def verdict(calls: list[str]) -> tuple[str, str]:
-    """(verdict, reason) of one variant from its call per task (see :func:`combine`)."""
+def verdict(calls: list[str], headline: str | None = None) -> tuple[str, str]:
+    """(verdict, reason) of one variant from its call per task (see :func:`combine`) and its headline.
+
+    ``headline``: the kind from :mod:`.headline` (intersection-union test across tasks); it alone makes
+    a variant *transfers*, *neutral* or (everywhere) *hurts*. Without it (None) the per-task calls
+    decide those too: better (or no change) on every task.
+    """
     learned_out = calls.count("not learned")
     kinds = [k for k in calls if k not in NO_EVIDENCE]
     n = len(kinds)
@@ -106,20 +117,27 @@ def verdict(calls: list[str]) -> tuple[str, str]:
         counts += f", {few} with too few seeds"
     if learned_out:
         counts += f"; {learned_out} task(s) left out (baseline did not learn)"
+    if headline is not None:
+        counts += f"; headline: {headline}"
     if nu:
         return "unstable", f"diverged or failed on {nu} of {n} task(s)"
     if n == 0:
         why = "no task whose baseline learned" if learned_out else "no task with paired seeds"
         return "inconclusive", why
-    if nb == n and n >= 2:
-        return "transfers", counts
+    everywhere = {"better": nb == n, "worse": False, "no change": nn == n} if headline is None else {
+        k: headline == f"{k} everywhere" for k in ("better", "worse", "no change")}
+    if everywhere["better"]:
+        return ("transfers", counts) if n >= 2 else ("task-specific", counts + " (only one task: transfer untested)")
+    if everywhere["worse"]:
+        return "hurts", counts
+    if everywhere["no change"]:
+        return "neutral", counts
     if nb and nw:
         return "mixed", counts
+    if nb == n:
+        return "inconclusive", counts + " (better on every task per call, but the headline is not, see its q)"
     if nb:
-        extra = " (only one task: transfer untested)" if n == 1 else ""
-        return "task-specific", counts + extra
+        return "task-specific", counts
     if nw:
         return "hurts", counts
-    if nn == n:
-        return "neutral", counts
     return "inconclusive", counts

@@ -8,6 +8,16 @@ alpha (plus three Monte Carlo standard errors), with 1 and 20 simultaneous tests
 10 paired seeds and with adaptive seeds; intervals cover 93-97%; "no change" is called at most
 alpha of the time when the true effect sits on the margin. The power for a 1-SD effect at 6
 seeds is checked against the noncentral t and printed (it is quoted in the README).
+
+The headline per variant (intersection-union test across tasks, :mod:`modtransfer.reports.headline`)
+is checked the same way, through :func:`headline_kinds`, which calls the report's own
+:func:`stats.directional_p`, :func:`stats.sequential_p` and :func:`headline.iut`: under A/A on every
+task, "better everywhere" and "worse everywhere" are each declared at most alpha / 2 of the time (the
+per-task test is the two-sided one at alpha, i.e. one-sided at alpha / 2) and one or the other at
+most alpha, for 1 to 3 tasks, 3 to 12 seeds and with Benjamini-Hochberg across variants; at the least
+favourable point (true effects on all but one task) "better everywhere" stays at alpha / 2; "no change
+everywhere" stays at alpha with one task on its margin; the power for a one-margin gain on every task
+at realistic noise matches :func:`stats.iut_power` and is printed.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import numpy as np
 import pytest
 
 from modtransfer.reports import stats
+from modtransfer.reports.headline import iut
 from modtransfer.reports.verdicts import decide, undecided
 from modtransfer.run.plan import look_schedule
 
@@ -25,9 +36,9 @@ ALPHA = 0.05
 REPS = 4000
 
 
-def _mc_bound(p: float, reps: int = REPS) -> float:
-    """p plus three Monte Carlo standard errors."""
-    return p + 3.0 * math.sqrt(p * (1 - p) / reps)
+def _mc_bound(p: float, reps: int = REPS, k: float = 3.0) -> float:
+    """p plus ``k`` Monte Carlo standard errors."""
+    return p + k * math.sqrt(p * (1 - p) / reps)
 
 
 def family_calls(d: np.ndarray, looks: list[int] | None, margin: float, n_used: np.ndarray | None = None
@@ -191,3 +202,134 @@ def test_spending_weights_and_sequential_p() -> None:
     assert used == 6  # the 7th seed waits for the round to complete
     expect = min(stats.paired_t(d[:3])[3] / w[0], stats.paired_t(d[:6])[3] / w[1])
     assert p_seq == pytest.approx(min(1.0, expect))
+
+
+# -- the headline: intersection-union test across tasks ---------------------------------------------
+#: (margin, SD of the paired differences) per task, as measured on the transfer-cpu study (issue 21)
+REAL = {"regression": (0.05, 0.054), "lm": (0.02, 0.027), "mt": (0.5, 0.91)}
+#: Monte Carlo standard errors allowed above a bound: several of these rates sit exactly on it
+K = 4.0
+
+
+def headline_kinds(d: np.ndarray, margins: list[float], looks: list[int] | None = None) -> np.ndarray:
+    """Headline kinds (reps, V) of paired differences ``d`` (reps, V, T, n), by the report's own functions."""
+    p_better, p_worse = stats.directional_p(d, looks)
+    p_same = np.stack([stats.sequential_p(d[..., t, :], looks, m)[1] for t, m in enumerate(margins)], axis=-1)
+    kinds, _, _ = iut(p_better, p_worse, p_same, ALPHA)
+    return kinds
+
+
+def _tasks(t: int) -> tuple[np.ndarray, np.ndarray]:
+    """(margins, SDs of paired differences) of the first ``t`` realistic tasks."""
+    vals = list(REAL.values())[:t]
+    return np.array([m for m, _ in vals]), np.array([s for _, s in vals])
+
+
+def _draw(rng: np.random.Generator, effects: np.ndarray, sds: np.ndarray, n: int, reps: int = REPS,
+          variants: int = 1) -> np.ndarray:
+    """Paired differences (reps, variants, T, n) with the given true mean and SD per task."""
+    z = rng.normal(size=(reps, variants, len(sds), n))
+    return effects[:, None] + sds[:, None] * z
+
+
+@pytest.mark.parametrize("n", [3, 6, 12])
+@pytest.mark.parametrize("t", [1, 2, 3])
+def test_headline_false_positive_rate_under_aa(t: int, n: int) -> None:
+    """A/A on every task: each directional claim at most alpha / 2, either of them at most alpha."""
+    margins, sds = _tasks(t)
+    kinds = headline_kinds(_draw(np.random.default_rng(100 * t + n), 0 * sds, sds, n), list(margins))
+    better, worse = np.mean(kinds == "better everywhere"), np.mean(kinds == "worse everywhere")
+    assert better <= _mc_bound(ALPHA / 2, REPS, K) and worse <= _mc_bound(ALPHA / 2, REPS, K), (t, n, better, worse)
+    assert better + worse <= _mc_bound(ALPHA, REPS, K), (t, n, better + worse)
+    if t == 1:  # one task: the headline is the per-task two-sided test, exact at alpha
+        assert abs(better + worse - ALPHA) < 4 * math.sqrt(ALPHA * (1 - ALPHA) / REPS), better + worse
+
+
+def test_headline_false_positive_rate_with_many_variants() -> None:
+    """Ten variants, all A/A on three tasks: Benjamini-Hochberg across variants keeps any false claim rare."""
+    margins, sds = _tasks(3)
+    kinds = headline_kinds(_draw(np.random.default_rng(21), 0 * sds, sds, 6, reps=1500, variants=10), list(margins))
+    any_better = np.mean((kinds == "better everywhere").any(axis=1))
+    any_worse = np.mean((kinds == "worse everywhere").any(axis=1))
+    assert any_better <= _mc_bound(ALPHA / 2, 1500, K) and any_worse <= _mc_bound(ALPHA / 2, 1500, K)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_headline_at_the_least_favourable_point(sign: float) -> None:
+    """Large true effects on two of three tasks, none on the third: the claim holds at alpha / 2, and not below."""
+    margins, sds = _tasks(3)
+    effects = sign * np.array([4.0, 4.0, 0.0]) * sds
+    kinds = headline_kinds(_draw(np.random.default_rng(31), effects, sds, 6), list(margins))
+    rate = np.mean(kinds == ("better everywhere" if sign > 0 else "worse everywhere"))
+    assert rate <= _mc_bound(ALPHA / 2, REPS, K), rate
+    assert rate >= ALPHA / 2 - 4 * math.sqrt(ALPHA / 2 * (1 - ALPHA / 2) / REPS), rate   # the bound is attained
+
+
+def test_headline_is_rarely_better_everywhere_when_the_gain_is_on_some_tasks_only() -> None:
+    """One margin better on two of three tasks, no effect on the third, 12 seeds: rarely "better everywhere"."""
+    margins, sds = _tasks(3)
+    kinds = headline_kinds(_draw(np.random.default_rng(41), np.array([1.0, 1.0, 0.0]) * margins, sds, 12),
+                           list(margins))
+    assert np.mean(kinds == "better everywhere") <= _mc_bound(ALPHA / 2, REPS, K)
+    assert np.mean(kinds == "worse everywhere") <= _mc_bound(ALPHA / 2, REPS, K)
+
+
+def test_no_change_everywhere_is_rarely_called_with_one_task_on_its_margin() -> None:
+    """Two tasks truly unchanged (narrow), one exactly on its margin: "no change everywhere" at most alpha."""
+    margins, _ = _tasks(3)
+    sds = margins * np.array([0.1, 0.1, 0.3])
+    kinds = headline_kinds(_draw(np.random.default_rng(51), np.array([0.0, 0.0, 1.0]) * margins, sds, 12),
+                           list(margins))
+    rate = np.mean(kinds == "no change everywhere")
+    assert rate <= _mc_bound(ALPHA, REPS, K) and rate >= 0.02, rate      # exact at the boundary, not far below
+
+
+@pytest.mark.parametrize("n", [6, 12, 24])
+def test_headline_power_for_a_one_margin_gain_on_every_task(n: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """Monte Carlo power of "better everywhere" at realistic noise matches the product of per-task powers."""
+    margins, sds = _tasks(3)
+    kinds = headline_kinds(_draw(np.random.default_rng(61 + n), margins, sds, n), list(margins))
+    mc = float(np.mean(kinds == "better everywhere"))
+    analytic = stats.iut_power(list(margins), list(sds), n, ALPHA)
+    assert abs(mc - analytic) < 4 * math.sqrt(max(analytic * (1 - analytic), 1e-4) / REPS) + 1e-3, (n, mc, analytic)
+    per_task = [stats.iut_power([m], [s], n, ALPHA) for m, s in zip(margins, sds, strict=True)]
+    assert analytic == pytest.approx(math.prod(per_task))
+    with capsys.disabled():
+        print(f"\n[calibration] headline power, one margin better on regression, lm and mt (margin / SD "
+              f"{', '.join(f'{m / s:.2f}' for m, s in zip(margins, sds, strict=True))}) at n={n}: "
+              f"Monte Carlo {mc:.3f}, analytic {analytic:.3f} (per task {', '.join(f'{p:.2f}' for p in per_task)})")
+
+
+def test_headline_direction_agrees_with_the_interval_and_coverage_holds() -> None:
+    """Better in the headline exactly when the task's 1 - alpha interval is above 0; the intervals cover 93-97%."""
+    margins, sds = _tasks(3)
+    rng = np.random.default_rng(71)
+    effects = np.array([0.5, -0.5, 0.0]) * sds
+    d = _draw(rng, effects, sds, 6)[:, 0]                              # (reps, T, n)
+    p_better, p_worse = stats.directional_p(d)
+    mean, se, _, _ = stats.paired_t(d)
+    from scipy import stats as sps
+
+    half = sps.t.ppf(1 - ALPHA / 2, 5) * se
+    assert np.array_equal(p_better < ALPHA, mean - half > 0) and np.array_equal(p_worse < ALPHA, mean + half < 0)
+    cover = np.mean((mean - half <= effects) & (effects <= mean + half), axis=0)
+    assert ((0.93 <= cover) & (cover <= 0.97)).all(), cover
+    _, _, _, p_two = stats.paired_t(d)
+    assert np.allclose(np.where(mean > 0, p_better, p_worse), p_two)   # the per-task call's own p, split by sign
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("looks", [None, [3, 6, 9, 12]])
+def test_headline_false_positive_rate_grid(looks: list[int] | None) -> None:
+    """A/A over 1-5 tasks, 3-12 seeds and 1 or 20 variants, fixed and sequential looks: every rate within bounds."""
+    rng = np.random.default_rng(81)
+    for t in range(1, 6):
+        sds = rng.uniform(0.5, 2.0, size=t)
+        for n in (3, 4, 6, 9, 12):
+            for variants, reps in ((1, 10_000), (20, 1000)):
+                if looks is not None and n != 12:
+                    continue
+                kinds = headline_kinds(_draw(rng, 0 * sds, sds, n, reps, variants), list(sds), looks)
+                better = np.mean((kinds == "better everywhere").any(axis=1))
+                worse = np.mean((kinds == "worse everywhere").any(axis=1))
+                assert better <= _mc_bound(ALPHA / 2, reps, K) and worse <= _mc_bound(ALPHA / 2, reps, K), (t, n, variants)

@@ -262,6 +262,9 @@ def test_every_verdict_reachable_end_to_end(tmp_path: Path) -> None:
     assert got == {"xfer": "transfers", "spec": "task-specific", "flat": "neutral", "mix": "mixed", "bad": "hurts",
                    "wobbly": "unstable", "noisy": "inconclusive"}
     assert set(got.values()) == set(VERDICTS)
+    heads = {v: a.headlines[v].kind for v in a.headlines}
+    assert heads == {"xfer": "better everywhere", "spec": "mixed", "flat": "no change everywhere", "mix": "mixed",
+                     "bad": "mixed", "wobbly": "unstable", "noisy": "unclear"}
     assert set(a.order[:2]) == {"xfer", "wobbly"} and a.order.index("bad") > a.order.index("flat")
 
 
@@ -334,7 +337,7 @@ def test_report_files_and_self_contained_html(report_run: Path) -> None:
     srcs = re.findall(r'<img[^>]*\ssrc="([^"]+)"', page)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert len(srcs) == len(list(out.glob("*.png")))
-    for needle in ("verdict-table", "Rule per variant", "fixup needs residual blocks", "DivergenceError", "abc1234",
+    for needle in ("headline-table", "design-table", "verdict-table", "Rule per variant", "fixup needs residual blocks", "DivergenceError", "abc1234",
                  "Narang", "Kendall", "Params ×", '"seeds": 6'):
         assert needle in text, needle
     with open(out / "transfer.csv", newline="") as f:

@@ -40,7 +40,9 @@ def run_command(args: argparse.Namespace) -> int:
     todo = [c for c in plan.cells if c.cell_id not in done]
     layout = resolve_layout(executor, todo, workers=workers, threads=threads, device=args.device)
     if args.dry_run:
-        return _dry_run(plan, store, run_dir, done, todo, executor, layout)
+        # the time to a verdict is projected with the layout the plan's whole set of cells gets
+        ahead = resolve_layout(executor, plan.all_cells, workers=workers, threads=threads, device=args.device)
+        return _dry_run(plan, store, run_dir, done, todo, executor, layout, ahead)
 
     cache = os.environ.get("MODTRANSFER_CACHE")
     # prepare every task's data before anything trains (a fetch problem is a user error, exit 2)
@@ -102,8 +104,9 @@ def _workers_threads(args: argparse.Namespace, plan: Plan, executor: str) -> tup
 
 
 def _dry_run(plan: Plan, store: Store, run_dir: Path, done: set[str], todo: list, executor: str,
-             layout: Layout) -> int:
-    """Print the cells (done, to train, skipped), the time left, the layout and the power lines."""
+             layout: Layout, ahead: Layout) -> int:
+    """Print the cells (done, to train, skipped), the time left, the layout, the power lines and the time
+    to a verdict per task (:mod:`modtransfer.cli.projection`)."""
     from modtransfer.run.status import estimate_seconds
 
     n_seeds = len(plan.seeds)
@@ -127,6 +130,10 @@ def _dry_run(plan: Plan, store: Store, run_dir: Path, done: set[str], todo: list
     print(layout_line(executor, layout))
     for line in _power(plan, store):
         print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
+    from modtransfer.cli.projection import projection_lines
+
+    for line in projection_lines(plan, store, ahead):
+        print(line)
     return 0
 
 

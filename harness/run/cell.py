@@ -61,20 +61,23 @@ class _CellRun:
         self.row = Row.for_cell(cell)
         self.logger: Any = None
 
-    def prepare(self) -> tuple[Any, Any, torch.nn.Module, str]:
-        """The task (data prepared), its spec, the model (seeded) and the accelerator; fills the row's sizes."""
+    def prepare(self, task: Any = None) -> tuple[Any, Any, torch.nn.Module, str]:
+        """The task (data prepared; ``task``: one already prepared for a cell of the same task
+        options), its spec, the model (seeded) and the accelerator; fills the row's sizes."""
         from modtransfer.core.model import build, count_flops, count_params
         from modtransfer.core.precision import resolve_precision
         from modtransfer.core.task import TASKS
         from modtransfer.run.envinfo import environment
 
         cell, row = self.cell, self.row
-        task = TASKS.get(cell.task)(cell.task_config, self.cache_dir)
+        fresh = task is None
+        task = TASKS.get(cell.task)(cell.task_config, self.cache_dir) if fresh else task
         row.update(primary_metric=task.primary_metric, higher_is_better=int(task.higher_is_better))
         accel = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
         row.env = {**environment(accel), "contract_gate": cell.gate,
                    "precision": resolve_precision(cell.precision, accel)}
-        task.prepare()
+        if fresh:
+            task.prepare()
         spec = task.configure_spec(cell.spec)
         row.spec = spec.to_dict()
         _lightning().seed_everything(cell.seed, workers=False, verbose=False)
@@ -111,13 +114,15 @@ class _CellRun:
             self._final_evaluation(module.evaluate(steps), task.primary_metric, steps)
         self.row.update(**diag.result(self.row.to_dict(), task))  # "diagnostics" and "events" (why it ended so)
 
-    def _costs(self, module: CellModule, t_end: float, accel: str) -> None:
+    def _costs(self, module: Any, t_end: float, accel: str, tokens: int | None = None, share: int = 1) -> None:
+        """Start-up and training seconds, tokens/s and MFU; a stacked member (``share`` members
+        trained together) is charged ``1/share`` of the group's start-up and training time."""
         row = self.row
         if module.first_step_at is None:
             return
-        row.startup_s = module.first_step_at - self.t_start
-        row.train_s = t_end - module.first_step_at
-        row.tokens_per_s = module.tokens / max(row.train_s, 1e-9)
+        row.startup_s = (module.first_step_at - self.t_start) / share
+        row.train_s = (t_end - module.first_step_at) / share
+        row.tokens_per_s = (module.tokens if tokens is None else tokens) / max(row.train_s, 1e-9)
         if row.flops_per_token:
             row.mfu = 3.0 * row.flops_per_token * row.tokens_per_s / matmul_peak(accel, self.cell.precision)
 

@@ -35,8 +35,8 @@ class Cell:
     gate: str = "built-in"    # the contract gate: "built-in", "passed" or "skipped" (--no-check); not in the id
     precision: str = "auto"   # plan.precision: auto (bf16 on CUDA, fp32 elsewhere), fp32 or bf16
 
-    @property
-    def cell_id(self) -> str:
+    def id_payload(self) -> dict[str, Any]:
+        """What :attr:`cell_id` hashes (a fresh dict)."""
         data = {"variant": self.variant, "task": self.task, "seed": self.seed, "spec": self.spec.to_dict(),
                 "task_config": self.task_config, "hparams": self.hparams,
                 # evaluating more often observes training without changing it: not part of the id
@@ -45,7 +45,11 @@ class Cell:
             data["code"] = self.code
         if self.precision != "auto":  # cells of an explicit precision never pair with auto ones
             data["precision"] = self.precision
-        blob = json.dumps(data, sort_keys=True, default=str)
+        return data
+
+    @property
+    def cell_id(self) -> str:
+        blob = json.dumps(self.id_payload(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     @property
@@ -78,6 +82,7 @@ class Plan:
     looks: list[int] = field(default_factory=list)   # adaptive seeds: paired seeds at each look; [] = fixed
     cells: list[Cell] = field(default_factory=list)  # the cells to run now (first look when adaptive)
     all_cells: list[Cell] = field(default_factory=list)  # every cell up to the largest look
+    stack: Any = "auto"   # seeds trained as one stacked model: auto, or at most N per group (1: off)
     skipped: list[dict[str, str]] = field(default_factory=list)
     resolved: dict[str, ResolvedVariant] = field(default_factory=dict)
     precision: str = "auto"   # see modtransfer.core.precision

@@ -141,17 +141,18 @@ def _env_threads() -> int | None:
 
 def choose_layout(cells: Iterable[Cell], *, workers: int | None = None, threads: int | None = None,
                   cores: int | None = None, load: float | None = None, memory: int | None = None,
-                  device: str = "cpu", env_threads: bool = True) -> Layout:
+                  device: str = "cpu", env_threads: bool = True, costs: list[CellCost] | None = None) -> Layout:
     """The layout for training ``cells``: ``workers``/``threads`` where given, the rest chosen.
 
     ``cores``, ``load`` (1-minute load average) and ``memory`` (bytes available) default to
     this machine's; ``env_threads``: an ``OMP_NUM_THREADS`` in the environment counts as a
-    given ``threads``. On a GPU one worker drives the device.
+    given ``threads``. On a GPU one worker drives the device. ``costs``: the sizes of the jobs
+    when they are not one per cell (a stacked group of seeds is one job, :mod:`modtransfer.run.stacking`).
     """
     cores = machine_cores() if cores is None else cores
     load = load_average() if load is None else load
     memory = available_memory() if memory is None else memory
-    costs = _costs(cells)
+    costs = _costs(cells) if costs is None else costs
     why = ["workers set"] if workers is not None else []
     if threads is None and env_threads and _env_threads():
         threads = _env_threads()

@@ -1,6 +1,6 @@
 """The Ray executor: one Ray task per cell, on a local cluster or an existing one.
 
-Each task runs :func:`modtransfer.run.workers.train_and_record` in a Ray worker, so the worker
+Each task runs :func:`modtransfer.run.workers.train_and_record_group` (one group of cells) in a Ray worker, so the worker
 claims the cell, trains it and writes its row exactly as the local executor does; the driver
 only schedules and reports. Ray keeps worker processes warm between tasks of the same
 function, so the imports (torch, Lightning) are paid once per worker, not once per cell.
@@ -29,13 +29,14 @@ if TYPE_CHECKING:
 MAX_RETRIES = 1
 
 
-def _run_one(cell: Cell, run_dir: str, wandb_cfg: dict[str, Any], cache_dir: str | None, device: str,
-             plugins: list[str], threads: int) -> dict[str, Any]:
-    """The body of a Ray task: set the threads, load the plugins, then claim, train and record one cell."""
-    from modtransfer.run.workers import train_and_record, warm_up
+def _run_group(cells: list[Cell], run_dir: str, wandb_cfg: dict[str, Any], cache_dir: str | None, device: str,
+               plugins: list[str], threads: int) -> list[dict[str, Any]]:
+    """The body of a Ray task: set the threads, load the plugins, then claim, train and record one
+    group of cells (one stacked model where they can stack; each row recorded as it is finished)."""
+    from modtransfer.run.workers import train_and_record_group, warm_up
 
     warm_up(threads, plugins)
-    return train_and_record(cell, Path(run_dir), wandb_cfg, cache_dir, device)
+    return train_and_record_group(cells, Path(run_dir), wandb_cfg, cache_dir, device)
 
 
 def _wants_gpu(device: str, cluster_gpus: float) -> bool:
@@ -61,30 +62,32 @@ def _start_ray(address: str | None) -> bool:
     return True
 
 
-def _result(ray: Any, ref: Any, cell: Cell) -> dict[str, Any]:
-    """A finished task's summary, or a ``lost`` one when its worker died (no row was written)."""
+def _results(ray: Any, ref: Any, cells: list[Cell]) -> list[dict[str, Any]]:
+    """A finished task's summaries, or ``lost`` ones when its worker died (cells it had not recorded
+    get no row, so the next run trains them again)."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return {"cell_id": cell.cell_id, "label": cell.label, "status": "lost",
-                "error": f"Ray task lost, no row written (run again to retry): {first}"}
+        return [{"cell_id": c.cell_id, "label": c.label, "status": "lost",
+                 "error": f"Ray task lost, no row written (run again to retry): {first}"} for c in cells]
 
 
 def execute_ray(
-    plan: Plan, run_dir: Path, cells: list[Cell], *, plugins: list[str], cache_dir: str | None, device: str,
+    plan: Plan, run_dir: Path, groups: list[list[Cell]], *, plugins: list[str], cache_dir: str | None, device: str,
     done: Callable[[dict[str, Any]], None], address: str | None, workers: int, threads: int = 1,
     start: Callable[[Cell], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train ``cells`` as Ray tasks (at most ``workers`` at a time, ``threads`` CPUs each); returns their summaries.
+    """Train ``groups`` of cells as Ray tasks, one task per group (at most ``workers`` at a time,
+    ``threads`` CPUs each); returns the cells' summaries.
 
-    ``start(cell)`` is called as a cell's task is submitted, ``done(summary)`` in the driver as each cell finishes, with the dict that
-    ``train_and_record`` returned in the worker. A task whose worker died twice is reported
-    with status ``lost`` (no row is written, so the next run trains that cell again).
+    ``start(cell)`` is called as a group's task is submitted, ``done(summary)`` in the driver for
+    each cell as its group finishes, with the dicts that ``train_and_record_group`` returned in
+    the worker. A task whose worker died twice is reported with status ``lost`` for its cells.
     """
     import ray
 
-    if not cells:
+    if not groups:
         return []
     workers = max(1, workers)
     run_dir = Path(run_dir).resolve()   # workers may start in another directory
@@ -93,26 +96,26 @@ def execute_ray(
 
     started_here = _start_ray(address)
     summaries: list[dict[str, Any]] = []
-    pending: dict[Any, Cell] = {}
+    pending: dict[Any, list[Cell]] = {}
     try:
         gpus = 1 if _wants_gpu(device, float(ray.cluster_resources().get("GPU", 0))) else 0
         cpus = max(1, threads)
-        remote = ray.remote(max_retries=MAX_RETRIES)(_run_one)
-        queue = list(cells)
+        remote = ray.remote(max_retries=MAX_RETRIES)(_run_group)
+        queue = [list(g) for g in groups]
         while queue or pending:
             while queue and len(pending) < workers:
-                cell = queue.pop(0)
-                ref = remote.options(num_cpus=cpus, num_gpus=gpus, name=f"cell {cell.label}").remote(
-                    cell, str(run_dir), dict(plan.wandb), cache, device, plugin_files, cpus)
-                pending[ref] = cell
-                if start:
+                group = queue.pop(0)
+                name = f"cell {group[0].label}" + (f" +{len(group) - 1} seeds" if len(group) > 1 else "")
+                ref = remote.options(num_cpus=cpus, num_gpus=gpus, name=name).remote(
+                    group, str(run_dir), dict(plan.wandb), cache, device, plugin_files, cpus)
+                pending[ref] = group
+                for cell in group if start else []:
                     start(cell)
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                cell = pending.pop(ref)
-                summary = _result(ray, ref, cell)
-                summaries.append(summary)
-                done(summary)
+                for summary in _results(ray, ref, pending.pop(ref)):
+                    summaries.append(summary)
+                    done(summary)
     finally:
         for ref in pending:  # interrupted: stop the cells in flight (their claims go stale)
             ray.cancel(ref, force=True)

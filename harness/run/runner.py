@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from modtransfer.run.layout import Layout, choose_layout
 from modtransfer.run.store import Store
-from modtransfer.run.workers import WorkerPool, train_and_record
+from modtransfer.run.stacking import group_cells, group_cost
+from modtransfer.run.workers import WorkerPool, train_and_record, train_and_record_group
 
 if TYPE_CHECKING:
     from modtransfer.run.cells import Cell, Plan
@@ -42,44 +43,45 @@ class _Job:
     done: Callable[[dict[str, Any]], None]
 
 
-def _local(job: _Job, cells: list[Cell]) -> None:
-    """In this process, one cell at a time, on the layout's torch threads."""
+def _local(job: _Job, groups: list[list[Cell]]) -> None:
+    """In this process, one group (one stacked model, or one cell) at a time, on the layout's torch threads."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(job.layout.threads)
     try:
-        for cell in cells:
-            job.start(cell)
-            job.done(train_and_record(cell, job.run_dir, job.plan.wandb, job.cache_dir, job.device))
+        for group in groups:
+            for cell in group:
+                job.start(cell)
+            train_and_record_group(group, job.run_dir, job.plan.wandb, job.cache_dir, job.device, each=job.done)
     finally:
         torch.set_num_threads(before)
 
 
-def _processes(job: _Job, cells: list[Cell]) -> None:
+def _processes(job: _Job, groups: list[list[Cell]]) -> None:
     """A pool of long-lived worker processes on this machine (workers x threads of the layout)."""
     run = {"run_dir": str(job.run_dir), "wandb": dict(job.plan.wandb), "cache_dir": job.cache_dir,
            "device": job.device}
     with WorkerPool(job.layout.workers, job.layout.threads, job.plugins, run) as pool:
-        pool.run(cells, job.start, job.done)
+        pool.run(groups, job.start, job.done)
 
 
-def _ray(job: _Job, cells: list[Cell]) -> None:
+def _ray(job: _Job, groups: list[list[Cell]]) -> None:
     """Ray tasks on a local cluster or an existing one (--ray-address); workers = tasks in flight."""
     from modtransfer.run.ray_executor import execute_ray
 
-    execute_ray(job.plan, job.run_dir, cells, plugins=job.plugins, cache_dir=job.cache_dir, device=job.device,
+    execute_ray(job.plan, job.run_dir, groups, plugins=job.plugins, cache_dir=job.cache_dir, device=job.device,
                 done=job.done, address=job.ray_address, workers=job.layout.workers, threads=job.layout.threads,
                 start=job.start)
 
 
-def _auto(job: _Job, cells: list[Cell]) -> None:
+def _auto(job: _Job, groups: list[list[Cell]]) -> None:
     """This process for a layout of one worker, else the worker pool (the default)."""
-    (_local if job.layout.workers == 1 else _processes)(job, cells)
+    (_local if job.layout.workers == 1 else _processes)(job, groups)
 
 
 #: executor name -> function; the docstrings are the descriptions the command line shows
-EXECUTORS: dict[str, Callable[[_Job, list[Cell]], None]] = {
+EXECUTORS: dict[str, Callable[[_Job, list[list[Cell]]], None]] = {
     "auto": _auto, "local": _local, "processes": _processes, "ray": _ray,
 }
 
@@ -89,8 +91,9 @@ def executor_help() -> str:
 
 
 def resolve_layout(executor: str, cells: list[Cell], *, workers: int | None = None, threads: int | None = None,
-                   device: str = "auto") -> Layout:
-    """The worker x thread layout ``executor`` will use for ``cells`` (None: chosen automatically)."""
+                   device: str = "auto", stack: Any = "auto") -> Layout:
+    """The worker x thread layout ``executor`` will use for ``cells`` (None: chosen automatically),
+    counting each stacked group of seeds (``stack``, :mod:`modtransfer.run.stacking`) as one job of its real size."""
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; one of {', '.join(EXECUTORS)}")
     dev = device
@@ -98,11 +101,12 @@ def resolve_layout(executor: str, cells: list[Cell], *, workers: int | None = No
         import torch
 
         dev = "cuda" if torch.cuda.is_available() else "cpu"
+    costs = [group_cost(g) for g in group_cells(cells, stack, dev)]
     if executor != "local":
-        return choose_layout(cells, workers=workers, threads=threads, device=dev)
+        return choose_layout(cells, workers=workers, threads=threads, device=dev, costs=costs)
     if workers not in (None, 1):
         raise ValueError(f"the local executor trains in this process: workers must be 1, got {workers}")
-    layout = choose_layout(cells, workers=1, threads=threads, device=dev)
+    layout = choose_layout(cells, workers=1, threads=threads, device=dev, costs=costs)
     return replace(layout, reason=layout.reason.replace("workers set", "local: one process", 1))
 
 
@@ -176,7 +180,8 @@ def execute(
     todo = list(cells)
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; one of {', '.join(EXECUTORS)}")
-    layout = layout or resolve_layout(executor, todo, workers=workers, threads=threads, device=device)
+    stack = getattr(plan, "stack", "auto")
+    layout = layout or resolve_layout(executor, todo, workers=workers, threads=threads, device=device, stack=stack)
     results: list[dict[str, Any]] = []
 
     def start(cell: Cell) -> None:
@@ -192,7 +197,7 @@ def execute(
 
     if todo:
         job = _Job(plan, Path(run_dir), layout, list(plugins or []), cache_dir, device, ray_address, start, done)
-        EXECUTORS[executor](job, todo)
+        EXECUTORS[executor](job, group_cells(todo, stack, device=device))
     return results
 
 

@@ -1,10 +1,11 @@
 """Training cells in long-lived worker processes.
 
 A worker is started once per run (``spawn``), sets its torch thread count, imports torch,
-Lightning, the built-in tasks and the run's plugins once, then trains the cells the parent
-sends it, one at a time, over its own pipe. The worker claims each cell, trains it
-and writes its row (one transaction) before it reports back, so a killed run loses only the
-cells in flight. The parent knows which cell each worker holds: a worker that dies while
+Lightning, the built-in tasks and the run's plugins once, then trains the groups of cells the
+parent sends it, one group at a time, over its own pipe (a group: cells equal but for the seed,
+trained as one stacked model where they can, :mod:`modtransfer.run.group`). The worker claims
+each cell, and writes each finished cell's row (one transaction) and reports it before the next,
+so a killed run loses only the cells in flight. The parent knows which cell each worker holds: a worker that dies while
 training one (a segfault, the out-of-memory killer) leaves a ``failed`` row that says so, and a
 fresh worker takes its place; the other cells go on.
 """
@@ -37,24 +38,50 @@ def train_and_record(cell: Cell, run_dir: Path, wandb_cfg: dict[str, Any], cache
     The summary carries ``pid`` (the process that trained the cell) and ``record_s`` (seconds
     the store's transaction took).
     """
-    from modtransfer.run.cell import run_cell
+    return train_and_record_group([cell], run_dir, wandb_cfg, cache_dir, device)[0]
+
+
+def train_and_record_group(cells: list[Cell], run_dir: Path, wandb_cfg: dict[str, Any], cache_dir: str | None,
+                           device: str = "auto", each: Callable[[dict[str, Any]], None] | None = None,
+                           ) -> list[dict[str, Any]]:
+    """Claim the cells of one group (equal but for the seed), train the claimed ones together
+    (:func:`modtransfer.run.group.run_cells`: stacked where they can) and record each row as it is
+    finished, before the next; returns a summary per cell (``each(summary)`` as each is known)."""
+    from modtransfer.run.group import run_cells
 
     store = Store(run_dir / "results.sqlite")
-    if not store.claim(cell.cell_id):
-        return {"cell_id": cell.cell_id, "label": cell.label, "status": "skipped", "claimed": False,
-                "pid": os.getpid()}
+    summaries, claimed = [], []
+    for cell in cells:
+        if store.claim(cell.cell_id):
+            claimed.append(cell)
+        else:
+            summaries.append({"cell_id": cell.cell_id, "label": cell.label, "status": "skipped", "claimed": False,
+                              "pid": os.getpid()})
+            if each:
+                each(summaries[-1])
+    by_id = {c.cell_id: c for c in claimed}
     try:
-        row = run_cell(cell, run_dir, wandb_cfg=wandb_cfg, cache_dir=Path(cache_dir) if cache_dir else None,
-                       device=device)
-        started = time.perf_counter()
-        store.record(row)
-        record_s = time.perf_counter() - started
+        for row in run_cells(claimed, run_dir, wandb_cfg=wandb_cfg, cache_dir=Path(cache_dir) if cache_dir else None,
+                             device=device):
+            started = time.perf_counter()
+            store.record(row)
+            record_s = time.perf_counter() - started
+            cell = by_id.pop(row["cell_id"])
+            store.release(cell.cell_id)
+            summaries.append(_summary(cell, row, record_s))
+            if each:
+                each(summaries[-1])
     finally:
-        store.release(cell.cell_id)
+        for cell_id in by_id:
+            store.release(cell_id)
+    return summaries
+
+
+def _summary(cell: Cell, row: dict[str, Any], record_s: float) -> dict[str, Any]:
     return {"cell_id": cell.cell_id, "label": cell.label, "status": row["status"],
             "primary_metric": row["primary_metric"], "primary_value": row["primary_value"],
             "wall_s": row["wall_s"], "train_s": row["train_s"], "startup_s": row["startup_s"],
-            "record_s": record_s, "pid": os.getpid(),
+            "record_s": record_s, "pid": os.getpid(), "stack": (row.get("env") or {}).get("stack"),
             "error": (row["error"] or "").splitlines()[0] if row["error"] else None}
 
 
@@ -99,10 +126,12 @@ def worker_main(conn: connection.Connection, threads: int, plugins: list[str], j
         warm_up(threads, plugins)
         conn.send({"ready": os.getpid()})
         while True:
-            cell = conn.recv()
-            if cell is None:
+            cells = conn.recv()
+            if cells is None:
                 return
-            conn.send(train_and_record(cell, Path(job["run_dir"]), job["wandb"], job["cache_dir"], job["device"]))
+            train_and_record_group(cells, Path(job["run_dir"]), job["wandb"], job["cache_dir"], job["device"],
+                                   each=conn.send)
+            conn.send({"group_done": True})
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return  # the run was interrupted or ended: its parent reports that
 
@@ -132,13 +161,13 @@ class _Worker:
         self.proc.start()
         child.close()
         self.ready = False
-        self.cell: Cell | None = None
+        self.cells: list[Cell] | None = None   # the group it is training
 
     def signal_stop(self) -> None:
         """Ask an idle worker to finish; end a busy one (its cell's claim goes stale)."""
         if not self.proc.is_alive():
             return
-        if self.cell is None:
+        if self.cells is None:
             try:
                 self.conn.send(None)
             except (BrokenPipeError, OSError):
@@ -184,20 +213,23 @@ class WorkerPool:
     def _start(self) -> _Worker:
         return _Worker(self.ctx, self.threads, self.plugins, self.job)
 
-    def run(self, cells: list[Cell], start: Callable[[Cell], None], done: Callable[[dict[str, Any]], None]) -> None:
-        """Train ``cells``; ``start(cell)`` as one is handed to a worker, ``done(summary)`` as it ends."""
-        queue = list(cells)
-        while queue or any(w.cell is not None for w in self.workers):
+    def run(self, groups: list[list[Cell]], start: Callable[[Cell], None],
+            done: Callable[[dict[str, Any]], None]) -> None:
+        """Train ``groups`` (lists of cells that train together, :mod:`modtransfer.run.stacking`);
+        ``start(cell)`` as a group is handed to a worker, ``done(summary)`` as each cell ends."""
+        queue = [list(g) for g in groups]
+        while queue or any(w.cells is not None for w in self.workers):
             for w in self.workers:
-                if w.cell is None and queue:
-                    cell = queue.pop(0)
+                if w.cells is None and queue:
+                    group = queue.pop(0)
                     try:
-                        w.conn.send(cell)
-                    except (BrokenPipeError, OSError):  # it just died: the cell waits for its replacement
-                        queue.insert(0, cell)
+                        w.conn.send(group)
+                    except (BrokenPipeError, OSError):  # it just died: the group waits for its replacement
+                        queue.insert(0, group)
                         continue
-                    w.cell = cell
-                    start(cell)
+                    w.cells = group
+                    for cell in group:
+                        start(cell)
             waits = [w.conn for w in self.workers] + [w.proc.sentinel for w in self.workers]
             ready = set(connection.wait(waits))
             for w in [x for x in self.workers if x.conn in ready or x.proc.sentinel in ready]:
@@ -211,28 +243,31 @@ class WorkerPool:
                 msg = w.conn.recv()
                 if "ready" in msg:
                     w.ready, self.startup_deaths = True, 0
+                elif "group_done" in msg:
+                    w.cells = None
                 else:
-                    w.cell = None
+                    w.cells = [c for c in (w.cells or []) if c.cell_id != msg.get("cell_id")]
                     done(msg)
                 return True
         except (EOFError, OSError):
             pass
         return w.proc.is_alive()
 
-    def _replace(self, w: _Worker, queue: list[Cell], done: Callable[[dict[str, Any]], None]) -> None:
-        """A worker died: record its cell (or hand it on, if the worker never got ready) and start another."""
+    def _replace(self, w: _Worker, queue: list[list[Cell]], done: Callable[[dict[str, Any]], None]) -> None:
+        """A worker died: record its unfinished cells (or hand them on, if the worker never got
+        ready) and start another."""
         w.proc.join()
-        cell, how = w.cell, death_words(w.proc.exitcode)
+        cells, how = w.cells, death_words(w.proc.exitcode)
         w.conn.close()
         if not w.ready:
             self.startup_deaths += 1
-            if cell is not None:
-                queue.insert(0, cell)
+            if cells:
+                queue.insert(0, cells)
             if self.startup_deaths >= MAX_STARTUP_DEATHS:
                 raise RuntimeError(f"{self.startup_deaths} worker processes in a row died while starting ({how}); "
                                    "see the messages above, or run with --executor local to see the error")
         self.workers[self.workers.index(w)] = self._start()
-        if w.ready and cell is not None:
+        for cell in (cells or []) if w.ready else []:
             done(self._record_crash(cell, w.proc.pid, how))
 
     def _record_crash(self, cell: Cell, pid: int | None, how: str) -> dict[str, Any]:
