@@ -77,7 +77,7 @@ def train_member(cell: Any, task: Any, member: Member, accel: str = "cpu") -> An
     cell = dataclasses.replace(cell, budget=budget)
     spec = task.configure_spec(cell.spec)
     _lightning().seed_everything(member.init, workers=False, verbose=False)
-    model = build(spec, task.topology)
+    model = build(spec, task.topology, seed=member.init)  # as run_cell: draws by place (core.draws)
     if member.dropout != member.init:
         torch.manual_seed(DROPOUT_STREAM + member.dropout)
     log_every = max(1, min(25, budget.steps // 10 or 1))  # as run_cell: when the divergence watch is read

@@ -9,7 +9,7 @@
     modtransfer compare RUN_A RUN_B [RUN_C ...] [--out DIR]
     modtransfer store repair runs/<benchmark>
     modtransfer prepare [TASKS]
-    modtransfer bench speed|runner|precision|diagnostics|noise [OPTIONS]
+    modtransfer bench speed|runner|precision|diagnostics|noise|seeds [OPTIONS]
 
 Errors a user can cause print one line and exit with code 2 before anything trains.
 Imports stay lazy: ``ls`` never imports Lightning or W&B.
@@ -29,7 +29,7 @@ from modtransfer.core.errors import UserError
 #: ``modtransfer bench NAME``: benchmark name -> the module whose ``main(argv)`` runs it.
 BENCHMARKS = {"speed": "modtransfer.bench.speed", "runner": "modtransfer.bench.runner",
               "precision": "modtransfer.bench.precision", "diagnostics": "modtransfer.bench.diagnostics",
-              "noise": "modtransfer.bench.noise"}
+              "noise": "modtransfer.bench.noise", "seeds": "modtransfer.bench.seeds"}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -81,7 +81,7 @@ class _CellRun:
         spec = task.configure_spec(cell.spec)
         row.spec = spec.to_dict()
         _lightning().seed_everything(cell.seed, workers=False, verbose=False)
-        model = build(spec, task.topology)
+        model = build(spec, task.topology, seed=cell.seed)  # common random numbers: draws by place (core.draws)
         row.params = count_params(model)
         seq = task.config.get("seq_len") or task.config.get("max_len") or spec.max_len
         row.flops_per_token = count_flops(spec, task.topology, int(seq))
