@@ -109,7 +109,8 @@ def test_mt_copy_bleu_matches_sacrebleu(mt: Translation):
 
     scores = mt.trivial_scores()
     assert set(scores) == {"copy", "frequent"}
-    assert mt.trivial_score() == max(scores.values())
+    bleu_task = Translation({"decide_on": "val_bleu"}, mt.cache_dir)
+    assert bleu_task.trivial_score() == max(scores.values())
     # the copy system recomputed here: the sources of the BLEU sentences of the default budget
     b = mt.default_budget
     rows = mt._bleu_rows(mt.val_batches(0, b.batch_size, b.eval_batches)).tolist()
@@ -121,8 +122,9 @@ def test_mt_copy_bleu_matches_sacrebleu(mt: Translation):
     direct = BLEU(**BLEU_SETTINGS).corpus_score(sources, [[split.refs[i] for i in rows]]).score
     assert scores["copy"] == pytest.approx(direct, abs=1e-9)
     assert all(0 <= s < 100 for s in scores.values())
-    info = mt.gate_info()
+    info = bleu_task.gate_info()
     assert set(info) == GATE_KEYS and info["metric"] == "val_bleu" and info["higher_is_better"] is True
+    assert info["margin"] == 0.5 and info["trivial"] == max(scores.values())
 
 
 @pytest.mark.slow

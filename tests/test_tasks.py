@@ -92,7 +92,7 @@ def test_tasks_registered_with_their_declarations():
     expect = {
         "regression": ("encoder", "val_mse", False, False, False),
         "lm": ("decoder", "val_loss", False, True, False),
-        "mt": ("encoder_decoder", "val_bleu", True, True, True),
+        "mt": ("encoder_decoder", "val_loss", False, True, True),   # BLEU is computed and stored beside it
     }
     for name, (topology, metric, higher, vocab, padding) in expect.items():
         cls = TASKS.get(name)

@@ -26,6 +26,13 @@ unscaled-attention W_q) defines ``reset_special(topology, stack)``; every scheme
 :func:`modtransfer.core.model.apply_special_inits`, so those inits win over the scheme. ``reset_special`` re-applies
 the init from scratch, so a second call is harmless. A plugin init scheme should end with
 ``apply_special_inits(model)`` too.
+
+Draws: with ``spec.init_draws == "per_module"`` and a seeded build (:mod:`modtransfer.core.draws`)
+the schemes that redraw tensors draw each one from (seed, its name) (:func:`init_linear_weights`,
+the ``*_all`` schemes, ``gpt2``'s residual projections), so a tensor a variant does not change gets
+the same numbers in both arms of a pair (common random numbers). ``torch`` keeps PyTorch's draw
+order from the global generator (its profile has ``global`` draws: that order is what makes its
+layers equal ``torch.nn``'s for the same generator state).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from modtransfer.core.components import register_component
+from modtransfer.core.draws import draws_of
 from modtransfer.core.errors import UserError
 from modtransfer.core.model import apply_special_inits, clone_blocks, reset_specials
 from modtransfer.core.spec import ModelSpec
@@ -48,18 +56,26 @@ WeightInit = Callable[[Tensor], object]
 
 @torch.no_grad()
 def init_linear_weights(model: nn.Module, init: WeightInit) -> None:
-    """Apply ``init`` in place to every Linear weight (fused projections part by part); zero biases."""
+    """Apply ``init`` in place to every Linear weight (fused projections part by part); zero biases.
+
+    With per-module draws (:mod:`modtransfer.core.draws`) each weight (each part of a fused
+    projection) is drawn from (seed, its name), so a weight a variant leaves alone gets the same
+    draws in both arms of a pair; otherwise in module order from the global generator.
+    """
+    draws = draws_of(model)
     done: set[int] = set()
-    for m in model.modules():
+    for name, m in model.named_modules():
         parts = getattr(m, "branch_weights", None)
         if callable(parts) and not isinstance(m, nn.Linear):   # covers all its own Linear layers
-            for views in parts().values():
-                for w in views:
+            for role, views in parts().items():
+                for i, w in enumerate(views):
+                    draws.at(f"scheme:{name}.{role}.{i}")
                     init(w)
             done.update(id(c) for c in m.children() if isinstance(c, nn.Linear))
-    for m in model.modules():
+    for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
             if id(m) not in done:
+                draws.at(f"scheme:{name}.weight")
                 init(m.weight)
             if m.bias is not None:
                 m.bias.zero_()
@@ -86,9 +102,10 @@ def _scheme(name: str, make: Callable[[float], WeightInit], paper: str, what: st
 
     @torch.no_grad()
     def scheme_all(model: nn.Module, spec: ModelSpec) -> None:
-        init = make(spec.init_scale)
-        for p in model.parameters():
+        init, draws = make(spec.init_scale), draws_of(model)
+        for pname, p in model.named_parameters():
             if p.dim() > 1 or name in VECTOR_SCHEMES:
+                draws.at(f"scheme:{pname}")   # per-module draws: from (seed, parameter name)
                 init(p)
         apply_special_inits(model)
 
@@ -260,10 +277,12 @@ def init_gpt2(model: nn.Module, spec: ModelSpec) -> None:
     std = spec.init_scale or 0.02
     init_linear_weights(model, lambda w: nn.init.normal_(w, 0.0, std))
     residual_std = std / math.sqrt(2 * spec.n_layers)
-    for m in model.modules():
+    draws = draws_of(model)
+    for name, m in model.named_modules():
         sublayer = getattr(m, "sublayer", None)
         if isinstance(sublayer, nn.Module):
-            for w in branch_weights(sublayer)["output"]:
+            for i, w in enumerate(branch_weights(sublayer)["output"]):
+                draws.at(f"scheme:{name}.residual_output.{i}")
                 w.normal_(0.0, residual_std)
     apply_special_inits(model)
 

@@ -38,11 +38,12 @@ def run_command(args: argparse.Namespace) -> int:
         failed = {r["cell_id"] for r in store.rows() if r["status"] in ("failed", "timeout")}
         done -= failed
     todo = [c for c in plan.cells if c.cell_id not in done]
-    layout = resolve_layout(executor, todo, workers=workers, threads=threads, device=args.device)
+    layout = resolve_layout(executor, todo, workers=workers, threads=threads, device=args.device, stack=plan.stack)
     if args.dry_run:
         # the time to a verdict is projected with the layout the plan's whole set of cells gets
-        ahead = resolve_layout(executor, plan.all_cells, workers=workers, threads=threads, device=args.device)
-        return _dry_run(plan, store, run_dir, done, todo, executor, layout, ahead)
+        ahead = resolve_layout(executor, plan.all_cells, workers=workers, threads=threads, device=args.device,
+                               stack=plan.stack)
+        return _dry_run(plan, store, run_dir, done, todo, executor, (layout, ahead), args.device)
 
     cache = os.environ.get("MODTRANSFER_CACHE")
     # prepare every task's data before anything trains (a fetch problem is a user error, exit 2)
@@ -104,9 +105,11 @@ def _workers_threads(args: argparse.Namespace, plan: Plan, executor: str) -> tup
 
 
 def _dry_run(plan: Plan, store: Store, run_dir: Path, done: set[str], todo: list, executor: str,
-             layout: Layout, ahead: Layout) -> int:
-    """Print the cells (done, to train, skipped), the time left, the layout, the power lines and the time
-    to a verdict per task (:mod:`modtransfer.cli.projection`)."""
+             layouts: tuple[Layout, Layout], device: str) -> int:
+    """Print the cells (done, to train, skipped), the time left, the layout (now, and for the whole
+    plan: ``layouts``), which cells stack, the power lines and the time to a verdict per task
+    (:mod:`modtransfer.cli.projection`)."""
+    layout, ahead = layouts
     from modtransfer.run.status import estimate_seconds
 
     n_seeds = len(plan.seeds)
@@ -128,6 +131,10 @@ def _dry_run(plan: Plan, store: Store, run_dir: Path, done: set[str], todo: list
     eta_txt = f"; estimated {eta:.0f} s of training left (from this store's measured speeds)" if eta else ""
     print(f"{len(todo)} to train, {len(plan.cells) - len(todo)} already done, {len(plan.skipped)} skipped{eta_txt}")
     print(layout_line(executor, layout))
+    from modtransfer.run.stacking import describe_stacking
+
+    for line in describe_stacking(todo or plan.cells, plan.stack, device=device):
+        print(line)
     for line in _power(plan, store):
         print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
     from modtransfer.cli.projection import projection_lines

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from modtransfer.core.components import component
+from modtransfer.core.draws import Draws, draws_of
 from modtransfer.core.errors import UserError
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.validate import check_components
@@ -34,8 +35,10 @@ IGNORE_INDEX = -100
 class Block(nn.Module):
     """Self-attention, optional cross-attention, FFN; each wrapped by the residual component."""
 
-    def __init__(self, spec: ModelSpec, *, causal: bool, cross: bool, index: int) -> None:
+    def __init__(self, spec: ModelSpec, *, causal: bool, cross: bool, index: int, draws: Draws | None = None,
+                 place: str = "") -> None:
         super().__init__()
+        draws = draws or Draws(None)
         residual = component("residual", spec.residual)
         norm = component("norm", spec.norm)
         attention = component("attention", spec.attention)
@@ -44,10 +47,13 @@ class Block(nn.Module):
         per_block = 3 if cross else 2
         total = spec.n_layers * per_block
         first = index * per_block
+        draws.at(f"{place}.attn")
         self.attn = residual(spec, attention(spec, causal=causal, cross=False), norm, first, total)
+        draws.at(f"{place}.cross")
         self.cross = (
             residual(spec, attention(spec, causal=False, cross=True), norm, first + 1, total) if cross else None
         )
+        draws.at(f"{place}.ffn")
         branch = ffn(spec, activation, index)
         self.ffn_takes_pad = bool(getattr(branch, "takes_pad_mask", False))
         self.ffn = residual(spec, branch, norm, first + per_block - 1, total)
@@ -76,22 +82,26 @@ class Stack(nn.Module):
 
     ``topology`` is the model's (``""`` when unknown: an encoder-decoder if ``cross``).
     With ``spec.clone_layers`` every block must have the same parameters (names and shapes)
-    as the first, since it starts as a copy of it (:func:`clone_blocks`).
+    as the first, since it starts as a copy of it (:func:`clone_blocks`). ``draws`` reseeds the
+    generators before each component at its ``place`` (``decoder.position``,
+    ``decoder.blocks.1.ffn``, ...; a no-op unless the model draws per module, :mod:`modtransfer.core.draws`).
     """
 
-    def __init__(self, spec: ModelSpec, *, causal: bool, cross: bool, shared: bool, topology: str = "") -> None:
+    def __init__(self, spec: ModelSpec, *, causal: bool, cross: bool, shared: bool, topology: str = "",
+                 draws: Draws | None = None, place: str = "") -> None:
         super().__init__()
+        draws = draws or Draws(None)
+        place = place or ("decoder" if causal else "encoder")
+        draws.at(f"{place}.position")
         self.position = component("position", spec.position)(spec, causal=causal)
-        if shared:  # one block applied n_layers times (Lan et al. 2020, ALBERT, arXiv 1909.11942)
-            self.blocks = nn.ModuleList([Block(spec, causal=causal, cross=cross, index=0)])
-            self.repeat = spec.n_layers
-        else:
-            self.blocks = nn.ModuleList(Block(spec, causal=causal, cross=cross, index=i) for i in range(spec.n_layers))
-            self.repeat = 1
+        n_blocks, self.repeat = (1, spec.n_layers) if shared else (spec.n_layers, 1)  # shared: ALBERT, arXiv 1909.11942
+        self.blocks = nn.ModuleList(Block(spec, causal=causal, cross=cross, index=i, draws=draws,
+                                          place=f"{place}.blocks.{i}") for i in range(n_blocks))
         if spec.clone_layers:
             _check_clonable(spec, self.blocks)
         norm = component("norm", spec.norm)
         topology = topology or ("encoder_decoder" if cross else "")
+        draws.at(f"{place}.final_norm")
         self.final_norm = norm(spec.d_model, spec.norm_eps) if has_final_norm(spec, topology) else nn.Identity()
         self.drop = nn.Dropout(spec.dropout_for("embed"))
         self.final_drop = nn.Dropout(spec.dropout_for("final"))
@@ -126,22 +136,27 @@ def apply_special_inits(model: nn.Module) -> None:
 
     Components with their own init (Fixup, ReZero, DeepNorm, T5's unscaled attention) define
     ``reset_special``; every init scheme ends with this, so those inits win over the scheme.
+    With per-module draws (:mod:`modtransfer.core.draws`) each hook draws from (seed, its module's name).
     """
     topology = getattr(model, "topology", "")
     seen: set[int] = set()
+    draws = draws_of(model)
     stacks: list[tuple[str, object]] = [(name, getattr(model, name, None)) for name in ("encoder", "decoder")]
     stacks.append(("", model))
     for stack, root in stacks:
         if isinstance(root, nn.Module):
-            reset_specials(root, topology, stack, seen)
+            reset_specials(root, topology, stack, seen, draws)
 
 
-def reset_specials(root: nn.Module, topology: str, stack: str, seen: set[int]) -> None:
-    """``reset_special(topology, stack)`` on each module under ``root`` not yet in ``seen`` (ids)."""
-    for m in root.modules():
+def reset_specials(root: nn.Module, topology: str, stack: str, seen: set[int], draws: Draws | None = None) -> None:
+    """``reset_special(topology, stack)`` on each module under ``root`` not yet in ``seen`` (ids);
+    with active ``draws``, each from (seed, ``stack``, the module's name under ``root``)."""
+    for name, m in root.named_modules():
         hook = getattr(m, "reset_special", None)
         if callable(hook) and id(m) not in seen:
             seen.add(id(m))
+            if draws is not None:
+                draws.at(f"special:{stack}.{name}")
             hook(topology, stack)
 
 
@@ -165,7 +180,11 @@ def clone_blocks(model: nn.Module) -> None:
 class Transformer(nn.Module):
     """A decoder, encoder or encoder-decoder built from a :class:`ModelSpec`."""
 
-    def __init__(self, spec: ModelSpec, topology: str) -> None:
+    def __init__(self, spec: ModelSpec, topology: str, seed: int | None = None) -> None:
+        """``seed``: with ``spec.init_draws == "per_module"``, the cell's seed that (with each
+        component's place) determines every initial draw (:mod:`modtransfer.core.draws`); the
+        caller's generator state is then left as it was. Without it, or with ``global`` draws,
+        everything is drawn in construction order from the global generator."""
         super().__init__()
         if topology not in ("decoder", "encoder", "encoder_decoder"):
             raise ValueError(f"unknown topology {topology!r}")
@@ -173,32 +192,46 @@ class Transformer(nn.Module):
         self.spec = spec
         self.topology = topology
         self.has_vocab = spec.vocab_size > 0
+        draws = Draws(seed, spec.init_draws)
+        self.init_seed = draws.seed   # read by the init schemes (draws_of); None unless per-module draws
+        with draws.scope():
+            self._build_parts(spec, topology, draws)
+            init = component("init", spec.init)
+            draws.at("init")
+            init(self, spec)
+            if not getattr(init, "finishes", False):
+                apply_special_inits(self)  # components' own inits (Fixup, ReZero, DeepNorm, ...) win over the scheme
+                if spec.clone_layers:
+                    clone_blocks(self)
+        self._aux = [m for m in self.modules() if hasattr(m, "aux_loss")]
+
+    def _build_parts(self, spec: ModelSpec, topology: str, draws: Draws) -> None:
+        """Inputs, outputs and stacks, each component reseeded for its place (a no-op for global draws)."""
         if self.has_vocab:
+            draws.at("embedding")
             self.embedding = component("embedding", spec.embedding)(spec, topology)
+            draws.at("output")
             self.output = component("output", spec.output)(
                 spec, self.embedding.output_dim, self.embedding.output_weight() is not None
             )
         else:
             if spec.in_features < 1 or spec.out_features < 1:
                 raise ValueError("a model without vocabulary needs in_features and out_features")
+            draws.at("in_proj")
             self.in_proj = nn.Linear(spec.in_features, spec.d_model)
+            draws.at("out_proj")
             self.out_proj = nn.Linear(spec.d_model, spec.out_features)
         shares = component("sharing", spec.sharing)
         self.encoder = (
-            Stack(spec, causal=False, cross=False, shared=shares("encoder"), topology=topology)
+            Stack(spec, causal=False, cross=False, shared=shares("encoder"), topology=topology, draws=draws,
+                  place="encoder")
             if topology in ("encoder", "encoder_decoder") else None
         )
         self.decoder = (
-            Stack(spec, causal=True, cross=topology == "encoder_decoder", shared=shares("decoder"), topology=topology)
+            Stack(spec, causal=True, cross=topology == "encoder_decoder", shared=shares("decoder"), topology=topology,
+                  draws=draws, place="decoder")
             if topology in ("decoder", "encoder_decoder") else None
         )
-        init = component("init", spec.init)
-        init(self, spec)
-        if not getattr(init, "finishes", False):
-            apply_special_inits(self)  # components' own inits (Fixup, ReZero, DeepNorm, ...) win over the scheme
-            if spec.clone_layers:
-                clone_blocks(self)
-        self._aux = [m for m in self.modules() if hasattr(m, "aux_loss")]
 
     # -- inputs -------------------------------------------------------------------------
     def _inputs(self, x: Tensor, stack: str) -> Tensor:
@@ -261,9 +294,18 @@ class Transformer(nn.Module):
         return first.device if first is not None else torch.device("cpu")
 
 
-def build(spec: ModelSpec, topology: str) -> Transformer:
-    """Build the model a spec describes for a topology."""
-    return Transformer(spec, topology)
+def build(spec: ModelSpec, topology: str, *, seed: int | None = None) -> Transformer:
+    """Build the model a spec describes for a topology.
+
+    ``seed``: the cell's seed. With ``spec.init_draws == "per_module"`` (the ``modtransfer``,
+    ``t5`` and ``gpt2`` profiles) the initial weights are then a function of (spec, topology,
+    seed) alone: each component and each parameter an init scheme redraws is drawn from
+    (seed, its place in the model), so tensors a variant does not change start identical in
+    both arms of a pair (common random numbers, :mod:`modtransfer.core.draws`), and the global
+    generator is left as the caller had it. Without ``seed`` or with ``global`` draws the model
+    draws from the global generator in construction order, as after ``torch.manual_seed(seed)``.
+    """
+    return Transformer(spec, topology, seed=seed)
 
 
 def count_params(model_or_spec: nn.Module | ModelSpec, topology: str | None = None) -> int:

@@ -38,7 +38,7 @@ DEFAULT_IMPLEMENTATION = "modtransfer"
 
 #: What a profile decides, each with a source: the slots plus the implementation fields.
 PROFILE_FIELDS: tuple[str, ...] = (
-    *SLOTS, "norm_eps", "final_norm", "bias", "dropout", "dropout_at", "clone_layers",
+    *SLOTS, "norm_eps", "final_norm", "bias", "dropout", "dropout_at", "clone_layers", "init_draws",
 )
 
 #: Sizes come from the size preset and the task, never from a profile.
@@ -85,6 +85,8 @@ _GPT2 = "Radford et al. 2019, 'Language Models are Unsupervised Multitask Learne
 _TORCH = "torch/nn/modules/transformer.py"
 _TORCH_EXAMPLE = "pytorch/examples word_language_model/model.py (TransformerModel, PositionalEncoding)"
 _NANOGPT = "karpathy/nanoGPT model.py"
+_CRN = ("per_module: common random numbers, each component drawn from (seed, its place in the model), so tensors "
+        "a variant does not change start as the baseline's (this harness, modtransfer.core.draws)")
 
 
 @register_implementation(
@@ -108,11 +110,12 @@ _NANOGPT = "karpathy/nanoGPT model.py"
         "dropout_at": f"embeddings and residual branches ({_VASWANI}, section 5.4), attention weights and "
                       f"FFN ({_T5}, section 2.1)",
         "clone_layers": "no: every layer initialised independently (this harness)",
+        "init_draws": _CRN,
     },
 )
 def modtransfer_profile(spec: ModelSpec) -> ModelSpec:
     """This harness's baseline: pre-LN, no biases, sinusoidal positions, tied sqrt(d)-scaled embeddings."""
-    return spec
+    return spec.replace(init_draws="per_module")
 
 
 @register_implementation(
@@ -141,6 +144,8 @@ def modtransfer_profile(spec: ModelSpec) -> ModelSpec:
                      "is this harness's N(0, 1/d) x sqrt(d), not the example's U(-0.1, 0.1)",
         "output": f"full softmax (log_softmax of the output layer, {_TORCH_EXAMPLE})",
         "sharing": f"none: num_layers separate (cloned) layers ({_TORCH})",
+        "init_draws": f"global: one generator stream in construction order, so for the same generator state the "
+                      f"layers draw exactly what torch.nn's do ({_TORCH}; tests/test_implementations.py)",
     },
 )
 def torch_profile(spec: ModelSpec) -> ModelSpec:
@@ -149,6 +154,7 @@ def torch_profile(spec: ModelSpec) -> ModelSpec:
         residual="post", final_norm="encoder_decoder", activation="relu", ffn="dense", norm="layernorm",
         norm_eps=1e-5, bias=True, attention="sdpa", dropout=0.1, dropout_at="embed,attention,residual,ffn",
         clone_layers=True, init="torch", position="sinusoidal", embedding="untied", output="softmax", sharing="none",
+        init_draws="global",
     )
 
 
@@ -180,6 +186,7 @@ def torch_profile(spec: ModelSpec) -> ModelSpec:
         "dropout_at": f"'within the feed-forward network, on the skip connection, on the attention weights, and at "
                       f"the input and output of the entire stack' ({_T5}, section 2.1)",
         "clone_layers": "no: every layer initialised independently (Mesh TF)",
+        "init_draws": f"{_CRN}; no claim about Mesh TF's draw order",
     },
 )
 def t5_profile(spec: ModelSpec) -> ModelSpec:
@@ -188,7 +195,7 @@ def t5_profile(spec: ModelSpec) -> ModelSpec:
         residual="pre", final_norm="auto", norm="rmsnorm", norm_eps=1e-6, bias=False, position="relative_bias",
         rel_buckets=32, rel_max_distance=128, attention="unscaled", activation="relu", ffn="dense",
         embedding="tied_t5", output="softmax", sharing="none", init="t5", dropout=0.1,
-        dropout_at="embed,attention,residual,ffn,final", clone_layers=False,
+        dropout_at="embed,attention,residual,ffn,final", clone_layers=False, init_draws="per_module",
     )
 
 
@@ -217,6 +224,7 @@ def t5_profile(spec: ModelSpec) -> ModelSpec:
         "dropout_at": "embeddings (wte + wpe), attention weights, residual branches; none inside the MLP "
                       f"(Hugging Face GPT2Model; {_NANOGPT})",
         "clone_layers": "no: every layer initialised independently",
+        "init_draws": f"{_CRN}; no claim about nanoGPT's draw order",
     },
 )
 def gpt2_profile(spec: ModelSpec) -> ModelSpec:
@@ -224,5 +232,5 @@ def gpt2_profile(spec: ModelSpec) -> ModelSpec:
     return spec.replace(
         residual="pre", final_norm="auto", norm="layernorm", norm_eps=1e-5, activation="gelu_tanh", ffn="dense",
         attention="sdpa", position="learned", embedding="tied_gpt2", output="softmax", sharing="none", bias=True,
-        init="gpt2", dropout=0.1, dropout_at="embed,attention,residual", clone_layers=False,
+        init="gpt2", dropout=0.1, dropout_at="embed,attention,residual", clone_layers=False, init_draws="per_module",
     )

@@ -30,6 +30,9 @@ DROPOUT_SITES: tuple[str, ...] = ("embed", "attention", "residual", "ffn", "fina
 #: without ``norm=``).
 FINAL_NORMS: tuple[str, ...] = ("auto", "always", "never", "encoder_decoder")
 
+#: Values of ``ModelSpec.init_draws``; what each means: :mod:`modtransfer.core.draws`.
+INIT_DRAWS: tuple[str, ...] = ("global", "per_module")
+
 #: The slots a modification can change, in the order ``ls`` groups them.
 SLOTS: tuple[str, ...] = (
     "activation", "ffn", "norm", "residual", "position", "attention",
@@ -88,6 +91,10 @@ class ModelSpec:
     dropout_at: str = "embed,attention,residual,ffn"   # comma-separated DROPOUT_SITES
     final_norm: str = "auto"          # one of FINAL_NORMS
     clone_layers: bool = False        # every layer of a stack starts as a copy of its first
+    #: where the initial draws come from (``modtransfer.core.draws``): ``global`` (one stream in
+    #: construction order, the behaviour before this field) or ``per_module`` (common random
+    #: numbers: each component's draws depend only on the seed and its place in the model)
+    init_draws: str = "global"
 
     def __post_init__(self) -> None:
         if isinstance(self.adaptive_cutoffs, list):
@@ -145,6 +152,8 @@ class ModelSpec:
             raise UserError(f"ModelSpec: moe_top_k={self.moe_top_k} exceeds n_experts={self.n_experts}")
         if self.final_norm not in FINAL_NORMS:
             raise UserError(f"ModelSpec.final_norm must be one of {', '.join(FINAL_NORMS)}, got {self.final_norm!r}")
+        if self.init_draws not in INIT_DRAWS:
+            raise UserError(f"ModelSpec.init_draws must be one of {', '.join(INIT_DRAWS)}, got {self.init_draws!r}")
 
     # -- derived ----------------------------------------------------------------------
     @property
@@ -223,9 +232,11 @@ class ModelSpec:
 _FIELD_NAMES = tuple(f.name for f in fields(ModelSpec))
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(ModelSpec) if f.default is not dataclasses.MISSING}
 
-#: Fields added with implementation profiles: ``to_dict`` omits them at their defaults, so
-#: the modtransfer baseline's specs, digests and cell ids are what they were before.
-LATE_FIELDS: tuple[str, ...] = ("implementation", "bias", "dropout_at", "final_norm", "clone_layers")
+#: Fields added after the first stores were written: ``to_dict`` omits them at their defaults (the
+#: behaviour before they existed), so a spec that keeps them there has the digest and cell ids it
+#: had then; ``init_draws`` is ``global`` by default and ``per_module`` in the ``modtransfer``,
+#: ``t5`` and ``gpt2`` profiles, so their cells (whose initial weights changed) have new ids.
+LATE_FIELDS: tuple[str, ...] = ("implementation", "bias", "dropout_at", "final_norm", "clone_layers", "init_draws")
 
 #: Slots whose components build the projections ``ModelSpec.bias`` puts biases on.
 BIAS_SLOTS: tuple[str, ...] = ("attention", "ffn")

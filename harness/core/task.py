@@ -28,12 +28,53 @@ SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant")
 Batch = dict[str, Any]
 
 
+#: The task option (``task_config``; a plan's ``decide_on:`` sets it) naming the metric a task decides on.
+DECIDE_ON = "decide_on"
+#: What a :class:`Decision` sets on a task (class attributes of the same names).
+DECISION_FIELDS = ("higher_is_better", "margin", "noise_sd", "trivial_name")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A metric a task can decide a comparison on, with its declarations (units of the metric).
+
+    ``margin``: the smallest effect of interest (the equivalence margin); ``noise_sd``: the
+    baseline's declared seed-to-seed SD at the default budget and the ``tiny`` preset;
+    ``trivial_name``: the trivial system :meth:`Task.trivial_score` scores for this metric
+    ("" keeps the task's ``trivial_name``). Each task justifies its numbers in its docstring.
+    """
+
+    higher_is_better: bool
+    margin: float
+    noise_sd: float
+    trivial_name: str = ""
+
+
+def _check_decisions(name: str, cls: type[Task]) -> None:
+    """A task that declares ``decisions`` decides by default on ``primary_metric``, one of them, and
+    its class-level ``higher_is_better`` / ``margin`` / ``noise_sd`` are that decision's."""
+    if not cls.decisions:
+        return
+    if cls.primary_metric not in cls.decisions:
+        raise ValueError(f"task {name!r}: primary_metric {cls.primary_metric!r} is not one of its decisions "
+                         f"({', '.join(cls.decisions)})")
+    default = cls.decisions[cls.primary_metric]
+    for key in DECISION_FIELDS:
+        value = getattr(default, key)
+        if key in vars(cls) and value != vars(cls)[key] and not (key == "trivial_name" and not value):
+            raise ValueError(f"task {name!r}: {key} = {vars(cls)[key]!r} disagrees with decisions"
+                             f"[{cls.primary_metric!r}].{key} = {value!r}; declare it once, in decisions")
+        if key != "trivial_name" or value:
+            setattr(cls, key, value)
+
+
 def register_task(name: str):
     """Class decorator registering a :class:`Task` subclass under ``name``."""
 
     def decorator(cls: type[Task]) -> type[Task]:
         if cls.topology not in TOPOLOGIES:
             raise ValueError(f"task {name!r}: topology must be one of {TOPOLOGIES}")
+        _check_decisions(name, cls)
         cls.name = name
         TASKS.register(name, cls, topology=cls.topology, description=cls.description)
         return cls
@@ -163,6 +204,12 @@ class Task:
     #: Declared seed-to-seed standard deviation of the baseline's ``primary_metric`` at
     #: ``default_budget`` and the ``tiny`` size preset (measured; each task documents how).
     noise_sd: ClassVar[float] = 0.0
+    #: The metrics a comparison on this task may be decided on, each with its declarations
+    #: (:class:`Decision`); ``primary_metric`` is the default and the option ``decide_on`` (a plan's
+    #: ``decide_on: {task: metric}``) picks another. Empty: only ``primary_metric``, declared by the
+    #: class attributes above. An instance's ``primary_metric``, ``higher_is_better``, ``margin``,
+    #: ``noise_sd`` and ``trivial_name`` are those of the metric it decides on.
+    decisions: ClassVar[dict[str, Decision]] = {}
     #: A short description of the system :meth:`trivial_score` scores.
     trivial_name: ClassVar[str] = ""
     #: A training run whose final metric stays within this fraction of the trivial score never
@@ -172,11 +219,13 @@ class Task:
 
     def __init__(self, config: dict[str, Any] | None = None, cache_dir: str | Path | None = None) -> None:
         config = dict(config or {})
+        decide_on = config.pop(DECIDE_ON, None)
         for key, value in config.items():
             if key not in self.default_config:
+                options = [*self.default_config, DECIDE_ON]
                 raise UserError(
-                    f"task {self.name!r} has no option {key!r}{did_you_mean(key, self.default_config)}; "
-                    f"options: {', '.join(self.default_config) or 'none'}"
+                    f"task {self.name!r} has no option {key!r}{did_you_mean(key, options)}; "
+                    f"options: {', '.join(options)}"
                 )
             want = self.default_config[key]
             if want is not None and not isinstance(value, type(want)) and not (
@@ -187,6 +236,36 @@ class Task:
                 )
         self.config: dict[str, Any] = {**self.default_config, **config}
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._decide_on(decide_on)
+
+    @classmethod
+    def decidable(cls) -> dict[str, Decision]:
+        """The metrics this task may decide on (:attr:`decisions`, or ``primary_metric`` alone)."""
+        if cls.decisions:
+            return dict(cls.decisions)
+        return {cls.primary_metric: Decision(cls.higher_is_better, cls.margin, cls.noise_sd)}
+
+    def _decide_on(self, metric: Any) -> None:
+        """Decide on ``metric`` (None: the class's ``primary_metric``).
+
+        A task with more than one decidable metric records the choice in its config (so in every
+        cell id: rows deciding on different metrics never pair); with one, the option can only
+        name it and is left out (ids as before the option existed).
+        """
+        options = self.decidable()
+        default = type(self).primary_metric
+        metric = default if metric is None else metric
+        if not isinstance(metric, str) or metric not in options:
+            raise UserError(f"task {self.name!r} cannot decide on {metric!r}; it decides on "
+                            f"{' or '.join(options)}{did_you_mean(str(metric), options)}")
+        if len(options) > 1:
+            self.config[DECIDE_ON] = metric
+        decision = options[metric]
+        self.primary_metric = metric  # type: ignore[misc]  # per instance: the metric it decides on
+        for key in DECISION_FIELDS:
+            value = getattr(decision, key)
+            if key != "trivial_name" or value:
+                setattr(self, key, value)
 
     # -- declared properties ----------------------------------------------------------
     @property
@@ -260,7 +339,8 @@ class Task:
     def trivial_score(self) -> float:
         """``primary_metric`` of a trivial system (``trivial_name``) on the held-out data that
         :meth:`evaluate` scores, in the same units: the score a baseline must clearly beat to
-        count as having learned the task."""
+        count as having learned the task. A task with several :attr:`decisions` scores the
+        metric the instance decides on."""
         raise NotImplementedError(
             f"task {self.name or type(self).__name__!r} does not define trivial_score(); a task must "
             f"score a trivial system on its own held-out data (see modtransfer.core.task.Task.trivial_score)"

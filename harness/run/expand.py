@@ -19,9 +19,9 @@ from modtransfer.core.spec import ModelSpec
 from modtransfer.core.task import TASKS, Budget, Task
 from modtransfer.core.variant import resolve
 from modtransfer.run.cells import Cell, Plan, seed_major
-from modtransfer.run.hparams import INIT_AXIS, hparam_rows, init_expr
+from modtransfer.run.hparams import EXTRA_SPEC_AXES, INIT_AXIS, hparam_rows, init_expr
 
-SPEC_FIELDS = frozenset(ModelSpec().to_dict())
+SPEC_FIELDS = frozenset(ModelSpec().to_dict()) | frozenset(EXTRA_SPEC_AXES)
 BUDGET_FIELDS = frozenset(Budget().to_dict())
 
 

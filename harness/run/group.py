@@ -134,7 +134,7 @@ class _StackedGroup:
             values = {k: v for k, v in point.items() if k != "step" and v is not None}
             if values:
                 logger.log_metrics(values, step=point["step"])
-        close_wandb(logger, run.row, self.run_dir, run.t_start)
+        close_wandb(logger, run.row, self.run_dir, run.t_start, wall_s=run.row.wall_s)
 
     def failed_rows(self, exc: Exception) -> list[dict[str, Any]]:
         """Every member failed with the group's error (a plugin's frame named where it is one)."""

@@ -1,7 +1,8 @@
 """A plan's hyper-parameter settings: axes crossed into rows, or rows listed (with ``cross`` grids among them).
 
-Keys are budget fields, ModelSpec fields (not those the task sets) or ``init`` (an init scheme,
-applied as its ``init_*`` variant on top of every variant that keeps the baseline's init).
+Keys are budget fields, ModelSpec fields (not those the task sets; ``init_draws`` among them) or
+``init`` (an init scheme, applied as its ``init_*`` variant on top of every variant that keeps the
+baseline's init).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from modtransfer.core.variant import canonical
 INIT_AXIS = "init"  # a hyper-parameter axis over initialisation schemes (init_* variants)
 #: ModelSpec fields the task sets (never an axis).
 TASK_SET_FIELDS = ("vocab_size", "in_features", "out_features", "max_len")
+#: Fields ``ModelSpec.to_dict`` leaves out at their defaults that may still be an axis:
+#: ``init_draws: [global, per_module]`` measures what common random numbers buy (modtransfer.core.draws).
+EXTRA_SPEC_AXES = ("init_draws",)
 
 
 def hparam_rows(hparams: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
@@ -29,7 +33,7 @@ def hparam_rows(hparams: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
     ``d_model``, ``dropout``, ...) or ``init`` (an init scheme applied to every variant).
     """
     budget_fields = set(Budget().to_dict())
-    spec_fields = {f for f in ModelSpec().to_dict() if f not in TASK_SET_FIELDS}
+    spec_fields = {f for f in ModelSpec().to_dict() if f not in TASK_SET_FIELDS} | set(EXTRA_SPEC_AXES)
     allowed = budget_fields | spec_fields | {INIT_AXIS}
 
     def check_key(where: str, key: Any) -> None:

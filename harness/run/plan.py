@@ -2,8 +2,9 @@
 
 A plan names variants (names, globs, combinations like ``swiglu+rmsnorm``), tasks, seeds
 (paired: every variant and the baseline share them; a count, a list, or ``{min, max, step}``
-for adaptive seeds), a size preset, budgets, smallest effects of interest per task
-(``margins``), and optional hyper-parameter axes crossed with the variants. Cells are ordered
+for adaptive seeds), a size preset, budgets, the metric a task decides on where it declares
+several (``decide_on: {mt: val_bleu}``), smallest effects of interest per task (``margins``, in
+the units of that metric), and optional hyper-parameter axes crossed with the variants. Cells are ordered
 seed-major with the variants interleaved (rotated each seed), so a drift in machine load is
 spread over every variant instead of falling on whichever ran last. Everything is checked before anything trains;
 each problem is one line naming it and the fix (:class:`UserError`, exit code 2).
@@ -48,7 +49,7 @@ PLAN_KEYS = {
     "name": str, "description": str, "size": str, "sizes": list, "seeds": (int, list, dict), "variants": list, "tasks": list,
     "spec": dict, "budget": dict, "task_budget": dict, "task_config": dict, "hparams": (dict, list), "wandb": dict,
     "executor": str, "workers": (int, str), "threads": (int, str), "include_baseline": bool, "margins": dict, "implementation": str,
-    "implementations": list, "precision": str,
+    "implementations": list, "precision": str, "decide_on": dict, "stack": (int, str),
 }
 SEED_KEYS = ("min", "max", "step")
 MAX_SEEDS = 1000
@@ -84,22 +85,36 @@ def load_plan(
     task_names = _task_names(tasks if tasks is not None else raw.get("tasks", TASKS.names()))
     variant_names = _variant_names(variants if variants is not None else raw.get("variants", []), raw)
     budget, task_budget, task_config = _budgets(raw)
+    task_config = _decide_on(raw.get("decide_on") or {}, task_names, task_config)
     hparams = raw.get("hparams", {}) or {}
     n_rows = len(hparam_rows(hparams))
     wandb_cfg = _wandb(raw)
     margins = _margins(raw.get("margins") or {}, task_names)
     precision = _precision(raw.get("precision", "auto"))
     executor, workers, threads = _layout_fields(raw)
+    stack = _stack(raw.get("stack", "auto"))
     _check_count(len(variant_names), len(task_names), len(seed_list), n_rows * max(1, len(sizes)) * len(impls),
                  allow_large)
     plan = Plan(
         name=plan_name, size=size, seeds=seed_list, variants=variant_names, tasks=task_names, base_spec=base,
         budget=budget, task_budget=task_budget, task_config=task_config, hparams=hparams, wandb=wandb_cfg,
         executor=executor, workers=workers, threads=threads, raw=raw, source=src, margins=margins, looks=looks, sizes=sizes,
-        spec_overrides=spec_overrides, implementations=impls, precision=precision,
+        spec_overrides=spec_overrides, implementations=impls, precision=precision, stack=stack,
     )
     expand_cells(plan)
     return plan
+
+
+def _stack(value: Any) -> int | str:
+    """``plan.stack``: ``auto`` or the most seeds one stacked model may hold (1: one seed at a time)."""
+    from modtransfer.run.stacking import MAX_MEMBERS
+
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MEMBERS:
+        raise UserError(f"plan.stack must be auto or a whole number of seeds from 1 (no stacking) to {MAX_MEMBERS}, "
+                        f"got {value!r}")
+    return value
 
 
 def _sizes(raw: dict[str, Any]) -> tuple[list[str], str]:
@@ -173,6 +188,30 @@ def _budgets(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[
             TASKS.entry(tname)
             check_type(f"plan.{label}.{tname}", value, dict)
     return budget, task_budget, task_config
+
+
+def _decide_on(value: dict[str, Any], task_names: list[str], task_config: dict[str, Any]) -> dict[str, Any]:
+    """``decide_on: {task: metric}``: the metric each named task decides on, merged into its ``task_config``.
+
+    The choice travels with the cell as the task option ``decide_on`` (so it reaches the task in
+    every executor, and cells deciding on different metrics have different ids). Each metric must be
+    one the task declares (``Task.decisions``); a task not named keeps its own default.
+    """
+    out = {t: dict(c) for t, c in task_config.items()}
+    for tname, metric in value.items():
+        if tname not in task_names:
+            raise UserError(f"plan.decide_on.{tname}: not a task of this plan{did_you_mean(str(tname), task_names)}; "
+                            f"tasks: {', '.join(task_names)}")
+        options = TASKS.get(tname).decidable()
+        if not isinstance(metric, str) or metric not in options:
+            raise UserError(f"plan.decide_on.{tname}: task {tname!r} cannot decide on {metric!r}; it decides on "
+                            f"{' or '.join(options)}{did_you_mean(str(metric), options)}")
+        given = out.get(tname, {}).get("decide_on", metric)
+        if given != metric:
+            raise UserError(f"plan.decide_on.{tname} is {metric!r} but plan.task_config.{tname}.decide_on is "
+                            f"{given!r}; keep one of them")
+        out.setdefault(tname, {})["decide_on"] = metric
+    return out
 
 
 def _wandb(raw: dict[str, Any]) -> dict[str, Any]:

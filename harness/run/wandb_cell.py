@@ -81,14 +81,17 @@ def wandb_summary(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def close_wandb(logger: Any, row: Row, run_dir: Path, t_start: float) -> None:
-    """Write the summary and finish the cell's W&B run; a logging problem is noted in the row, never raised."""
+def close_wandb(logger: Any, row: Row, run_dir: Path, t_start: float, wall_s: float | None = None) -> None:
+    """Write the summary and finish the cell's W&B run; a logging problem is noted in the row, never raised.
+
+    ``wall_s``: the cell's wall time when it is not the time since ``t_start`` (a stacked member's share)."""
     try:
         import wandb
 
         run = logger.experiment
         row.wandb_dir = os.path.relpath(run.dir, run_dir)
-        run.summary.update(wandb_summary({**row.to_dict(), "wall_s": time.perf_counter() - t_start}))
+        wall = time.perf_counter() - t_start if wall_s is None else wall_s
+        run.summary.update(wandb_summary({**row.to_dict(), "wall_s": wall}))
         wandb.finish(exit_code=0 if row.status == "done" else 1)
     except Exception as exc:  # never lose a cell to a logging problem
         row.error = (row.error or "") + f"\n(wandb: {exc})"
