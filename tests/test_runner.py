@@ -366,8 +366,8 @@ def test_wall_clock_budget_gives_timeout(tmp_path: Path, restore_environ: None, 
 @pytest.mark.slow  # about 30 s: run with -m slow
 def test_ray_executor_matches_local(tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    plan = load_plan(tiny_plan("ray", steps=20, seeds=[0], variants=["gelu", "rmsnorm"]))
-    assert len(plan.cells) == 3
+    plan = load_plan(tiny_plan("ray", steps=20, seeds=[0, 1], variants=["gelu", "rmsnorm"]))
+    assert len(plan.cells) == 6   # 3 groups of 2 seeds: each a stacked model in one Ray task
     local_dir, ray_dir = tmp_path / "local", tmp_path / "ray"
     execute(plan, local_dir, plan.cells, executor="local", device="cpu")
     seen: list[dict[str, Any]] = []
@@ -385,6 +385,7 @@ def test_ray_executor_matches_local(tmp_path: Path) -> None:
         assert remote[cid]["status"] == local[cid]["status"] == "done"
         assert remote[cid]["primary_value"] == pytest.approx(local[cid]["primary_value"], rel=1e-4)
         assert remote[cid]["env"]["threads"] == 1
+        assert remote[cid]["env"]["stack"]["members"] == local[cid]["env"]["stack"]["members"] == 2
     assert Store(ray_dir / "results.sqlite").running() == []
 
     import ray

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modtransfer.cli.environment import check_device, check_wandb_online, check_writable_dir, load_plugins
 from modtransfer.cli.results import write_report
@@ -242,14 +242,20 @@ def _store_plan(store: Store, plan: dict) -> None:
 
 
 def _declared(plan: Plan) -> dict[str, dict]:
-    """What each task of the plan declares for the statistics (margin, seed noise), without touching data."""
+    """What each task of the plan declares for the statistics (margin, seed noise) for the metric it
+    decides on (the plan's ``decide_on`` included: the task is built with the plan's options), without
+    touching data."""
+    out = {}
+    for name, task in _tasks(plan).items():
+        out[name] = {k: getattr(task, k) for k in ("margin", "noise_sd", "trivial_name") if hasattr(task, k)}
+    return out
+
+
+def _tasks(plan: Plan) -> dict[str, Any]:
+    """The plan's tasks, built with its task options (no data prepared)."""
     from modtransfer.core.task import TASKS
 
-    out = {}
-    for name in plan.tasks:
-        cls = TASKS.get(name)
-        out[name] = {k: getattr(cls, k) for k in ("margin", "noise_sd", "trivial_name") if hasattr(cls, k)}
-    return out
+    return {name: TASKS.get(name)(plan.task_config.get(name, {}), None) for name in plan.tasks}
 
 
 def _task_info(plan: Plan, cache: str | None) -> dict[str, dict]:
@@ -269,7 +275,6 @@ def _task_info(plan: Plan, cache: str | None) -> dict[str, dict]:
 
 def _power(plan: Plan, store: Store) -> list[str]:
     """The dry run's power lines: smallest callable effect per task and the warnings."""
-    from modtransfer.core.task import TASKS
     from modtransfer.reports.power import plan_power, power_lines
 
     ids = {c.cell_id for c in plan.all_cells}
@@ -282,7 +287,7 @@ def _power(plan: Plan, store: Store) -> list[str]:
     for c in plan.all_cells:
         if c.variant != "baseline" and c.seed == plan.seeds[0]:
             tests[c.task] = tests.get(c.task, 0) + 1
-    metrics = {t: (TASKS.get(t).primary_metric, TASKS.get(t).higher_is_better) for t in plan.tasks}
+    metrics = {t: (task.primary_metric, task.higher_is_better) for t, task in _tasks(plan).items()}
     n = plan.looks[-1] if plan.adaptive else len(plan.seeds)
     power = plan_power(plan.tasks, metrics, n, tests, declared, plan.margins, rows)
     return power_lines(power)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modtransfer.run.layout import Layout, choose_layout
-from modtransfer.run.store import Store
 from modtransfer.run.stacking import group_cells, group_cost
+from modtransfer.run.store import Store
 from modtransfer.run.workers import WorkerPool, train_and_record, train_and_record_group
 
 if TYPE_CHECKING:
