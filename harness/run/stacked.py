@@ -204,7 +204,8 @@ class StackedCellModule(L.LightningModule):
         grads = [p.grad for p in self.state.params.values() if p.grad is not None]
         if not grads:
             return
-        sq = torch.stack([g.detach().flatten(1).float().pow(2).sum(1) for g in grads]).sum(0)
+        # a member's scalar parameter (ReZero's alpha) is a 1-D stacked tensor: one value per member
+        sq = torch.stack([g.detach().reshape(g.shape[0], -1).float().pow(2).sum(1) for g in grads]).sum(0)
         coef = (gradient_clip_val / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         for g in grads:
             g.mul_(coef.to(g.dtype).view(-1, *([1] * (g.ndim - 1))))
