@@ -186,8 +186,8 @@ def _finish(h: Headline, kind: str, settings: Settings) -> None:
         h.kind = "unclear"
         h.blockers = _blockers(h, settings.alpha)
         claim = h.claim
-        if not claim:
-            h.why = "no task could be tested: " + ", ".join(h.blockers)
+        if not claim:  # some task cannot be tested, so no claim can hold everywhere
+            h.why = "no claim can be tested on every task; untestable: " + ", ".join(h.blockers)
         elif h.blockers:
             h.why = (f"nearest claim {claim} everywhere (p {h.p[claim]:.2g}), blocked by "
                      + ", ".join(h.blockers))
