@@ -351,4 +351,22 @@ def load_store(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows = store.rows()
     if not rows:
         raise UserError(f"the results store {path} has no finished cells yet")
-    return rows, store.meta()
+    return rows, _portable_sources(store.meta())
+
+
+def _portable_sources(meta: dict[str, Any]) -> dict[str, Any]:
+    """The store's meta with each plan's ``source`` file as :func:`~modtransfer.run.envinfo.portable_path`
+    (stores written before plans were recorded so hold this machine's absolute path)."""
+    from modtransfer.run.envinfo import portable_path
+
+    def fix(plan: Any) -> Any:
+        if isinstance(plan, dict) and isinstance(plan.get("source"), str) and plan["source"]:
+            return {**plan, "source": portable_path(plan["source"])}
+        return plan
+
+    out = dict(meta)
+    if "plan" in out:
+        out["plan"] = fix(out["plan"])
+    if isinstance(out.get("plans"), list):
+        out["plans"] = [fix(p) for p in out["plans"]]
+    return out

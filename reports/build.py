@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from modtransfer.core.errors import UserError
 
 from .analysis import Settings
-from .exports import write_cells_csv, write_readme, write_results_json
+from .exports import run_dir_from, write_cells_csv, write_readme, write_results_json
 from .folders import replace_folder
 from .summary import Analysis, analyse_run, transfer_table
 from .table import MainTable, as_tables, latex, main_table
@@ -73,7 +73,7 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
             _online_tolerant(wandb_mode, "saving the W&B Report", write_report_definition, a, figs, tmp, wandb_mode)
         (tmp / "index.html").write_text(render_html.render(doc, tmp), encoding="utf-8")
         (tmp / "report.md").write_text(render_md.render(doc), encoding="utf-8")
-        (tmp / MARKER).write_text(f"{run_dir.resolve()}\n", encoding="utf-8")
+        (tmp / MARKER).write_text(f"{run_dir_from(tmp, run_dir)}\n", encoding="utf-8")  # same depth as final
         write_readme(tmp, a, run_dir)
         if final.exists():
             print(f"note: replacing the earlier report in {final}", file=sys.stderr)

@@ -101,6 +101,7 @@ def resolve_run_dir(path: Path) -> Path:
             run_dir = None
         if not isinstance(run_dir, str) or not run_dir:
             raise UserError(f"{info} names no run folder (key run_dir); rebuild the report with `modtransfer report`")
+        run_dir = str((path / run_dir).resolve())   # relative to the report folder (an absolute one stays)
         if not (Path(run_dir) / "results.sqlite").is_file():
             raise UserError(f"the report {path} came from the run folder {run_dir}, which no longer holds "
                             "results.sqlite; pass the run folder itself")

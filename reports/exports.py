@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
 from dataclasses import asdict
 from pathlib import Path
@@ -94,15 +95,16 @@ def _provenance(a: Analysis) -> dict[str, Any]:
                                "processor": platform.processor() or platform.machine()}}
 
 
-def results_dict(a: Analysis, run_dir: Path) -> dict[str, Any]:
-    """Everything the report concludes, with what produced it."""
+def results_dict(a: Analysis, run_dir: Path, folder: Path | None = None) -> dict[str, Any]:
+    """Everything the report concludes, with what produced it; ``run_dir`` relative to the report
+    ``folder`` when given (``compare`` resolves it from there), so the two can move together."""
     columns, rows = transfer_table(a)
     plans = a.meta.get("plans") if isinstance(a.meta.get("plans"), list) else ([a.plan] if a.plan else [])
     impls = sorted({(r.get("spec") or {}).get("implementation", "modtransfer") for r in a.rows})
     return _clean({
         "format_version": FORMAT_VERSION,
         "benchmark": a.benchmark,
-        "run_dir": str(Path(run_dir).resolve()),
+        "run_dir": run_dir_from(folder, run_dir) if folder is not None else str(Path(run_dir).resolve()),
         "cells": len(a.rows),
         "baseline": BASELINE,
         "variants": list(a.order),
@@ -127,8 +129,15 @@ def results_dict(a: Analysis, run_dir: Path) -> dict[str, Any]:
     })
 
 
+def run_dir_from(folder: Path, run_dir: Path) -> str:
+    """The run folder as a path relative to the report ``folder``."""
+    return os.path.relpath(Path(run_dir).resolve(), Path(folder).resolve())
+
+
 def write_results_json(a: Analysis, run_dir: Path, path: Path) -> None:
-    path.write_text(json.dumps(results_dict(a, run_dir), indent=2, sort_keys=True, default=str) + "\n",
+    """``results.json``, the run folder named relative to the report folder that holds it (a report is
+    built in a sibling temporary folder of the same depth, so the relative path holds once it is moved)."""
+    path.write_text(json.dumps(results_dict(a, run_dir, path.parent), indent=2, sort_keys=True, default=str) + "\n",
                     encoding="utf-8")
 
 
@@ -147,9 +156,10 @@ FILES = [
 
 
 def write_readme(folder: Path, a: Analysis, run_dir: Path) -> None:
+    """The report folder's README (the run folder named relative to it)."""
     present = {p.name for p in folder.iterdir()}
     lines = [f"# Report of benchmark `{a.benchmark}`", "",
-             f"Built from `{Path(run_dir).resolve() / 'results.sqlite'}` ({len(a.rows)} cells) by "
+             f"Built from `{Path(run_dir_from(folder, run_dir)) / 'results.sqlite'}` ({len(a.rows)} cells) by "
              "`modtransfer report`. Rebuild it with the same command; nothing here is read back by the harness.", "",
              "| File | What it is |", "|---|---|"]
     for name, what in FILES:

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from modtransfer.run.envinfo import RUN_UID_KEY, remove_local_runs, wandb_env_for, wandb_group
+from modtransfer.run.envinfo import RUN_UID_KEY, portable_path, remove_local_runs, wandb_env_for, wandb_group
 
 from .figures import Figures
 from .summary import Analysis, fmt, transfer_table
@@ -85,7 +85,7 @@ def log_run(a: Analysis, folder: Path, figs: Figures, run_dir: Path, mode: str,
                 run.summary[f"verdict/{v}"] = a.verdicts[v][0]
             if math.isfinite(a.agreement.mean_tau):
                 run.summary["agreement/mean_kendall_tau"] = a.agreement.mean_tau
-            info = {"id": run.id, "project": project, "entity": entity, "dir": str(Path(run.dir).parent),
+            info = {"id": run.id, "project": project, "entity": entity, "dir": portable_path(Path(run.dir).parent),
                     "url": run.url if mode == "online" else None}
         finally:
             run.finish()

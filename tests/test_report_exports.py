@@ -110,7 +110,9 @@ def test_csv_exports_and_results_json(run: Path) -> None:
         table = list(csv.DictReader(f))
     assert len(table) == 8 and {r["call"] for r in table if r["model"] == "swiglu"} == {"better"}
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert res["run_dir"] == str(run.resolve()) and res["benchmark"] == "exports"
+    # the run folder relative to the report folder (no machine's absolute path), and it leads there
+    assert not Path(res["run_dir"]).is_absolute() and res["benchmark"] == "exports"
+    assert (out / res["run_dir"]).resolve() == run.resolve()
     with open(out / "transfer.csv", encoding="utf-8") as f:
         assert len(res["comparisons"]) == len(list(csv.DictReader(f))) == 6
     assert res["verdicts"]["swiglu"]["verdict"] == "transfers" and res["verdicts"]["rmsnorm"]["verdict"] == "hurts"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from modtransfer.cli.environment import check_device, check_wandb_online, check_writable_dir, load_plugins
 from modtransfer.cli.results import write_report
 from modtransfer.core.errors import UserError
+from modtransfer.run.envinfo import portable_path
 
 if TYPE_CHECKING:
     from modtransfer.run.layout import Layout
@@ -167,7 +168,7 @@ def _train(args: argparse.Namespace, plan: Plan, store: Store, run_dir: Path, to
     """Record the plan and its task declarations, train the cells (in rounds with adaptive seeds), report."""
     from modtransfer.run.runner import Progress, execute, print_table, results_table
 
-    _store_plan(store, {**plan.to_dict(), "source": str(Path(args.plan).resolve()),
+    _store_plan(store, {**plan.to_dict(), "source": portable_path(args.plan),
                         "selection": {"variants": args.variants, "tasks": args.tasks, "seeds": args.seeds},
                         "plugins": plugins})
     store.set_meta("tasks", {**(store.meta().get("tasks") or {}), **task_info})

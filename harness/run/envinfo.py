@@ -246,3 +246,13 @@ def clean_stale_tmp(run_dir: Path) -> int:
         shutil.rmtree(sub, ignore_errors=True)
         removed += 1
     return removed
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` relative to the working folder when it lies under it (a report or a store written
+    here can be read on another machine), else as given, resolved."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
