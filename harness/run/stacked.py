@@ -28,14 +28,13 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from modtransfer.core.schedule import lr_lambda
 from modtransfer.run.divergence import (
     DivergenceMonitor,
     diverge_factor_for,
     diverge_patience_for,
     divergence_limit,
 )
-from modtransfer.run.training import fused_adamw_supported
+from modtransfer.run.training import adamw_with_schedule
 
 Batch = dict[str, Any]
 
@@ -165,16 +164,9 @@ class StackedCellModule(L.LightningModule):
         return self._vloss(params, buffers, batch)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        budget = self._budget
-        decay, no_decay = [], []
-        for p in self.state.params.values():
-            if p.requires_grad:  # a member's tensor has one axis less than the stacked one
-                (decay if p.ndim - 1 >= 2 and budget.weight_decay > 0 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": budget.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=budget.lr, betas=budget.betas,
-                                fused=True if fused_adamw_supported(self.device) else None)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(budget.schedule, budget.steps, budget.warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # a member's tensor has one axis less than the stacked one
+        params = ((p, p.ndim - 1) for p in self.state.params.values() if p.requires_grad)
+        return adamw_with_schedule(params, self._budget, self.device)
 
     def on_train_start(self) -> None:
         self._loss_sum = self._loss_sum.to(self.device)

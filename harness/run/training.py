@@ -51,6 +51,19 @@ def fused_adamw_supported(device: torch.device) -> bool:
     return device.type == "cpu" and (major, minor) >= (2, 4)
 
 
+def adamw_with_schedule(params: Any, budget: Any, device: torch.device) -> dict[str, Any]:
+    """AdamW over ``params`` ((tensor, its dims in one model) pairs), weight decay on matrices only,
+    with the budget's warm-up and schedule stepped every optimiser step (Lightning's format)."""
+    decay, no_decay = [], []
+    for p, ndim in params:
+        (decay if ndim >= 2 and budget.weight_decay > 0 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": budget.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=budget.lr, betas=budget.betas,
+                            fused=True if fused_adamw_supported(device) else None)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(budget.schedule, budget.steps, budget.warmup))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 class CellModule(L.LightningModule):
     """One cell's model, loss and evaluation; ``status`` ends ``done``, ``diverged`` or ``timeout``."""
 
@@ -74,18 +87,8 @@ class CellModule(L.LightningModule):
         self.final_metrics: dict[str, float] = {}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        budget = self._budget
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.ndim >= 2 and budget.weight_decay > 0 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": budget.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
-        opt = torch.optim.AdamW(groups, lr=budget.lr, betas=budget.betas,
-                                fused=True if fused_adamw_supported(self.device) else None)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(budget.schedule, budget.steps, budget.warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        params = ((p, p.ndim) for p in self.model.parameters() if p.requires_grad)
+        return adamw_with_schedule(params, self._budget, self.device)
 
     def on_train_start(self) -> None:
         self._loss_sum = self._loss_sum.to(self.device)
