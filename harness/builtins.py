@@ -37,4 +37,5 @@ def load_builtins() -> None:
             position,
             residual,
             sharing,
+            synthesizer,
         )

@@ -25,7 +25,9 @@ from torch import Tensor, nn
 from modtransfer.core.components import component
 from modtransfer.core.draws import Draws, draws_of
 from modtransfer.core.errors import UserError
+from modtransfer.core.registry import Registry
 from modtransfer.core.spec import ModelSpec
+from modtransfer.core.stack_shared import StackShared, building
 from modtransfer.core.validate import check_components
 
 #: The target of a position that counts in no loss (padding), as ``torch.nn.functional.cross_entropy``'s default.
@@ -54,7 +56,10 @@ class Block(nn.Module):
             residual(spec, attention(spec, causal=False, cross=True), norm, first + 1, total) if cross else None
         )
         draws.at(f"{place}.ffn")
-        branch = ffn(spec, activation, index)
+        if getattr(ffn, "takes_stack", False):  # an FFN that differs by stack (product-key memory)
+            branch = ffn(spec, activation, index, stack="decoder" if causal else "encoder")
+        else:
+            branch = ffn(spec, activation, index)
         self.ffn_takes_pad = bool(getattr(branch, "takes_pad_mask", False))
         self.ffn = residual(spec, branch, norm, first + per_block - 1, total)
 
@@ -95,8 +100,10 @@ class Stack(nn.Module):
         draws.at(f"{place}.position")
         self.position = component("position", spec.position)(spec, causal=causal)
         n_blocks, self.repeat = (1, spec.n_layers) if shared else (spec.n_layers, 1)  # shared: ALBERT, arXiv 1909.11942
-        self.blocks = nn.ModuleList(Block(spec, causal=causal, cross=cross, index=i, draws=draws,
-                                          place=f"{place}.blocks.{i}") for i in range(n_blocks))
+        self.shared = StackShared(causal, cross)
+        with building(self.shared):  # components may join it (modtransfer.core.stack_shared)
+            self.blocks = nn.ModuleList(Block(spec, causal=causal, cross=cross, index=i, draws=draws,
+                                              place=f"{place}.blocks.{i}") for i in range(n_blocks))
         if spec.clone_layers:
             _check_clonable(spec, self.blocks)
         norm = component("norm", spec.norm)
@@ -118,6 +125,13 @@ class Stack(nn.Module):
                 x = block(x, pad_mask=pad_mask, bias=bias, position=self.position, memory=memory,
                           memory_pad_mask=memory_pad_mask)
         return self.final_drop(self.final_norm(x))
+
+
+#: Stack classes by name: a variant that changes how a stack runs its blocks (a loop with halting,
+#: pooling between blocks) registers a :class:`Stack` subclass and selects it with the option
+#: ``stack`` (``spec.with_options(stack=name)``); ``standard`` is :class:`Stack`.
+STACKS: Registry[type[Stack]] = Registry("stack")
+STACKS.register("standard", Stack)
 
 
 def _check_clonable(spec: ModelSpec, blocks: nn.ModuleList) -> None:
@@ -222,14 +236,15 @@ class Transformer(nn.Module):
             draws.at("out_proj")
             self.out_proj = nn.Linear(spec.d_model, spec.out_features)
         shares = component("sharing", spec.sharing)
+        stack_cls = STACKS.get(str(spec.option("stack", "standard")))
         self.encoder = (
-            Stack(spec, causal=False, cross=False, shared=shares("encoder"), topology=topology, draws=draws,
-                  place="encoder")
+            stack_cls(spec, causal=False, cross=False, shared=shares("encoder"), topology=topology, draws=draws,
+                      place="encoder")
             if topology in ("encoder", "encoder_decoder") else None
         )
         self.decoder = (
-            Stack(spec, causal=True, cross=topology == "encoder_decoder", shared=shares("decoder"), topology=topology,
-                  draws=draws, place="decoder")
+            stack_cls(spec, causal=True, cross=topology == "encoder_decoder", shared=shares("decoder"),
+                      topology=topology, draws=draws, place="decoder")
             if topology in ("decoder", "encoder_decoder") else None
         )
 
@@ -243,6 +258,7 @@ class Transformer(nn.Module):
         """Bidirectional encoding of tokens [B, S] or features [B, S, F] -> [B, S, D]."""
         if self.encoder is None:
             raise RuntimeError(f"a {self.topology} model has no encoder")
+        self._begin(self.encoder, x, pad_mask)
         return self.encoder(self._inputs(x, "encoder"), pad_mask)
 
     def decode(
@@ -254,7 +270,14 @@ class Transformer(nn.Module):
             raise RuntimeError(f"a {self.topology} model has no decoder")
         if self.topology == "encoder_decoder" and memory is None:
             raise ValueError("an encoder-decoder needs memory from encode()")
+        self._begin(self.decoder, y, pad_mask)
         return self.decoder(self._inputs(y, "decoder"), pad_mask, memory, memory_pad_mask)
+
+    @staticmethod
+    def _begin(stack: nn.Module, x: Tensor, pad_mask: Tensor | None) -> None:
+        shared = getattr(stack, "shared", None)
+        if isinstance(shared, StackShared):
+            shared.begin(None if x.is_floating_point() else x, pad_mask)
 
     def forward(self, x: Tensor, y: Tensor | None = None, x_pad: Tensor | None = None,
                 y_pad: Tensor | None = None) -> Tensor:
@@ -282,12 +305,17 @@ class Transformer(nn.Module):
         """Sum of auxiliary losses from the last forward (e.g. MoE load balancing), weighted.
 
         Always a scalar tensor (zero on the model's device when no module has one), so a
-        training step writes ``loss + model.aux_loss()``.
+        training step writes ``loss + model.aux_loss()``. A module with an ``aux_weight``
+        attribute weighs its own term (``aux_weight * aux_loss``) instead of ``spec.aux_loss_weight``.
         """
-        losses = [m.aux_loss for m in self._aux if isinstance(m.aux_loss, Tensor)]
-        if not losses:
+        losses = [m.aux_loss for m in self._aux if isinstance(m.aux_loss, Tensor) and not hasattr(m, "aux_weight")]
+        own = [m.aux_weight * m.aux_loss for m in self._aux if isinstance(m.aux_loss, Tensor) and hasattr(m, "aux_weight")]
+        if not losses and not own:
             return torch.zeros((), device=self._device())
-        return self.spec.aux_loss_weight * torch.stack(losses).sum()
+        total = self.spec.aux_loss_weight * torch.stack(losses).sum() if losses else None
+        if own:  # terms with their own weight (z-loss, multi-token heads), not spec.aux_loss_weight
+            total = torch.stack(own).sum() if total is None else total + torch.stack(own).sum()
+        return total
 
     def _device(self) -> torch.device:
         first = next(self.parameters(), None)

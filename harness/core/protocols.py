@@ -7,6 +7,7 @@ What a plugin's component must provide (the builder, :mod:`modtransfer.core.mode
                 ``self.aux_loss`` (a scalar tensor) after each forward, added to the training loss.
                 A module with ``takes_pad_mask = True`` is called ``forward(x, pad_mask=...)``
                 (True at padded positions, or None), e.g. so routing can leave padding out.
+                A factory with ``takes_stack = True`` is called with ``stack="encoder"|"decoder"``.
 ``norm``        ``factory(dim, eps) -> Module``.
 ``residual``    ``cls(spec, sublayer, norm_factory, index, n_sublayers) -> Module``;
                 ``forward(x, **kw)`` calls ``sublayer(h, **kw)``; class attribute ``final_norm``
