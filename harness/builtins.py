@@ -34,6 +34,7 @@ def load_builtins() -> None:
             init,
             moe,
             norms,
+            optimizers,
             output,
             position,
             residual,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from modtransfer.core.errors import UserError, did_you_mean
+from modtransfer.core.recipe import Recipe
 
 #: Where dropout can be applied (``ModelSpec.dropout_at``), in a fixed order:
 #: ``embed`` on the stack's input (after the position signal is added), ``attention`` on the
@@ -95,8 +96,11 @@ class ModelSpec:
     #: construction order, the behaviour before this field) or ``per_module`` (common random
     #: numbers: each component's draws depend only on the seed and its place in the model)
     init_draws: str = "global"
+    #: how the model trains (optimiser, its options and scope, auxiliary losses): :mod:`modtransfer.core.recipe`
+    recipe: Recipe = Recipe()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "recipe", Recipe.coerce(self.recipe))
         if isinstance(self.adaptive_cutoffs, list):
             object.__setattr__(self, "adaptive_cutoffs", tuple(self.adaptive_cutoffs))
         if isinstance(self.extra, dict):
@@ -201,6 +205,7 @@ class ModelSpec:
         d = dataclasses.asdict(self)
         d["adaptive_cutoffs"] = list(self.adaptive_cutoffs)
         d["extra"] = dict(self.extra)
+        d["recipe"] = self.recipe.to_dict()   # only what differs from the baseline recipe ({} at it)
         for name in LATE_FIELDS:
             if d[name] == _DEFAULTS[name]:
                 del d[name]
@@ -231,12 +236,14 @@ class ModelSpec:
 
 _FIELD_NAMES = tuple(f.name for f in fields(ModelSpec))
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(ModelSpec) if f.default is not dataclasses.MISSING}
+_DEFAULTS["recipe"] = {}   # the baseline recipe's dict
 
 #: Fields added after the first stores were written: ``to_dict`` omits them at their defaults (the
 #: behaviour before they existed), so a spec that keeps them there has the digest and cell ids it
 #: had then; ``init_draws`` is ``global`` by default and ``per_module`` in the ``modtransfer``,
 #: ``t5`` and ``gpt2`` profiles, so their cells (whose initial weights changed) have new ids.
-LATE_FIELDS: tuple[str, ...] = ("implementation", "bias", "dropout_at", "final_norm", "clone_layers", "init_draws")
+LATE_FIELDS: tuple[str, ...] = ("implementation", "bias", "dropout_at", "final_norm", "clone_layers", "init_draws",
+                                 "recipe")
 
 #: Slots whose components build the projections ``ModelSpec.bias`` puts biases on.
 BIAS_SLOTS: tuple[str, ...] = ("attention", "ffn")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modtransfer.core.errors import ConflictError, UserError
+from modtransfer.core.recipe import RECIPE_SLOTS, aux_requirements, check_recipe, merge_recipes
 from modtransfer.core.registry import Registry, ensure_builtins
 from modtransfer.core.spec import SLOTS, ModelSpec
 from modtransfer.core.validate import check_components
@@ -47,15 +48,16 @@ def register_variant(
 ) -> Callable[[Callable[..., ModelSpec]], Callable[..., ModelSpec]]:
     """Register ``fn(spec, **params) -> spec`` as a variant.
 
-    ``slot``: the slot it modifies (``ls`` groups by it; ``"shape"`` for width/depth).
+    ``slot``: the slot it modifies (``ls`` groups by it; ``"shape"`` for width/depth; ``"optimizer"``
+    or ``"loss"`` for a patch of the training recipe, :mod:`modtransfer.core.recipe`).
     ``matches``: ``"params"`` or ``"flops"`` when the variant re-balances width or depth to stay
     matched to the baseline (tested to within 2% at every size preset).
     ``requires``: task capabilities all needed (e.g. ``{"vocab"}`` for an output softmax);
     ``requires_any``: at least one of these (e.g. ``{"decoder", "encoder_decoder"}``).
     ``override``: replace a variant of the same name on purpose (a plugin re-defining a built-in).
     """
-    if slot not in SLOTS + ("shape", "baseline"):
-        raise ValueError(f"variant {name!r}: unknown slot {slot!r}; use one of {SLOTS + ('shape',)}")
+    if slot not in SLOTS + ("shape", "baseline") + RECIPE_SLOTS:
+        raise ValueError(f"variant {name!r}: unknown slot {slot!r}; use one of {SLOTS + ('shape',) + RECIPE_SLOTS}")
     if matches not in MATCHES:
         raise ValueError(f"variant {name!r}: matches must be one of {MATCHES}")
     for cap in (*requires, *requires_any):
@@ -195,14 +197,18 @@ def resolve(expr: str, base: ModelSpec) -> ResolvedVariant:
     """Apply a variant expression to ``base``, rejecting parts that patch the same field.
 
     ``extra`` counts per key: variants setting different keys of it compose (each keeps the
-    others' keys, whatever it wrote), two setting the same key conflict.
+    others' keys, whatever it wrote), two setting the same key conflict; so does the recipe, per
+    field (auxiliary losses per name).
     """
     parts = parse_variant(expr)
     touched: dict[str, str] = {}
     deltas: list[tuple[dict[str, Any], set[str]]] = []
+    recipes = []   # each part's recipe, as it patches the baseline's
     for part in parts:
         out = _apply(part, base)
-        names = [f for f in out.diff(base) if f != "extra"]
+        recipes.append(out.recipe)
+        names = [f for f in out.diff(base) if f not in ("extra", "recipe")]
+        names += [f"recipe.{f}" for f in out.recipe.diff(base.recipe)]
         changed, removed = _extra_changes(base, out)
         deltas.append((changed, removed))
         names += [f"extra[{k!r}]" for k in sorted({*changed, *removed})]
@@ -222,14 +228,17 @@ def resolve(expr: str, base: ModelSpec) -> ResolvedVariant:
         if dict(out.extra) != extra:
             out = out.replace(extra=tuple(sorted(extra.items(), key=lambda kv: kv[0])))
         spec = out
+    spec = spec.replace(recipe=merge_recipes(base.recipe, recipes))  # each part's own recipe fields
     check_components(spec)
+    if not spec.recipe.is_baseline:
+        check_recipe(spec.recipe)
     metas = [VARIANTS.entry(p.name).meta for p in parts]
     return ResolvedVariant(
         name="+".join(str(p) for p in parts),
         spec=spec,
         parts=parts,
         slots=[m["slot"] for m in metas],
-        requires=frozenset().union(*(m["requires"] for m in metas)),
+        requires=frozenset().union(*(m["requires"] for m in metas), aux_requirements(spec.recipe)),
         requires_any=[m["requires_any"] for m in metas if m["requires_any"]],
         matches=[m["matches"] for m in metas if m["matches"]],
         papers=[m["paper"] for m in metas if m["paper"]],

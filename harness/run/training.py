@@ -6,8 +6,13 @@ other light commands never do). The training step stays free of host synchronisa
 curve, the divergence flag (:class:`~modtransfer.run.divergence.DivergenceMonitor`) and the first
 bad step are accumulated on the device and read every ``log_every`` steps; evaluation calls the
 task's ``evaluate`` on fixed held-out batches every ``eval_every`` steps and at the end.
-Optimiser: AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization",
-arXiv 1711.05101), weight decay on matrices only.
+Optimiser: the spec's training recipe (:mod:`modtransfer.core.recipe`, built by
+:mod:`modtransfer.core.optim`); the baseline recipe is AdamW (Loshchilov & Hutter 2019, "Decoupled
+Weight Decay Regularization", arXiv 1711.05101), weight decay on matrices only. An optimiser with a
+train and an eval mode (schedule-free methods) is put in eval mode for every evaluation, so the
+model is evaluated at the point the method prescribes (its average), and back in train mode after.
+The recipe's auxiliary losses join the task's loss in each training step; the logged training loss
+stays the task's own.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from modtransfer.core.optim import adamw, build_optimizer, fused_adamw_supported, owns_schedule, set_mode
+from modtransfer.core.recipe import AUX_LOSSES, Recipe
 from modtransfer.core.schedule import lr_lambda
 from modtransfer.run.cells import Cell
 from modtransfer.run.divergence import (
@@ -42,35 +49,41 @@ def _lightning() -> Any:
     return L
 
 
-def fused_adamw_supported(device: torch.device) -> bool:
-    """Whether AdamW has a fused kernel here: CUDA, and CPU from torch 2.4 (one pass over each
-    parameter instead of about eight elementwise passes; the same update up to float rounding)."""
-    if device.type == "cuda":
-        return True
-    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
-    return device.type == "cpu" and (major, minor) >= (2, 4)
+__all__ = ["CellModule", "adamw_with_schedule", "fused_adamw_supported", "make_datamodule", "make_module",
+           "make_trainer", "recipe_with_schedule"]
+
+
+def _with_schedule(opt: torch.optim.Optimizer, budget: Any, constant: bool = False) -> dict[str, Any]:
+    """``opt`` with the budget's warm-up and schedule (or a constant multiplier) stepped every
+    optimiser step, in Lightning's format."""
+    fn = (lambda step: 1.0) if constant else lr_lambda(budget.schedule, budget.steps, budget.warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def adamw_with_schedule(params: Any, budget: Any, device: torch.device) -> dict[str, Any]:
     """AdamW over ``params`` ((tensor, its dims in one model) pairs), weight decay on matrices only,
     with the budget's warm-up and schedule stepped every optimiser step (Lightning's format)."""
-    decay, no_decay = [], []
-    for p, ndim in params:
-        (decay if ndim >= 2 and budget.weight_decay > 0 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": budget.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=budget.lr, betas=budget.betas,
-                            fused=True if fused_adamw_supported(device) else None)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(budget.schedule, budget.steps, budget.warmup))
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    return _with_schedule(adamw(params, budget, device), budget)
+
+
+def recipe_with_schedule(model: torch.nn.Module, recipe: Recipe, budget: Any, device: torch.device) -> dict[str, Any]:
+    """The recipe's optimiser over ``model`` with the budget's schedule (none for an optimiser that
+    schedules itself); the baseline recipe gives exactly :func:`adamw_with_schedule` over the model."""
+    return _with_schedule(build_optimizer(model, recipe, budget, device), budget, constant=owns_schedule(recipe))
 
 
 class CellModule(L.LightningModule):
     """One cell's model, loss and evaluation; ``status`` ends ``done``, ``diverged`` or ``timeout``."""
 
     def __init__(self, model: torch.nn.Module, task: Any, budget: Any, val_batches: list[Any], log_every: int,
-                 t_start: float) -> None:
+                 t_start: float, recipe: Recipe | None = None) -> None:
         super().__init__()
         self.model = model
+        self.recipe = recipe or Recipe()
+        # each auxiliary loss of the recipe: (weight, term(batch) -> scalar), attached to the model once
+        self._aux_terms = [(w, AUX_LOSSES.get(name)(model)) for name, w in self.recipe.aux_losses]
+        self._optimizer: Any = None
         self._task, self._budget, self._val, self._log_every, self._t_start = task, budget, val_batches, log_every, t_start
         self._factor = diverge_factor_for(task, budget)
         self._patience = diverge_patience_for(task, budget)
@@ -87,12 +100,14 @@ class CellModule(L.LightningModule):
         self.final_metrics: dict[str, float] = {}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = ((p, p.ndim) for p in self.model.parameters() if p.requires_grad)
-        return adamw_with_schedule(params, self._budget, self.device)
+        config = recipe_with_schedule(self.model, self.recipe, self._budget, self.device)
+        self._optimizer = config["optimizer"]
+        return config
 
     def on_train_start(self) -> None:
         self._loss_sum = self._loss_sum.to(self.device)
         self.divergence.to(self.device)
+        set_mode(self._optimizer, training=True)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         if self.first_step_at is None:
@@ -100,6 +115,8 @@ class CellModule(L.LightningModule):
         loss = self._task.loss(self.model, batch)
         aux = self.model.aux_loss()
         total = loss + aux
+        for weight, term in self._aux_terms:
+            total = total + weight * term(batch)
         det = loss.detach()
         self._loss_sum += det
         self._loss_n += 1
@@ -153,8 +170,10 @@ class CellModule(L.LightningModule):
     def evaluate(self, step: int) -> dict[str, float]:
         was = self.model.training
         self.model.eval()
+        set_mode(self._optimizer, training=False)   # a schedule-free method's averaged point
         batches = [self._to_device(b) for b in self._val]
         metrics = {k: float(v) for k, v in self._task.evaluate(self.model, batches).items()}
+        set_mode(self._optimizer, training=True)
         self.model.train(was)
         if self.curve and self.curve[-1]["step"] == step:
             self.curve[-1].update(metrics)
@@ -172,7 +191,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
                 t_start: float) -> CellModule:
     """The LightningModule of a cell."""
     _lightning()
-    return CellModule(model, task, cell.budget, val_batches, log_every, t_start)
+    return CellModule(model, task, cell.budget, val_batches, log_every, t_start, recipe=cell.spec.recipe)
 
 
 class _Stream(torch.utils.data.IterableDataset):
