@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from modtransfer.core.recipe import RECIPE_SLOTS, recipe_slot
 from modtransfer.core.spec import SLOTS
 
 from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
@@ -75,12 +76,13 @@ class MainTable:
 
 
 def _slot(spec: dict[str, Any], base: dict[str, Any]) -> str:
-    """The slot a variant changes: the first slot whose component differs from the baseline's."""
+    """The slot a variant changes: the first slot whose component differs from the baseline's (a recipe
+    variant's: ``optimizer`` or ``loss``, :func:`modtransfer.core.recipe.recipe_slot`)."""
     for s in SLOTS:
         if spec.get(s) != base.get(s):
             return s
     shape = [k for k in ("n_layers", "d_model", "d_ff", "n_heads", "d_head") if spec.get(k) != base.get(k)]
-    return "shape" if shape else "other"
+    return "shape" if shape else recipe_slot(spec, base) or "other"
 
 
 def _steps_per_s(row: dict[str, Any]) -> float:
@@ -124,7 +126,7 @@ def main_table(a: Analysis) -> MainTable:
             line.entries[lab] = Entry([r["primary_value"] for r in latest.values() if usable(r)], len(latest),
                                       comp.call if comp is not None else "")
         lines.append(line)
-    order = {s: i for i, s in enumerate(["baseline", *SLOTS, "shape", "other"])}
+    order = {s: i for i, s in enumerate(["baseline", *SLOTS, "shape", *RECIPE_SLOTS, "other"])}
     lines.sort(key=lambda ln: order.get(ln.slot, len(order)))  # stable: keeps the ranking within a slot
     return MainTable(labels, metrics, cost_label, lines)
 

@@ -12,7 +12,8 @@ its stop, and its evaluation (the member's weights copied into one template mode
 task's ``evaluate`` as for a one-seed cell). The learning-rate schedule is shared, as it is equal.
 
 Dropout is not stacked (its masks come from the global generator in one-by-one order); cells
-with dropout train alone (:mod:`modtransfer.run.stacking`). Diagnostics that hook the model's
+with dropout train alone (:mod:`modtransfer.run.stacking`), and so do cells whose training recipe is
+not the baseline's (another optimiser, or an auxiliary loss: :mod:`modtransfer.core.recipe`). Diagnostics that hook the model's
 modules (gradient norms per layer, attention entropy, ...) are not recorded for stacked members;
 the events that the curves show (plateau, divergence) are.
 """

@@ -59,6 +59,20 @@ def why_not_stackable(cell: Cell) -> str | None:
         return "a wall-clock budget (max_seconds) is per cell; members of one stacked model share one clock"
     if cell.gate not in ("built-in", "passed"):
         return "a plugin that skipped the contract gate (--no-check) trains alone"
+    return _recipe_reason(spec.recipe)
+
+
+def _recipe_reason(recipe: Any) -> str | None:
+    """Why a cell's training recipe keeps it from stacking: the stacked model runs one fused AdamW
+    over tensors with a member axis, exact per member for AdamW's elementwise update only; an
+    auxiliary loss's hooks would see all members' activations at once."""
+    if recipe.optimizer != "adamw" or recipe.options:
+        return (f"optimizer {recipe.optimizer}: the stacked model's optimiser is AdamW over tensors with a member "
+                "axis (exact per member for its elementwise update only); other recipes train one seed at a time")
+    if recipe.aux_losses:
+        names = ", ".join(name for name, _ in recipe.aux_losses)
+        return (f"auxiliary loss {names}: its term reads one model's forward, not a member's under the stacked "
+                "(vmapped) forward")
     return None
 
 
