@@ -32,6 +32,10 @@ def load_builtins() -> None:
             embeddings,
             ffn,
             init,
+            modern_attention,
+            modern_blocks,
+            modern_output,
+            modern_stack,
             moe,
             norms,
             optimizers,
@@ -39,5 +43,6 @@ def load_builtins() -> None:
             position,
             residual,
             sharing,
+            stacks,
             synthesizer,
         )
