@@ -4,6 +4,6 @@ Importing this package registers them; heavy dependencies (tokenizers, sacrebleu
 torchmetrics) are imported only when a task prepares data or evaluates.
 """
 
-from . import lm, mt, regression
+from . import heldout, lm, mt, regression
 
-__all__ = ["lm", "mt", "regression"]
+__all__ = ["heldout", "lm", "mt", "regression"]
