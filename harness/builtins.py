@@ -43,6 +43,5 @@ def load_builtins() -> None:
             position,
             residual,
             sharing,
-            stacks,
             synthesizer,
         )
