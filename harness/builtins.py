@@ -32,6 +32,7 @@ def load_builtins() -> None:
             embeddings,
             ffn,
             init,
+            memory,
             modern_attention,
             modern_blocks,
             modern_output,
@@ -43,5 +44,6 @@ def load_builtins() -> None:
             position,
             residual,
             sharing,
+            stacks,
             synthesizer,
         )
