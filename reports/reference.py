@@ -19,20 +19,16 @@ TABLE = Path(__file__).parent / "data" / "narang2021_table1.csv"
 PAPER_RUNS = 5   # early_loss is a mean over 5 runs, with their standard deviation
 BASELINE_MODEL = "Vanilla Transformer"
 
-# Our variant name -> the paper's model name (Table 1, column "model"). The one place this lives.
-PAPER_NAMES: dict[str, str] = {
-    "gelu": "GeLU", "swish": "Swish", "elu": "ELU", "glu": "GLU", "geglu": "GeGLU", "reglu": "ReGLU",
-    "selu": "SeLU", "swiglu": "SwiGLU", "liglu": "LiGLU", "sigmoid": "Sigmoid", "softplus": "Softplus",
-    "rmsnorm": "RMS Norm", "rezero": "Rezero", "rezero_layernorm": "Rezero + LayerNorm",
-    "rezero_rmsnorm": "Rezero + RMS Norm", "fixup": "Fixup", "block_sharing": "Block sharing",
-    "encoder_block_sharing": "Encoder only block sharing", "decoder_block_sharing": "Decoder only block sharing",
-    "factorized_embedding": "Factorized Embedding", "factorized_shared_embedding": "Factorized & shared embeddings",
-    "tied_encoder_decoder_input": "Tied encoder/decoder input embeddings",
-    "tied_decoder_input_output": "Tied decoder input and output embeddings", "untied_embedding": "Untied embeddings",
-    "adaptive_input": "Adaptive input embeddings", "adaptive_softmax": "Adaptive softmax",
-    "adaptive_softmax_no_projection": "Adaptive softmax without projection",
-    "mixture_of_softmaxes": "Mixture of softmaxes", "switch": "Switch Transformer", "moe": "Mixture of experts",
-}
+
+def _paper_names(path: Path = TABLE) -> dict[str, str]:
+    """Our variant name -> the paper's model name, from the table's ``variant`` column (the one place
+    this lives; a row may name several variants, space-separated, or none)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return {v: r["model"] for r in csv.DictReader(f) for v in (r.get("variant") or "").split()
+                if v != "baseline"}
+
+
+PAPER_NAMES: dict[str, str] = _paper_names()
 
 # Our task name (or prefix before "_") -> (paper column, paper's higher_is_better, what it measures)
 PAPER_TASKS: dict[str, tuple[str, bool, str]] = {
