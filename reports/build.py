@@ -8,6 +8,7 @@ so a report that fails leaves the previous report (or nothing) and never a half-
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import sys
 import tempfile
@@ -45,6 +46,7 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
     to write it (default ``run_dir/report``), for a run folder that is read-only.
     """
     from modtransfer.run.envinfo import WANDB_MODES
+    from modtransfer.run.wandb_pairs import fill_paired_improvements
 
     from . import render_html, render_md
     from .figures import draw
@@ -64,6 +66,9 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
         table = main_table(a)
         doc = build_document(a, figs, Context(run_dir, tmp), table)
         _write_tables(a, table, doc, tmp, run_dir)
+        if wandb_mode != "disabled" and os.access(run_dir, os.W_OK):  # runs whose baseline ended after them
+            _online_tolerant(wandb_mode, "adding paired improvements to the cells' runs", fill_paired_improvements,
+                             run_dir)
         wb = _online_tolerant(wandb_mode, "logging the report run", log_run, a, tmp, figs,
                              run_dir if out_dir is None else final.parent, wandb_mode, final)
         if wb is not None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from modtransfer.run.envinfo import RUN_UID_KEY, portable_path, remove_local_runs, wandb_env_for, wandb_group
 
+from .cards import SIGN_CONVENTION, metric_key, unit
 from .figures import Figures
 from .summary import Analysis, fmt, transfer_table
 
@@ -103,9 +104,31 @@ def _payload(a: Analysis, folder: Path, figs: Figures) -> dict[str, Any]:
                                 data=[[v, *a.verdicts[v], a.overall[v] if math.isfinite(a.overall[v]) else None]
                                       for v in a.order]),
     }
+    payload["effects"] = wandb.Table(columns=EFFECT_COLUMNS, data=effect_rows(a))
     for f in figs.all():
         payload[media_key(f)] = wandb.Image(str(folder / f))
     return payload
+
+
+#: The report run's ``effects`` table: one row per comparison, the improvement with the page's interval.
+EFFECT_COLUMNS = ["variant", "task", "metric", "unit", "improvement", "interval_low", "interval_high",
+                  "interval", "call", "paired_seeds"]
+
+
+def effect_rows(a: Analysis) -> list[list[Any]]:
+    """Each comparison's mean paired improvement (positive = better) with the interval the page draws."""
+    from .intervals import shown_interval
+
+    out = []
+    for c in a.comps:
+        lo, hi, kind = shown_interval(a, c)
+        out.append([c.variant, c.cond.label, c.cond.metric, unit(a.rows, c.cond.task, c.cond.metric),
+                    _num(c.mean_diff), _num(lo), _num(hi), kind, c.call, c.n_used or c.n])
+    return out
+
+
+def _num(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
 
 
 def media_key(file: str) -> str:
@@ -131,7 +154,8 @@ def _report_panels(a: Analysis, figs: Figures, folder: Path, runset: dict[str, A
     if table.is_file():
         blocks += [{"type": "H1", "text": "Main results"},
                    {"type": "MarkdownBlock", "text": table.read_text(encoding="utf-8")}]
-    panels: list[dict[str, Any]] = [{"type": "WeavePanelSummaryTable", "table_name": "transfer_matrix"}]
+    panels: list[dict[str, Any]] = [{"type": "WeavePanelSummaryTable", "table_name": "transfer_matrix"},
+                                    {"type": "WeavePanelSummaryTable", "table_name": "effects"}]
     if figs.heatmap:
         panels.append({"type": "MediaBrowser", "title": "Transfer heatmap", "media_keys": [media_key(figs.heatmap)]})
     if figs.forest:
@@ -140,21 +164,36 @@ def _report_panels(a: Analysis, figs: Figures, folder: Path, runset: dict[str, A
     return [*blocks, {"type": "PanelGrid", "runsets": [runset], "panels": panels}]
 
 
-def _task_grid(task: str, metric: str, group: str, project: str, entity: str | None) -> dict[str, Any]:
-    """One task's runs grouped by variant: the primary metric and the training loss on the trainer's step
-    (mean over seeds, standard error band), the final value as bars; the baseline in black."""
+def _task_grid(task: str, keys: dict[str, str], group: str, project: str, entity: str | None) -> dict[str, Any]:
+    """One task's runs grouped by variant (one line per variant, the baseline in black): the decision
+    metric and the training loss on the trainer's step (mean over seeds, standard error band), and the
+    paired improvement over the same-seed baseline as bars (positive = better). ``keys``: the W&B keys,
+    with their units, of ``metric``, ``train_loss`` and ``paired``."""
     runset = {"type": "Runset", "project": project, "entity": entity or "", "name": task,
-              "filters": f"JobType = '{task}' and Group = '{group}'", "groupby": ["config.variant"]}
+              "filters": f"Config('task') = '{task}' and Group = '{group}'", "groupby": ["config.variant"]}
     by = {"groupby": "config.variant", "groupby_aggfunc": AGG, "groupby_rangefunc": BAND}
     baseline = {"type": "RunsetGroup", "runset_name": task,
                 "keys": [{"type": "RunsetGroupKey", "key": {"type": "Config", "name": "variant"}, "value": "baseline"}]}
     return {"type": "PanelGrid", "runsets": [runset],
             "custom_run_colors": [{"group": baseline, "color": BASELINE_COLOR}],
             "panels": [
-                {"type": "LinePlot", "title": f"{task}: {metric}", "x": STEP, "y": [metric], **by},
-                {"type": "LinePlot", "title": f"{task}: train_loss", "x": STEP, "y": ["train_loss"], **by},
-                {"type": "BarPlot", "title": f"{task}: final {metric}", "metrics": [metric], "orientation": "h", **by},
+                {"type": "LinePlot", "title": keys["metric"], "x": STEP, "y": [keys["metric"]], **by},
+                {"type": "LinePlot", "title": keys["train_loss"], "x": STEP, "y": [keys["train_loss"]], **by},
+                {"type": "BarPlot", "title": f"{keys['paired']} (paired over seeds; > 0 = better)",
+                 "metrics": [keys["paired"]], "orientation": "h", **by},
             ]}
+
+
+def task_keys(a: Analysis) -> dict[str, dict[str, str]]:
+    """Task -> the W&B keys (with units) of its decision metric, its training loss and its paired improvement."""
+    out: dict[str, dict[str, str]] = {}
+    for c in a.comps:
+        if c.cond.task not in out:
+            key = metric_key(a.rows, c.cond.task, c.cond.metric)
+            task, name = key.split("/", 1) if "/" in key else (c.cond.task, key)
+            out[c.cond.task] = {"metric": key, "train_loss": metric_key(a.rows, c.cond.task, "train_loss"),
+                                "paired": f"{task}/paired_improvement_{name}"}
+    return out
 
 
 def report_definition(a: Analysis, figs: Figures, project: str, entity: str | None,
@@ -165,13 +204,13 @@ def report_definition(a: Analysis, figs: Figures, project: str, entity: str | No
     runset_report = {"type": "Runset", "project": project, "entity": entity or "", "name": "report",
                      "filters": f"JobType = 'report' and Group = '{group}'"}
     blocks = _report_panels(a, figs, Path(folder) if folder else Path("."), runset_report)
-    blocks.append({"type": "H1", "text": "Metrics per task, grouped by variant (baseline in black; band: "
+    blocks.append({"type": "H1", "text": "Metrics per task, one line per variant (baseline in black; band: "
                                          "standard error over seeds)"})
-    tasks: dict[str, str] = {}
-    for c in a.comps:
-        tasks.setdefault(c.cond.task, c.cond.metric)
-    for task, metric in sorted(tasks.items()):
-        blocks += [{"type": "H2", "text": task}, _task_grid(task.replace("'", ""), metric, group, project, entity)]
+    blocks.append({"type": "MarkdownBlock", "text": f"Sign convention: {SIGN_CONVENTION}. The bars are the mean "
+                   "paired improvement over the seeds with its standard error; the intervals the calls rest on "
+                   "are in the forest plots and the `effects` table above."})
+    for task, keys in sorted(task_keys(a).items()):
+        blocks += [{"type": "H2", "text": task}, _task_grid(task.replace("'", ""), keys, group, project, entity)]
     return {"api": "wandb_workspaces.reports.v2", "type": "Report", "project": project, "entity": entity or "",
             "title": f"Transfer report: {a.benchmark}"[:128],
             "description": "Does each modification's gain transfer across tasks? Generated by modtransfer.",

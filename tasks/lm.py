@@ -30,8 +30,9 @@ import torch
 from torch import Tensor
 
 from modtransfer.core.errors import UserError
-from modtransfer.core.task import Batch, Budget, Decision, Task, register_task
+from modtransfer.core.task import Batch, Budget, Decision, Task, TaskCard, register_task
 
+from ._cards import LM_CARD
 from ._shakespeare import CREDIT as SHAKESPEARE_CREDIT
 from ._tokenise import bpe_chars_per_id, byte_to_unicode, encode_bpe, encode_chars, train_byte_bpe
 
@@ -143,6 +144,7 @@ class LanguageModelling(Task):
     topology: ClassVar[str] = "decoder"
     description: ClassVar[str] = "Shakespeare causal LM (char or BPE), split by work"
     credit: ClassVar[str] = SHAKESPEARE_CREDIT
+    card: ClassVar[TaskCard | None] = LM_CARD
     primary_metric: ClassVar[str] = "val_loss"
     has_vocab: ClassVar[bool] = True
     has_padding: ClassVar[bool] = False
@@ -335,9 +337,21 @@ class LanguageModelling(Task):
         better than bigram statistics has not learned to use its context."""
         return self.trivial_scores()["bigram"]
 
+    def card_vars(self) -> dict[str, Any]:
+        """The options, and the token's name for the card's units: character (``char``) or BPE token."""
+        char = self.config["tokenizer"] == "char"
+        return {**self.config, "token": "character" if char else "BPE token", "tok": "char" if char else "token"}
+
+    def split_sizes(self) -> dict[str, Any]:
+        """Tokens and characters per split once the data is prepared ({} before)."""
+        if self._data is None:
+            return {}
+        d = self._data
+        return {"tokens": {s: len(d[s]) for s in ("train", "val", "test")},
+                "characters": {s: int(d[f"{s}_chars"]) for s in ("train", "val", "test")}}
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d["credit"] = self.credit
         if self.config["source"] == "shakespeare":
             from ._shakespeare import TEST_WORKS, VAL_WORKS
 

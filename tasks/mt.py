@@ -31,9 +31,10 @@ import torch
 from torch import Tensor
 
 from modtransfer.core.errors import UserError
-from modtransfer.core.task import Batch, Budget, Decision, Task, register_task
+from modtransfer.core.task import Batch, Budget, Decision, Task, TaskCard, register_task
 
 from ._bible import CREDIT as BIBLE_CREDIT
+from ._cards import MT_CARD
 from ._mt_data import (
     BLEU_SETTINGS,
     BOS,
@@ -136,6 +137,7 @@ class Translation(Task):
     topology: ClassVar[str] = "encoder_decoder"
     description: ClassVar[str] = "en->fr Bible verses (KJV->Segond), split by book"
     credit: ClassVar[str] = BIBLE_CREDIT
+    card: ClassVar[TaskCard | None] = MT_CARD
     #: decides on per-token validation loss; BLEU is still computed and stored (``decide_on: {mt: val_bleu}``)
     primary_metric: ClassVar[str] = "val_loss"
     has_vocab: ClassVar[bool] = True
@@ -387,7 +389,6 @@ class Translation(Task):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d["credit"] = self.credit
         d["bleu_signature"] = bleu_signature()
         if self._data is not None:
             d["pairs"] = {s: len(self.split(s)) for s in ("train", "val", "test")}

@@ -118,7 +118,8 @@ def test_one_run_per_cell_named_grouped_and_tagged(tiny_run: dict[str, Any]) -> 
     for cell_id, (folder,) in runs.items():
         row, rec = rows[cell_id], read_run(folder)
         assert rec["run"].run_id == cell_id and rec["run"].run_group == f"{NAME}-{uid[:8]}"
-        assert rec["run"].job_type == "regression" and rec["run"].display_name == f"{row['variant']}/{row['seed']}"
+        assert rec["run"].job_type == f"regression/{row['variant']}"
+        assert rec["run"].display_name == f"{row['variant']}/regression/{row['seed']}"
         tags = set(rec["run"].tags)
         assert "impl:modtransfer" in tags and "size:tiny" in tags
         assert ("baseline" in tags) if row["variant"] == "baseline" else ("slot:activation" in tags)
@@ -130,8 +131,10 @@ def test_summary_has_the_common_keys_and_the_row_values(tiny_run: dict[str, Any]
     for row in Store(run_dir / "results.sqlite").rows():
         (folder,) = offline_runs(run_dir)[row["cell_id"]]
         s = read_run(folder)["summary"]
-        assert s["status"] == "done" and s["primary/name"] == "val_mse"
-        assert s["primary/value"] == pytest.approx(row["primary_value"]) and s["val_mse"] == s["primary/value"]
+        assert s["status"] == "done" and s["decides_on"] == "regression/val_mse"
+        assert s["regression/val_mse"] == pytest.approx(row["primary_value"])
+        assert s["regression/val_half_mse"] == pytest.approx(row["primary_value"] / 2)
+        assert not [k for k in s if k.startswith(("val_", "primary/"))], "no key without its task and unit"
         assert s["params"] == row["params"] and s["flops_per_token"] == pytest.approx(row["flops_per_token"])
         assert s["tokens_per_s"] == pytest.approx(row["tokens_per_s"]) and s["mfu"] == pytest.approx(row["mfu"])
         assert 0 < s["wall_s"] <= row["wall_s"] and s["steps"] == STEPS
@@ -143,12 +146,14 @@ def test_validation_curve_on_the_trainer_step(tiny_run: dict[str, Any]) -> None:
     (folder,) = offline_runs(run_dir)[row["cell_id"]]
     rec = read_run(folder)
     assert rec["step_metric"]["*"] == "trainer/global_step"
-    val = [h for h in rec["history"] if "val_mse" in h]
+    val = [h for h in rec["history"] if "regression/val_mse" in h]  # the task's key, with its unit
     assert [h["trainer/global_step"] for h in val] == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
-    assert all("trainer/global_step" in h for h in rec["history"] if "train_loss" in h)
+    train = [h for h in rec["history"] if "regression/train_half_mse" in h]
+    assert train and all("trainer/global_step" in h for h in train)
+    assert not [k for h in rec["history"] for k in h if k.startswith(("val_", "train_"))]
     stored = [c for c in row["curve"] if "val_mse" in c]  # the store's curve has the same points
     assert [c["step"] for c in stored] == [h["trainer/global_step"] for h in val]
-    assert [c["val_mse"] for c in stored] == pytest.approx([h["val_mse"] for h in val])
+    assert [c["val_mse"] for c in stored] == pytest.approx([h["regression/val_mse"] for h in val])
 
 
 def test_rerun_keeps_one_run_per_cell(tiny_run: dict[str, Any]) -> None:
@@ -228,11 +233,16 @@ def test_report_definition_offline(tiny_run: dict[str, Any], tmp_path: Path) -> 
     grids = [b for b in blocks if b["type"] == "PanelGrid"]
     assert grids[0]["panels"][-1]["media_keys"] == ["plots/forest_regression"]
     group = wandb_group(NAME, a.meta[RUN_UID_KEY])
-    assert grids[1]["runsets"][0]["filters"] == f"JobType = 'regression' and Group = '{group}'"
+    assert grids[1]["runsets"][0]["filters"] == f"Config('task') = 'regression' and Group = '{group}'"
+    lines = [p for p in grids[1]["panels"] if p["type"] == "LinePlot"]
+    assert [p["y"] for p in lines] == [["regression/val_mse"], ["regression/train_half_mse"]]
+    (bars,) = [p for p in grids[1]["panels"] if p["type"] == "BarPlot"]
+    assert bars["metrics"] == ["regression/paired_improvement_val_mse"], "bars show the paired improvement"
     wr = pytest.importorskip("wandb_workspaces.reports.v2")
     from wandb_workspaces.expr import expr_to_filters
 
-    assert [f.value for f in expr_to_filters(grids[1]["runsets"][0]["filters"]).filters] == ["regression", group]
+    filters = expr_to_filters(grids[1]["runsets"][0]["filters"]).filters
+    assert [(f.key.name, f.value) for f in filters] == [("task", "regression"), ("group", group)]
     report = to_api({**defn, "entity": "someone"})  # API objects from the saved definition; nothing is sent
     task_grid = [b for b in report.blocks if isinstance(b, wr.PanelGrid)][1]
     (key,) = task_grid.custom_run_colors
@@ -242,3 +252,67 @@ def test_report_definition_offline(tiny_run: dict[str, Any], tmp_path: Path) -> 
         assert (config.group_agg, config.group_area) == ("mean", "stderr")
         if isinstance(panel, wr.LinePlot):
             assert config.x_axis == "trainer/global_step"
+
+
+def test_run_names_are_unique_and_configs_carry_the_task_card(tiny_run: dict[str, Any]) -> None:
+    run_dir = tiny_run["run_dir"]
+    names = []
+    for row in Store(run_dir / "results.sqlite").rows():
+        (folder,) = offline_runs(run_dir)[row["cell_id"]]
+        rec = read_run(folder)
+        names.append(rec["run"].display_name)
+        config = {_key(i): json.loads(i.value_json) for i in rec["run"].config.update}
+        card = config["task_card"]["value"] if isinstance(config["task_card"], dict) and "value" in config["task_card"] \
+            else config["task_card"]
+        assert card["decides_on"] == "val_mse" and card["unit"] == "squared target units"
+        assert card["metrics"]["val_mse"]["key"] == "regression/val_mse" and "Synthetic" in card["data"]
+        assert "positive = better" in str(config["sign_convention"])
+    assert len(names) == len(set(names)) == 4
+
+
+def test_each_variant_run_holds_its_paired_improvement(tiny_run: dict[str, Any]) -> None:
+    """The summary's improvement is the same-seed baseline's val_mse minus the variant's (lower is better)."""
+    run_dir = tiny_run["run_dir"]
+    rows = Store(run_dir / "results.sqlite").rows()
+    base = {r["seed"]: r for r in rows if r["variant"] == "baseline"}
+    for row in rows:
+        (folder,) = offline_runs(run_dir)[row["cell_id"]]
+        s = read_run(folder)["summary"]
+        if row["variant"] == "baseline":
+            assert "regression/paired_improvement_val_mse" not in s
+            continue
+        b = base[row["seed"]]
+        assert s["regression/paired_improvement_val_mse"] == pytest.approx(b["primary_value"] - row["primary_value"])
+        assert s["paired/baseline_run"] == b["cell_id"] and "positive = better" in s["paired/sign_convention"]
+
+
+def test_a_baseline_that_ends_after_its_variant_fills_in_the_variant_run(tmp_path: Path) -> None:
+    """One seed at a time, rotated: gelu's seed 1 ends before the baseline's; the report build adds its
+    paired improvement, and the rewritten run keeps its curve, its folder and one run per cell."""
+    from modtransfer.reports import build_report
+    from modtransfer.reports.analysis import Settings
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({
+        "name": NAME, "size": "tiny", "seeds": 2, "variants": ["gelu"], "tasks": ["regression"], "stack": 1,
+        "spec": {"d_model": 16, "n_layers": 1, "d_ff": 32},
+        "task_budget": {"regression": {"steps": 8, "batch_size": 8, "eval_every": 4, "eval_batches": 1}},
+        "wandb": {"mode": "offline", "project": "p"}}))
+    assert _cli(tmp_path, plan).returncode == 0
+    run_dir = tmp_path / "runs" / NAME
+    rows = Store(run_dir / "results.sqlite").rows()
+    base = {r["seed"]: r for r in rows if r["variant"] == "baseline"}
+    late = [r for r in rows if r["variant"] == "gelu" and r["finished_at"] < base[r["seed"]]["finished_at"]]
+    assert late, "the rotation puts one baseline after its variant"
+    key = "regression/paired_improvement_val_mse"
+    before = {r["cell_id"]: offline_runs(run_dir)[r["cell_id"]] for r in late}
+    assert all(key not in read_run(f[0])["summary"] for f in before.values())
+    build_report(run_dir, wandb_mode="offline", settings=Settings(n_boot=100))
+    for r in late:
+        folders = offline_runs(run_dir)[r["cell_id"]]
+        assert folders == before[r["cell_id"]], "the same single folder (the store's wandb_dir still points at it)"
+        rec = read_run(folders[0])
+        assert rec["summary"][key] == pytest.approx(base[r["seed"]]["primary_value"] - r["primary_value"])
+        assert rec["summary"]["regression/val_mse"] == pytest.approx(r["primary_value"])
+        assert [h["trainer/global_step"] for h in rec["history"] if "regression/val_mse" in h] == [4, 8]
+        assert rec["run"].display_name == f"gelu/regression/{r['seed']}"

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from modtransfer.core.errors import UserError, did_you_mean
 from modtransfer.core.registry import Registry
+from modtransfer.core.task_card import SPLIT_KEYS, TaskCard
 
 TASKS: Registry[type[Task]] = Registry("task")
 TOPOLOGIES = ("decoder", "encoder", "encoder_decoder")
@@ -216,6 +217,8 @@ class Task:
     #: left the trivial plateau (e.g. a regression model still predicting the mean); None: the
     #: task has no such plateau. Used by the report's training-sensitivity section.
     plateau_fraction: ClassVar[float | None] = None
+    #: The task's card (:class:`TaskCard`): None for a task that declares none (its card then says so).
+    card: ClassVar[TaskCard | None] = None
 
     def __init__(self, config: dict[str, Any] | None = None, cache_dir: str | Path | None = None) -> None:
         config = dict(config or {})
@@ -282,7 +285,43 @@ class Task:
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name, "topology": self.topology, "primary_metric": self.primary_metric,
-            "higher_is_better": self.higher_is_better, "config": dict(self.config),
+            "higher_is_better": self.higher_is_better, "config": dict(self.config), "credit": self.credit,
+        }
+
+    def metric_unit(self, metric: str) -> str:
+        """``metric``'s unit in words ("" when the task's card does not declare it)."""
+        return self.card.units.get(metric, "").format(**self.card_vars()) if self.card else ""
+
+    def metric_key(self, metric: str) -> str:
+        """The name ``metric`` is logged under: ``<task>/<metric>_<unit>`` (e.g. ``lm/val_loss_nats_per_char``),
+        so keys of different tasks, and different units, never share a chart or a column."""
+        key = (self.card.keys.get(metric, "") if self.card else "").format(**self.card_vars())
+        return f"{self.name}/{key or metric}"
+
+    def card_vars(self) -> dict[str, Any]:
+        """What the card's ``{names}`` are filled in from: the options (a task may add derived words)."""
+        return dict(self.config)
+
+    def split_sizes(self) -> dict[str, Any]:
+        """Sizes of the splits, as :meth:`describe` gives them once the data is prepared (its keys
+        :data:`SPLIT_KEYS`); {} before. A task may count them its own way."""
+        d = self.describe()
+        return {k: d[k] for k in SPLIT_KEYS if k in d}
+
+    def card_info(self) -> dict[str, Any]:
+        """The task's card as plain data, for the report's "Tasks" section and each W&B run's config:
+        the card's text with this instance's options filled in, split sizes (when known), the metric it
+        decides on with unit and direction, the margin and where it comes from, the trivial system."""
+        card = self.card
+        text = {f: (getattr(card, f).format(**self.card_vars()) if card else "not declared by the task")
+                for f in ("data", "tokenisation", "evaluation", "margin_source")}
+        metrics = sorted({self.primary_metric, *(card.units if card else {})})
+        return {
+            "task": self.name, "description": self.description, **text, "splits": self.split_sizes(),
+            "metrics": {m: {"unit": self.metric_unit(m), "key": self.metric_key(m)} for m in metrics},
+            "decides_on": self.primary_metric, "unit": self.metric_unit(self.primary_metric),
+            "higher_is_better": bool(self.higher_is_better), "margin": float(self.margin),
+            "trivial_name": self.trivial_name, "credit": self.credit,
         }
 
     def gate_info(self) -> dict[str, Any]:
