@@ -106,16 +106,16 @@ class SlidingWindowAttention(MultiHeadAttention):
     """Self-attention over the ``w`` nearest keys only, ``w`` warmed up over training.
 
     ``w`` = :func:`window_at` of the training steps this module has taken (forward passes in
-    training mode, one per optimiser step in the harness's training loops), from the options
-    ``window``, ``window_start`` and ``window_warmup`` (steps); evaluation uses the window
-    reached so far. Cross-attention is left global (its keys are the source). Padded query rows
+    training mode with autograd on, one per optimiser step in the harness's training loops), from
+    the options ``window`` (0: the task's max_len / 4), ``window_start`` (0: window / 4) and
+    ``window_warmup`` (steps); evaluation uses the window reached so far. Cross-attention is left global (its keys are the source). Padded query rows
     keep the baseline's mask, so a padded position never has every key masked. No parameters.
     """
 
     def __init__(self, spec: ModelSpec, causal: bool = False, cross: bool = False) -> None:
         super().__init__(spec, causal, cross)
-        self.window = int(spec.option("window", max(1, spec.max_len // 4)))
-        self.start = int(spec.option("window_start", self.window))
+        self.window = int(spec.option("window", 0)) or max(1, spec.max_len // 4)
+        self.start = int(spec.option("window_start", 0)) or max(1, self.window // 4)
         self.warmup = int(spec.option("window_warmup", 0))
         if not 1 <= self.start <= self.window or self.warmup < 0:
             raise UserError(f"sliding_window: need 1 <= start <= window and warmup >= 0, got start={self.start}, "
@@ -184,10 +184,12 @@ def attention_softcap(spec: ModelSpec, cap: float = ATTENTION_CAP) -> ModelSpec:
 def sliding_window(spec: ModelSpec, window: int = 0, start: int = 0, warmup: int = 200) -> ModelSpec:
     """Self-attention to the w nearest keys, w warmed up from start to window over warmup steps.
 
-    Defaults: window = max_len / 4, start = window / 4, warmup 200 steps.
+    Defaults (0): window = the task's max_len / 4 (decided when the model is built, after the task
+    has set max_len), start = window / 4; warmup 200 steps.
     """
-    window = window or max(1, spec.max_len // 4)
-    start = start or max(1, window // 4)
+    if window < 0 or start < 0 or (window and start > window) or warmup < 0:
+        raise UserError(f"sliding_window: need 0 <= start <= window and warmup >= 0, got start={start}, "
+                        f"window={window}, warmup={warmup}")
     return spec.replace(attention="sliding_window").with_options(window=window, window_start=start,
                                                                  window_warmup=warmup)
 
