@@ -29,6 +29,11 @@ BASE: dict[str, Any] = {
 
 RAW = object()  # marks a case whose plan file is given as raw text
 
+#: A "billion laughs" under a real key: 10 levels of 9 references (9**10 strings once expanded; the error
+#: message of the type check alone took minutes to build before anchors were refused while parsing).
+BOMB_IN_VARIANTS = "name: bad\ntasks: [regression]\nvariants:\n  - &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  - &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
+
 
 @dataclass
 class Case:
@@ -110,7 +115,7 @@ CASES = [
     Case("cli-name-dotdot", ["--name", "'..'"], args=["--name", ".."]),
     Case("binary-plan", ["not a UTF-8 text file"], raw=bytes(range(256)) * 4),
     Case("nul-in-plan", ["binary file"], raw=b"name: bad\n\x00\x01tasks: [regression]\n"),
-    Case("yaml-alias-bomb", ["more than 100 YAML aliases"],
+    Case("yaml-alias-bomb", ["line 1", "anchors and aliases", "&a", "write the value out"],
          text="a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
               "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
               "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
@@ -155,6 +160,22 @@ CASES = [
          patch={"budget": {"batch_size": 10**9}}),
     Case("budget-steps-absurd", ["budget.steps", "at most"], patch={"budget": {"steps": 10**12}}),
     Case("budget-diverge-negative", ["budget.diverge_factor"], patch={"budget": {"diverge_factor": -1.0}}),
+    # -- issue 24: the last tracebacks
+    Case("yaml-alias-bomb-in-a-key", ["line 4", "anchors and aliases", "&a0"], text=BOMB_IN_VARIANTS),
+    Case("yaml-one-anchor", ["line 3", "anchors and aliases", "&steps"],
+         text="name: bad\ntasks: [regression]\nbudget: &steps {steps: 5}\n"),
+    Case("yaml-merge-key", ["line 4", "anchors and aliases", "*b"],
+         text="name: bad\ntasks: [regression]\nbudget: {steps: 5}\ntask_budget: {regression: {<<: *b}}\n"),
+    Case("plan-too-large", ["bytes", "more than a plan YAML may be"],
+         text="name: bad\n" + "# padding\n" * 30000),
+    Case("implementations-empty", ["plan.implementations is an empty list", "drop the key"],
+         patch={"implementations": []}),
+    Case("sizes-empty", ["plan.sizes is an empty list"], patch={"sizes": []}, drop=["size"]),
+    Case("tasks-empty", ["plan.tasks is an empty list"], patch={"tasks": []}),
+    Case("seeds-empty", ["plan.seeds is an empty list"], patch={"seeds": []}),
+    Case("hparams-values-empty", ["plan.hparams.lr", "non-empty list"], patch={"hparams": {"lr": []}}),
+    Case("hparams-cross-values-empty", ["plan.hparams.warmup", "non-empty list"],
+         patch={"hparams": [{"cross": {"lr": [1.0e-3], "warmup": []}}]}),
 ]
 
 
@@ -233,3 +254,18 @@ def test_plugin_before_the_command_is_not_ignored(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert code == 2
     assert "no_such_plugin.py" in err
+
+
+def test_alias_bomb_is_refused_while_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24: the refusal comes from the composer, at the first anchor: no YAML node is turned into a
+    Python object (before, the type check's error message expanded 9**10 strings and never ended)."""
+    from modtransfer.core.errors import UserError
+    from modtransfer.run import plan_file
+
+    built: list[object] = []
+    monkeypatch.setattr(plan_file._PlanLoader, "construct_document", lambda self, node: built.append(node))
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB_IN_VARIANTS)
+    with pytest.raises(UserError, match="line 4: YAML anchors and aliases"):
+        plan_file.read_plan_file(path)
+    assert built == []

@@ -226,3 +226,27 @@ def test_hparam_axes_cross_variants_including_init(tmp_path, capsys):
     inits = {(c.variant, c.hparams["init"]): (c.spec.init, c.spec.init_scale) for c in cells}
     assert inits[("baseline", "normal(std=0.01)")] == ("normal", 0.01)
     assert inits[("swiglu", "default")] == ("default", 0.0)
+
+
+def test_dry_run_first_line_names_implementation_and_precision(tmp_path, capsys):
+    """Issue 24: the dry run's first line says what each part of the plan runs on."""
+    plan = write_plan(tmp_path, implementation="torch", precision="fp32")
+    assert main(["run", str(plan), "--runs-dir", str(tmp_path / "runs"), "--dry-run", "--device", "cpu"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "size tiny, implementation torch, precision fp32 (on cpu)" in first, first
+    plan = write_plan(tmp_path, sizes=["tiny", "small"], size=None, implementations=["modtransfer", "torch"])
+    text = plan.read_text().replace("size: null\n", "")
+    plan.write_text(text)
+    assert main(["run", str(plan), "--runs-dir", str(tmp_path / "runs"), "--dry-run", "--device", "cpu"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "sizes tiny, small, implementations modtransfer, torch (every size on each)" in first, first
+    assert "precision fp32 (auto, on cpu, every part)" in first, first
+
+
+def test_dry_run_piped_into_head_is_quiet(tmp_path):
+    """`modtransfer run PLAN --dry-run | head -1`: no BrokenPipeError traceback when the reader stops."""
+    plan = write_plan(tmp_path, seeds=200, variants=["*glu", "rmsnorm"])
+    proc = subprocess.run(f"{sys.executable} -m modtransfer run {plan} --runs-dir {tmp_path / 'runs'} --dry-run "
+                          "| head -1", shell=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.stdout.startswith("plan 't'") and len(proc.stdout.splitlines()) == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -119,7 +119,7 @@ def _dry_run(plan: Plan, store: Store, run_dir: Path, done: set[str], todo: list
     print(f"plan {plan.name!r}: {len(plan.cells)} cells "
           f"({len(plan.variants)} variants x {len(plan.tasks)} tasks x {seeds_txt}"
           + (f" x {len(plan.all_cells) // max(1, len(plan.variants) * len(plan.tasks) * n_seeds)} hparams"
-             if plan.hparams else "") + f"), size {plan.size}; run folder {run_dir}")
+             if plan.hparams else "") + f"); {parts_text(plan, device)}; run folder {run_dir}")
     for c in plan.cells:
         mark = "done " if c.cell_id in done else "todo "
         print(f"  {mark} {c.cell_id}  {c.label}  steps={c.budget.steps} batch={c.budget.batch_size}")
@@ -143,6 +143,22 @@ def _dry_run(plan: Plan, store: Store, run_dir: Path, done: set[str], todo: list
     for line in projection_lines(plan, store, ahead):
         print(line)
     return 0
+
+
+def parts_text(plan: Plan, device: str) -> str:
+    """What every part of a plan runs on: its size(s), implementation(s) and precision (as resolved here)."""
+    import torch
+
+    from modtransfer.core.precision import resolve_precision
+
+    accel = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    sizes, impls = plan.sizes or [plan.size], plan.implementations
+    precision = resolve_precision(plan.precision, accel)
+    how = f"{'auto, ' if plan.precision == 'auto' else ''}on {accel.split(':')[0]}"
+    return (f"{'sizes' if len(sizes) > 1 else 'size'} {', '.join(sizes)}, "
+            f"{'implementations' if len(impls) > 1 else 'implementation'} {', '.join(impls)}"
+            f"{' (every size on each)' if len(sizes) > 1 and len(impls) > 1 else ''}, "
+            f"precision {precision} ({how}{', every part' if len(sizes) * len(impls) > 1 else ''})")
 
 
 def _count_or_auto(flag: str, value: str | None, default: int | None) -> int | None:

@@ -72,6 +72,7 @@ def load_plan(
         if key not in PLAN_KEYS:
             raise UserError(f"plan: unknown key {key!r}{did_you_mean(str(key), PLAN_KEYS)}; keys: {', '.join(PLAN_KEYS)}")
         check_type(f"plan.{key}", value, PLAN_KEYS[key])
+    _no_empty_axes(raw)
     plan_name = name or raw.get("name") or (Path(src).stem if src else "")
     check_name("--name" if name else "plan.name", plan_name)
     sizes, size = _sizes(raw)
@@ -103,6 +104,19 @@ def load_plan(
     )
     expand_cells(plan)
     return plan
+
+
+#: axes a plan crosses, with what leaving one out means (an empty list would silently mean the same)
+EMPTY_AXIS_FIX = {"implementations": "drop the key to run on the default implementation (modtransfer)",
+                  "sizes": "drop the key to use size alone", "tasks": "drop the key to run every task",
+                  "seeds": "give a count like seeds: 3"}
+
+
+def _no_empty_axes(raw: dict[str, Any]) -> None:
+    """Refuse ``implementations: []`` and the like: an axis with no value is a mistake, not a default."""
+    for key, fix in EMPTY_AXIS_FIX.items():
+        if raw.get(key) == []:
+            raise UserError(f"plan.{key} is an empty list; name at least one, or {fix}")
 
 
 def _stack(value: Any) -> int | str:

@@ -1,4 +1,4 @@
-"""Reading a plan file safely: size, encoding, YAML shape (aliases, depth, duplicate keys), and the
+"""Reading a plan file safely: size, encoding, YAML shape (no anchors or aliases, depth, duplicate keys), and the
 one-line type and name checks every plan field uses (:class:`UserError`, exit code 2)."""
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ def check_type(where: str, value: Any, want: Any) -> None:
         raise UserError(f"{where} must be {_type_name(want)}, got {value!r}")
 
 
-MAX_PLAN_BYTES = 1 << 20     # a plan is a few hundred bytes; a megabyte is not a plan
-MAX_YAML_ALIASES = 100       # anchors/aliases are fine for sharing a budget, not for a "billion laughs"
+MAX_PLAN_BYTES = 256 * 1024  # a plan is a few hundred bytes; a quarter megabyte is not a plan
 MAX_YAML_DEPTH = 20          # a plan nests three or four levels
 MAX_CELLS = 5000             # above this a plan needs --yes
 HARD_MAX_CELLS = 1_000_000   # never, even with --yes
@@ -36,7 +35,35 @@ SEED_LIMIT = 2**32           # numpy and CUDA generators take seeds below 2**32
 
 
 class _PlanLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate keys instead of keeping the last one."""
+    """``yaml.SafeLoader`` that refuses, while composing, what a plan never needs.
+
+    * anchors (``&name``) and aliases (``*name``): refused at the first one, before any node that
+      could repeat it is built, so a "billion laughs" document costs one event, not its expansion;
+    * nesting deeper than :data:`MAX_YAML_DEPTH`: refused before Python's recursion limit is near;
+    * duplicate keys: refused instead of keeping the last one.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        line = event.start_mark.line + 1 if event.start_mark else 0
+        if isinstance(event, yaml.AliasEvent) or event.anchor is not None:
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise UserError(f"plan line {line}: YAML anchors and aliases ({sign}{event.anchor}) are not read in "
+                            "a plan; write the value out where it is used")
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            if self._depth >= MAX_YAML_DEPTH:
+                raise UserError(f"plan line {line}: nests deeper than {MAX_YAML_DEPTH} levels; a plan needs three "
+                                "or four")
+            self._depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -52,34 +79,18 @@ class _PlanLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _check_yaml_shape(text: str, where: str) -> None:
-    """Bound aliases and nesting depth from the event stream, before anything is expanded."""
-    aliases = depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.AliasEvent):
-            aliases += 1
-            if aliases > MAX_YAML_ALIASES:
-                raise UserError(f"plan {where} uses more than {MAX_YAML_ALIASES} YAML aliases (*name); "
-                                "write the values out instead")
-        elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
-            depth += 1
-            if depth > MAX_YAML_DEPTH:
-                line = event.start_mark.line + 1 if event.start_mark else 0
-                raise UserError(f"plan {where} nests deeper than {MAX_YAML_DEPTH} levels (line {line}); "
-                                "a plan needs three or four")
-        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
-            depth -= 1
-
-
 def read_plan_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"plan file {str(p)!r} not found; pass the path of a plan YAML (e.g. configs/bench/smoke.yaml)")
     try:
-        size = p.stat().st_size
-        if size > MAX_PLAN_BYTES:
-            raise UserError(f"plan {p} is {size} bytes, not a plan YAML (at most {MAX_PLAN_BYTES}); check the path")
-        text = p.read_bytes().decode("utf-8")
+        with p.open("rb") as f:  # never more than the limit in memory, whatever stat says
+            blob = f.read(MAX_PLAN_BYTES + 1)
+        if len(blob) > MAX_PLAN_BYTES:
+            size = max(p.stat().st_size, len(blob))
+            raise UserError(f"plan {p} is {size} bytes, more than a plan YAML may be ({MAX_PLAN_BYTES}); "
+                            "check the path")
+        text = blob.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"plan {p} is not a UTF-8 text file; pass a plan YAML (e.g. configs/bench/smoke.yaml)") from None
     except OSError as exc:
@@ -87,7 +98,6 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
     if "\x00" in text:
         raise UserError(f"plan {p} is a binary file, not a plan YAML; check the path")
     try:
-        _check_yaml_shape(text, str(p))
         data = yaml.load(text, Loader=_PlanLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -95,6 +105,8 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"plan {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     except RecursionError:
         raise UserError(f"plan {p} nests too deeply to read; a plan needs three or four levels") from None
+    except UserError as exc:
+        raise UserError(f"plan {p}: {str(exc).removeprefix('plan ')}") from None
     if not isinstance(data, dict):
         raise UserError(f"plan {p} must be a YAML mapping with keys like name, variants, tasks, seeds")
     return data
