@@ -42,7 +42,9 @@ from modtransfer.run.store_base import (
     STORE_NAME,
     VALUED_STATUSES,
     CorruptStoreError,
+    ForeignStoreError,
     ReadOnlyStoreError,
+    StoreBusyError,
     StoreError,
     StoreFullError,
     _finite,
@@ -54,15 +56,18 @@ from modtransfer.run.store_base import (
     _tables,
     claim_alive,
     open_readonly,
+    patient,
     process_start,
     repair_hint,
+    schema_problem,
     store_path,
 )
 from modtransfer.run.store_repair import Repaired, format_repair, repair
 
 __all__ = ["SCHEMA", "SIDE_SCHEMA", "STATUSES", "STORE_NAME", "VALUED_STATUSES", "CorruptStoreError",
-           "ReadOnlyStoreError", "Repaired", "Store", "StoreError", "StoreFullError", "claim_alive", "format_repair",
-           "open_readonly", "process_start", "repair", "repair_hint", "sanitise_row", "store_path"]
+           "ForeignStoreError", "ReadOnlyStoreError", "Repaired", "Store", "StoreBusyError", "StoreError",
+           "StoreFullError", "claim_alive", "format_repair", "open_readonly", "process_start", "repair", "repair_hint",
+           "sanitise_row", "store_path"]
 
 
 class Store:
@@ -71,6 +76,10 @@ class Store:
     Reads always use a read-only connection; ``readonly=True`` also refuses every write, for
     commands that only look (``status``, ``report``). The file is checked once per object.
     """
+
+    #: seconds SQLite waits for a lock within one statement; and in all, retries included, for one operation
+    busy_timeout_s = 60.0
+    patience_s = 180.0
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -86,9 +95,8 @@ class Store:
             raise ReadOnlyStoreError(f"the results store {self.path} was opened read-only; nothing was written")
         with self._errors():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
             try:
-                con.execute("PRAGMA busy_timeout=60000")
                 self._verify(con)  # before WAL and schema: a foreign or damaged file is never touched
                 con.execute("PRAGMA journal_mode=WAL")
                 con.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes with WAL
@@ -103,7 +111,7 @@ class Store:
     def _reader(self) -> Iterator[sqlite3.Connection]:
         """A read-only connection: never switches on WAL, creates tables or writes a byte."""
         with self._errors():
-            con = open_readonly(self.path)
+            con = open_readonly(self.path, self.busy_timeout_s)
             try:
                 self._verify(con)
                 yield con
@@ -126,10 +134,9 @@ class Store:
             found = " ".join(" ".join(problems).split())  # quick_check reports several lines: keep the message one
             raise CorruptStoreError(f"the results store {self.path} is damaged ({found[:200]}); "
                                     f"recover its readable rows with: {repair_hint(self.path)}")
-        tables = _tables(con)
-        if tables and "cells" not in tables:
-            raise CorruptStoreError(f"{self.path} is an SQLite file without a 'cells' table, not a results store; "
-                                    f"move it away, or rebuild it with: {repair_hint(self.path)}")
+        problem = schema_problem(con, self.path)  # before any write: a foreign store is never touched
+        if problem:
+            raise ForeignStoreError(problem)
         self._verified = True
 
     def _upgrade(self, con: sqlite3.Connection) -> None:
@@ -160,6 +167,7 @@ class Store:
             raise mapped from None
 
     # -- writes ---------------------------------------------------------------------
+    @patient
     def record(self, row: dict[str, Any]) -> bool:
         """Insert a finished cell's row in one transaction; False if the cell was already there.
 
@@ -198,6 +206,7 @@ class Store:
                 f"recorded; free some space and run the same command again: it trains that cell again "
                 f"(cells already recorded are kept)") from None
 
+    @patient
     def claim(self, cell_id: str) -> bool:
         """Mark a cell as running in this process; False if it is done or a live process runs it."""
         me = os.getpid()
@@ -230,6 +239,7 @@ class Store:
         except (StoreError, sqlite3.Error):
             pass
 
+    @patient
     def delete(self, status: str) -> int:
         """Delete every row of ``status`` (``run --retry-failed``); the number deleted."""
         with self.connect() as con:
@@ -245,6 +255,7 @@ class Store:
                 raise
             return n
 
+    @patient
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON value under ``key`` (the plan, the skipped pairs)."""
         with self.connect() as con:
@@ -255,6 +266,7 @@ class Store:
         """Whether the store file exists (it may still be empty)."""
         return self.path.is_file()
 
+    @patient
     def check(self) -> None:
         """Raise :class:`CorruptStoreError` now if the store is damaged (a no-op when it is missing)."""
         if self._readable():
@@ -262,6 +274,7 @@ class Store:
                 for col, row in _json_cells(con):
                     _loads(row[col], self.path, f"column {col} of cell {row['cell_id']}")
 
+    @patient
     def done_ids(self) -> set[str]:
         """Ids of every recorded cell, whatever its status."""
         if not self._readable():
@@ -271,6 +284,7 @@ class Store:
                 return set()
             return {r[0] for r in con.execute("SELECT cell_id FROM cells")}
 
+    @patient
     def rows(self, **where: Any) -> list[dict[str, Any]]:
         """All rows (JSON columns decoded), optionally filtered by equality on columns.
 
@@ -302,6 +316,7 @@ class Store:
         """Cell id -> its events ``{kind, step, layer, detail}`` in order (all cells, or ``cell_ids``)."""
         return self._side("events", "kind, step, layer, detail", "seq", cell_ids)
 
+    @patient
     def _side(self, table: str, cols: str, order: str, cell_ids: list[str] | None) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
         if not self._readable():
@@ -317,6 +332,7 @@ class Store:
                 out.setdefault(d.pop("cell_id"), []).append(d)
         return out
 
+    @patient
     def running(self) -> list[dict[str, Any]]:
         """Claims of cells in progress whose process is still alive."""
         if not self._readable():
@@ -327,6 +343,7 @@ class Store:
             rows = [dict(r) for r in con.execute("SELECT * FROM running")]
         return [r for r in rows if claim_alive(r)]
 
+    @patient
     def meta(self) -> dict[str, Any]:
         """The stored plan and other run-level values (JSON decoded)."""
         if not self._readable():

@@ -11,19 +11,23 @@ import functools
 import json
 import math
 import os
+import random
 import socket
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from modtransfer.core.errors import UserError
 from modtransfer.run.row import COLUMNS, JSON_COLUMNS, STATUSES, VALUED_STATUSES, cells_table_sql
 
-__all__ = ["COLUMNS", "JSON_COLUMNS", "SCHEMA", "SIDE_SCHEMA", "SIDE_TABLES", "STATUSES", "STORE_NAME",
-           "VALUED_STATUSES", "claim_alive", "open_readonly", "process_start", "repair_hint", "store_path"]
+__all__ = ["COLUMNS", "JSON_COLUMNS", "REQUIRED_COLUMNS", "SCHEMA", "SIDE_SCHEMA", "SIDE_TABLES", "STATUSES",
+           "STORE_NAME", "VALUED_STATUSES", "claim_alive", "lock_holder", "open_readonly", "patient",
+           "process_start", "repair_hint", "schema_problem", "store_path"]
 
 STORE_NAME = "results.sqlite"
+T = TypeVar("T")
 
 SCHEMA = cells_table_sql() + """
 CREATE TABLE IF NOT EXISTS running (
@@ -70,6 +74,14 @@ class CorruptStoreError(StoreError):
     """The store file is damaged, not an SQLite database, or not a results store."""
 
 
+class ForeignStoreError(CorruptStoreError):
+    """An SQLite file whose tables lack the columns this version reads and writes (another program's, or older)."""
+
+
+class StoreBusyError(StoreError):
+    """Another process kept the store locked longer than a writer waits."""
+
+
 class StoreFullError(StoreError):
     """The disk (or SQLite's page limit) is full: the write was rolled back, nothing half-written."""
 
@@ -89,7 +101,7 @@ def repair_hint(path: Path) -> str:
     return f"modtransfer store repair {path.parent if path.name == STORE_NAME else path}"
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
+def open_readonly(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
     """A read-only connection to ``path``.
 
     ``mode=ro`` takes SQLite's usual shared locks, so reading while a benchmark writes is safe.
@@ -98,7 +110,7 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     can be writing to a folder that cannot hold lock files.
     """
     uri = Path(os.path.abspath(path)).as_uri()
-    con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60.0, isolation_level=None)
+    con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None)
     try:
         con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the first read opens the WAL index
     except sqlite3.OperationalError as exc:
@@ -106,7 +118,7 @@ def open_readonly(path: Path) -> sqlite3.Connection:
             con.close()
             raise
         con.close()
-        con = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=60.0, isolation_level=None)
+        con = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=timeout, isolation_level=None)
     except BaseException:
         con.close()
         raise
@@ -121,6 +133,9 @@ def _errorname(exc: sqlite3.Error) -> str:
 def _store_error(path: Path, exc: sqlite3.Error) -> StoreError | None:
     """The :class:`StoreError` an SQLite error means for a user, or None for a plain bug."""
     name, text = _errorname(exc), " ".join(str(exc).split())
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "is locked" in text:
+        return StoreBusyError(f"the results store {path} is locked by another process ({text}); wait for it and run "
+                              "the same command again")
     if name.startswith("SQLITE_FULL") or "disk is full" in text:
         return StoreFullError(f"the disk holding {path} is full ({text}); nothing was half-written: "
                               f"free some space and run the same command again")
@@ -170,6 +185,93 @@ def _json_cells(con: sqlite3.Connection) -> Iterator[tuple[str, sqlite3.Row]]:
     for row in con.execute(f"SELECT cell_id, {', '.join(JSON_COLUMNS)} FROM cells"):
         for col in JSON_COLUMNS:
             yield col, row
+
+
+#: columns every table of a results store must have (``running.proc_start`` is added to an older store)
+REQUIRED_COLUMNS = {
+    "cells": COLUMNS,
+    "running": ("cell_id", "pid", "host", "started_at"),
+    "meta": ("key", "value"),
+    "diagnostics": ("cell_id", "step", "name", "layer", "value"),
+    "events": ("cell_id", "seq", "kind", "step", "layer", "detail"),
+}
+
+
+def schema_problem(con: sqlite3.Connection, path: Path) -> str | None:
+    """One line naming what a store's tables lack against :class:`~modtransfer.run.row.Row`, or None.
+
+    A store with no tables yet is fine (a writer creates them); a missing ``running``, ``meta``
+    or side table is fine (created when first needed); a table present without the columns this
+    version reads is a store of another program or an older modtransfer: it is never written to.
+    """
+    tables = _tables(con)
+    if not tables:
+        return None
+    if "cells" not in tables:
+        return (f"{path} is an SQLite file without a 'cells' table, not a results store; move it away, "
+                f"or keep it aside and start an empty store with: {repair_hint(path)}")
+    for table, wanted in REQUIRED_COLUMNS.items():
+        if table not in tables:
+            continue
+        have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+        missing = [c for c in wanted if c not in have]
+        if missing:
+            shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+            return (f"{path} is not a results store of this modtransfer (another program's, or an older "
+                    f"version's): its table {table!r} lacks column(s) {shown}; nothing was written. Copy its "
+                    f"readable cells into a fresh store with `{repair_hint(path)}` (the file is kept beside it), "
+                    "or run in a fresh run folder (another --runs-dir or --name)")
+    return None
+
+
+def patient(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a store operation again when it meets a lock that SQLite's own wait did not get past.
+
+    SQLite's busy timeout covers most waits, but it returns "database is locked" at once where
+    waiting could deadlock (two connections switching a new file to WAL, a read snapshot gone
+    stale); the operation's transaction is then rolled back, so it is simply run again, after a
+    growing, jittered pause. Past the store's ``patience_s`` the error is one line naming the
+    process that holds the store (:func:`lock_holder`).
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+        started = time.monotonic()
+        delay = 0.02
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except StoreBusyError:
+                waited = time.monotonic() - started
+                if waited + delay > self.patience_s:
+                    raise StoreBusyError(f"the results store {self.path} stayed locked for {waited:.0f} s by "
+                                         f"{lock_holder(self.path)}; let it finish (or stop it) and run the same "
+                                         "command again: finished cells are kept") from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(2.0, delay * 2)
+
+    return wrapper
+
+
+def lock_holder(path: Path) -> str:
+    """Who holds a store, from its claims: "pid N on HOST (training CELL since S s)", or what is known."""
+    try:
+        con = open_readonly(path, timeout=0.5)
+        try:
+            claims = [dict(r) for r in con.execute("SELECT * FROM running ORDER BY started_at")]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        claims = []
+    others = [c for c in claims if {"pid", "host", "started_at"} <= set(c) and claim_alive(c)
+              and (c["pid"], c["host"]) != (os.getpid(), socket.gethostname())]
+    if not others:
+        return ("another process (no live claim in the store names it: a run starting or ending, or a status "
+                "or report reading)")
+    c = others[0]
+    return (f"another process: pid {c['pid']} on {c['host']} (training cell {c.get('cell_id')} for "
+            f"{max(0.0, time.time() - c['started_at']):.0f} s" + (f", and {len(others) - 1} more cell(s)"
+                                                                   if len(others) > 1 else "") + ")")
 
 
 # -- claims: is the claiming process still the one that claimed? ----------------------

@@ -1,5 +1,6 @@
 """Repairing a damaged results store: every row it still yields is copied into a fresh store; the
-damaged file is kept beside it (``results.sqlite.corrupt-<timestamp>``)."""
+damaged file is kept beside it (``results.sqlite.corrupt-<timestamp>``). A healthy store is left
+exactly as it is (not a byte changed, nothing moved)."""
 
 from __future__ import annotations
 
@@ -20,17 +21,26 @@ from modtransfer.run.store_base import (
     _tables,
     claim_alive,
     open_readonly,
+    schema_problem,
     store_path,
 )
 
 
 class Repaired(NamedTuple):
-    """What :func:`repair` did: the fresh store, the kept damaged file, rows copied and rows lost."""
+    """What :func:`repair` did: the fresh store, the kept damaged file, rows copied and rows lost.
+
+    A healthy store is left untouched: then ``old_path`` is ``new_path`` and ``copied`` counts its cells.
+    """
 
     new_path: Path
     old_path: Path
     copied: int
     lost: int
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the store needed no repair (nothing was moved or written)."""
+        return self.old_path == self.new_path
 
 
 def repair(target: str | Path) -> Repaired:
@@ -45,9 +55,12 @@ def repair(target: str | Path) -> Repaired:
     path = store_path(target)
     if not path.is_file():
         raise UserError(f"no results store at {path}; pass a run folder like runs/<benchmark>")
+    n_healthy = healthy_cells(path)
+    if n_healthy is not None:
+        return Repaired(path, path, n_healthy, 0)
     cells, meta, lost, claims = _salvage(path)
     side = _salvage_side(path)
-    live = [c for c in claims if claim_alive(c)]
+    live = [c for c in claims if {"pid", "host"} <= set(c) and claim_alive(c)]
     if live:
         c = live[0]
         raise UserError(f"{len(live)} cell(s) of {path} are running (pid {c['pid']} on {c['host']}); "
@@ -72,6 +85,37 @@ def repair(target: str | Path) -> Repaired:
             os.replace(src, f"{old}{suffix}")
     os.replace(tmp, path)
     return Repaired(path, old, copied, lost)
+
+
+def healthy_cells(path: Path) -> int | None:
+    """The number of cells of a store that needs no repair, or None when it does.
+
+    Healthy: SQLite's integrity check passes, every table has the columns this version reads
+    (:func:`~modtransfer.run.store_base.schema_problem`), and every cell's JSON and every meta
+    value decode. Read through a read-only connection: nothing is written.
+    """
+    try:
+        con = open_readonly(path)
+    except sqlite3.Error:
+        return None
+    try:
+        if [r[0] for r in con.execute("PRAGMA integrity_check(1)")] != ["ok"] or schema_problem(con, path):
+            return None
+        tables = _tables(con)
+        n = 0
+        if "cells" in tables:
+            for row in con.execute(f"SELECT {', '.join(JSON_COLUMNS)} FROM cells"):
+                for value in row:
+                    json.loads(value)
+                n += 1
+        if "meta" in tables:
+            for (value,) in con.execute("SELECT value FROM meta"):
+                json.loads(value)
+        return n
+    except (sqlite3.Error, TypeError, ValueError):
+        return None
+    finally:
+        con.close()
 
 
 def _kept_name(path: Path) -> Path:
@@ -113,6 +157,9 @@ def _write_fresh(con: sqlite3.Connection, cells: list[dict[str, Any]], meta: lis
 
 def format_repair(result: Repaired) -> str:
     """The lines ``modtransfer store repair`` prints."""
+    if result.healthy:
+        return (f"{result.new_path} is healthy ({result.copied} cell(s), every row readable): nothing to repair, "
+                "nothing changed")
     lines = [f"repaired {result.new_path}: {result.copied} cell(s) copied, {result.lost} lost",
              f"the damaged file is kept as {result.old_path}"]
     if result.lost:
@@ -190,9 +237,9 @@ def _salvage_cells(con: sqlite3.Connection, indexes: list[str]) -> tuple[list[di
         if r is None:
             continue
         row = dict(r)
-        try:
+        try:  # a row without a JSON column (a foreign or older table) cannot be a result: lost
             for col in JSON_COLUMNS:
-                json.loads(row[col])
+                json.loads(row.get(col))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             lost += 1
             continue
