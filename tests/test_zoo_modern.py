@@ -298,6 +298,8 @@ def test_value_residual_mixes_the_first_layers_values() -> None:
         _, _, v = attns[0].project(model.decoder.blocks[0].attn.norm(model.decoder.position.embed(
             model.embedding.embed(x, "decoder"))), None)
     torch.testing.assert_close(v1, v)
+    attns[0].project(torch.randn(1, 16, D), None)                       # as diagnostics do, on part of a batch
+    assert model.decoder.shared.scratch["v1"] is v1                      # project() leaves the shared state alone
 
 
 def test_value_embeddings_add_a_token_table_to_every_layers_values() -> None:

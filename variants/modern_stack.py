@@ -61,14 +61,20 @@ class _MixedValues(MultiHeadAttention):
     def other(self, v: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def project(self, x: Tensor, kv: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = super().project(x, kv)
-        if self.shared is None:
-            return q, k, v
-        u = self.other(v)
-        if self.mixes:
-            v = self.lambdas[0] * v + self.lambdas[1] * u
-        return q, k, v
+    def forward(self, x: Tensor, kv: Tensor | None = None, *, pad_mask: Tensor | None = None,
+                bias: Tensor | None = None, position: nn.Module | None = None) -> Tensor:
+        """The base's forward with the values mixed between projection and attention (``project``
+        stays free of side effects: diagnostics call it on part of a batch)."""
+        q, k, v = self.project(x, kv)
+        if self.shared is not None:
+            u = self.other(v)
+            if self.mixes:
+                v = self.lambdas[0] * v + self.lambdas[1] * u
+        if position is not None and position.rotates and not self.cross:
+            q, k = position.rotate(q, k)
+        out = self.attend(q, k, v, pad_mask=pad_mask, bias=None if self.cross else bias)
+        b, _, n, _ = out.shape
+        return self.out(out.transpose(1, 2).reshape(b, n, self.n_heads * self.d_head))
 
     @torch.no_grad()
     def reset_special(self, topology: str = "", stack: str = "") -> None:
