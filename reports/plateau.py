@@ -28,6 +28,7 @@ class Setting:
     metric: str
     threshold: float                  # a final value at or beyond this is "on the plateau"
     values: list[float] = field(default_factory=list)   # final metric of the seeds that finished
+    errors: list[float] = field(default_factory=list)   # each value's standard error, where the task gives one
     stuck: int = 0
     diverged: int = 0
     failed: int = 0                   # failed / timed out: not counted either way
@@ -66,22 +67,26 @@ def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float] | None:
 def plateau_settings(rows: list[dict[str, Any]], tasks: dict[str, dict[str, Any]]) -> list[Setting]:
     """One :class:`Setting` per (task, variant, hyper-parameters) of a task that declares a plateau.
 
-    Only when the task's rows span two or more hyper-parameter settings (a sensitivity study).
+    Only when the task's rows span two or more hyper-parameter settings (a sensitivity study). The
+    metric is the task's ``plateau_metric`` (a study's own metric, its trivial level ``plateau_trivial``
+    and its standard error ``<metric>_se`` among the row's metrics) when it declares one, else the
+    primary metric against ``trivial``.
     """
     out: dict[tuple[str, str, str], Setting] = {}
     for r in rows:
         info = tasks.get(r["task"]) or {}
-        frac, trivial = info.get("plateau_fraction"), info.get("trivial")
+        frac, trivial = info.get("plateau_fraction"), info.get("plateau_trivial", info.get("trivial"))
         if not isinstance(frac, int | float) or not isinstance(trivial, int | float):
             continue
-        hib = bool(r["higher_is_better"])
+        metric, hib = info.get("plateau_metric") or r["primary_metric"], bool(r["higher_is_better"])
         threshold = trivial * frac if not hib else trivial / frac
         key = (r["task"], r["variant"], json.dumps(r.get("hparams") or {}, sort_keys=True))
-        s = out.setdefault(key, Setting(r["task"], r["variant"], r.get("hparams") or {}, r["primary_metric"],
-                                        threshold))
-        v = r.get("primary_value")
+        s = out.setdefault(key, Setting(r["task"], r["variant"], r.get("hparams") or {}, metric, threshold))
+        metrics = r.get("metrics") or {}
+        v = metrics.get(metric) if metric != r["primary_metric"] else r.get("primary_value")
         if r["status"] == "done" and v is not None and math.isfinite(v):
             s.values.append(float(v))
+            s.errors.append(float(metrics.get(f"{metric}_se") or math.nan))
             s.stuck += (v >= threshold) if not hib else (v <= threshold)
         elif r["status"] == "diverged":
             s.diverged += 1

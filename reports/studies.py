@@ -78,18 +78,23 @@ def plateau_section(settings: list[Any], figs: Figures) -> Section:
         ci = st.interval
         vals = sorted(st.values)
         q = (np.percentile(vals, [25, 50, 75]) if vals else [math.nan] * 3)
+        errors = [e for e in st.errors if math.isfinite(e)]
         body.append([st.task, st.variant, st.label, str(st.n),
                      f"{st.failures} ({st.stuck} on plateau, {st.diverged} diverged)",
                      fmt(st.rate, 2) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
-                     f"{fmt(q[1], 3)} [{fmt(q[0], 3)}, {fmt(q[2], 3)}]", fmt(min(vals), 3) if vals else "—"])
+                     f"{fmt(q[1], 3)} [{fmt(q[0], 3)}, {fmt(q[2], 3)}]",
+                     f"{fmt(vals[0], 3)} – {fmt(vals[-1], 3)}" if vals else "—",
+                     fmt(max(errors), 2) if errors else "—"])
+    first = settings[0]
     s.blocks.append(Table(["Task", "Variant", "Setting", "Seeds", "Failures", "Failure rate [95% Wilson]",
-                           "Final metric: median [quartiles]", "Best seed"], body, id="plateau-table",
+                           f"Final {first.metric}: median [quartiles]", "Range over seeds", "Largest SE of a seed"],
+                          body, id="plateau-table",
                           caption="A failure: the final metric stayed on the trivial plateau, or training diverged"))
-    thr = settings[0]
-    s.blocks.append(Para(f"On the plateau: the final {thr.metric} is within the task's declared fraction of its "
-                         f"trivial score (here {thr.threshold:.3g} or worse), i.e. the model never left predicting "
+    s.blocks.append(Para(f"On the plateau: the final {first.metric} is within the task's declared fraction of its "
+                         f"trivial score (here {first.threshold:.3g} or worse), i.e. the model never left predicting "
                          "the trivial answer. Escaping it is partly chance, so each setting is a failure rate over "
-                         "seeds with a Wilson interval, not a single number."))
+                         "seeds with a Wilson interval, not a single number. *Largest SE of a seed*: the standard "
+                         "error of a seed's value over the batches it was scored on (— when the task gives none)."))
     for name, f in figs.plateau.items():
         s.blocks.append(Image(f, f"Failure rate per setting, {name}", f"{name}: failures / seeds per setting."))
         if name in figs.spread:

@@ -45,3 +45,34 @@ def test_fan_based_schemes_with_all_scope_draw_every_matrix_only() -> None:
 def test_bad_scope_is_refused() -> None:
     with pytest.raises(UserError, match="scope must be 'weights'"):
         resolve("init_uniform(scope=everything)", size_preset("tiny"))
+
+
+def test_matrices_scope_is_the_idiom_after_the_implementations_init() -> None:
+    """``scope=matrices``: ``for p in model.parameters(): if p.dim() > 1: init_(p)`` on the built model."""
+    from modtransfer.core.implementations import apply_implementation
+
+    base = apply_implementation("torch", size_preset("tiny")).replace(in_features=20, out_features=10, max_len=10)
+    spec = resolve("init_xavier_uniform(scope=matrices)", base).spec
+    torch.manual_seed(0)
+    p = {n: v.detach() for n, v in build(spec, "encoder").named_parameters()}
+    qkv = p["encoder.blocks.0.attn.sublayer.qkv.weight"]            # fused [3d, d], drawn as one matrix
+    bound = (6.0 / (qkv.shape[0] + qkv.shape[1])) ** 0.5
+    assert 0.95 * bound < float(qkv.abs().max()) <= bound + 1e-6
+    w = p["in_proj.weight"]                                             # the input Linear is a matrix too
+    assert 0.95 * (6.0 / sum(w.shape)) ** 0.5 < float(w.abs().max()) <= (6.0 / sum(w.shape)) ** 0.5 + 1e-6
+    # every layer drawn on its own after the torch profile cloned them; biases and gains as PyTorch built them
+    assert not torch.equal(qkv, p["encoder.blocks.1.attn.sublayer.qkv.weight"])
+    assert torch.equal(p["encoder.blocks.0.ffn.sublayer.w1.bias"], p["encoder.blocks.1.ffn.sublayer.w1.bias"])
+    assert p["encoder.blocks.0.ffn.sublayer.w1.bias"].abs().max() > 0            # Linear's own U(+-1/sqrt(fan_in))
+    assert not p["encoder.blocks.0.attn.sublayer.qkv.bias"].any()                 # MultiheadAttention's zeros
+    assert all(torch.equal(v, torch.ones_like(v)) for n, v in p.items() if n.endswith("norm.weight"))
+    assert dict(spec.extra)["init_base"] == "torch"
+
+
+def test_matrices_scope_of_a_vector_scheme_leaves_vectors() -> None:
+    p, built = _params("init_normal(std=0.1, scope=matrices)"), _params("baseline")
+    vectors = [n for n, v in p.items() if v.dim() == 1]
+    assert any(n.endswith(".bias") for n in vectors) and any(n.endswith("norm.weight") for n in vectors)
+    assert all(torch.equal(p[n], built[n]) for n in vectors)          # as the model was built (seeded alike)
+    w = p["encoder.blocks.0.ffn.sublayer.w1.weight"]
+    assert 0.09 < float(w.std()) < 0.11                                # while every matrix is N(0, 0.1)

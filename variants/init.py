@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from modtransfer.core.components import register_component
+from modtransfer.core.components import component, register_component
 from modtransfer.core.draws import draws_of
 from modtransfer.core.errors import UserError
 from modtransfer.core.model import apply_special_inits, clone_blocks, reset_specials
@@ -81,10 +81,13 @@ def init_linear_weights(model: nn.Module, init: WeightInit) -> None:
                 m.bias.zero_()
 
 
-#: ``scope`` of a scheme: "weights" (every Linear weight, biases zeroed; the default) or "all"
+#: ``scope`` of a scheme: "weights" (every Linear weight, biases zeroed; the default), "all"
 #: (every parameter tensor: embeddings, position tables and, for the schemes defined on vectors,
-#: biases and norm gains too). Studies differ here and rarely say which they used.
-SCOPES = ("weights", "all")
+#: biases and norm gains too) or "matrices" (the idiom ``for p in model.parameters(): if p.dim() > 1:
+#: init_(p)`` run on the built model: every tensor of two or more dimensions drawn whole, a fused
+#: QKV projection as one matrix, after the implementation's own init and layer cloning; biases and
+#: norm gains keep that init). Studies differ here and rarely say which they used.
+SCOPES = ("weights", "all", "matrices")
 #: Schemes defined for any tensor; the fan-based ones (xavier, kaiming) need two dimensions, so
 #: with scope "all" they draw every parameter of two or more dimensions, as the idiom
 #: ``for p in model.parameters(): if p.dim() > 1: init(p)`` does (``nn.Transformer._reset_parameters``).
@@ -114,6 +117,45 @@ def _scheme(name: str, make: Callable[[float], WeightInit], paper: str, what: st
                                                           else " of two or more dimensions (embeddings included)")
                           + ", then the modules' special inits.")
     register_component("init", f"{name}_all", paper=paper)(scheme_all)
+
+    @torch.no_grad()
+    def scheme_matrices(model: nn.Module, spec: ModelSpec) -> None:
+        built_as(model, spec)
+        init, draws = make(spec.init_scale), draws_of(model)
+        for pname, p in forward_order(model):
+            if p.dim() > 1:
+                draws.at(f"scheme:{pname}")
+                init(p)
+        apply_special_inits(model)
+
+    scheme_matrices.__name__ = scheme_matrices.__qualname__ = f"init_{name}_matrices"
+    scheme_matrices.__doc__ = (f"{what} on every parameter of two or more dimensions, each drawn whole, after the "
+                               "implementation's own init and layer cloning (biases and norm gains keep theirs).")
+    scheme_matrices.finishes = True  # type: ignore[attr-defined]  # it clones before drawing, never after
+    register_component("init", f"{name}_matrices", paper=paper)(scheme_matrices)
+
+
+#: ``ModelSpec.extra`` key of the init a "matrices" scheme runs first (the spec's init before the variant).
+BASE_INIT = "init_base"
+
+
+def built_as(model: nn.Module, spec: ModelSpec) -> None:
+    """Initialise ``model`` as it was built before an init variant: the init named by the spec's
+    :data:`BASE_INIT` option (``default`` without one), special inits and layer cloning included."""
+    base = component("init", spec.option(BASE_INIT, "default"))
+    base(model, spec.replace(init=spec.option(BASE_INIT, "default"), init_scale=0.0))
+    if not getattr(base, "finishes", False):
+        apply_special_inits(model)
+        if spec.clone_layers:
+            clone_blocks(model)
+
+
+def forward_order(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Named parameters in the order a model written from input to output registers them: the output
+    layer (``out_proj`` / ``output``) last, as in ``nn.Linear -> nn.TransformerEncoder -> nn.Linear``."""
+    params = list(model.named_parameters())
+    last = [(n, p) for n, p in params if n.split(".")[0] in ("out_proj", "output")]
+    return [(n, p) for n, p in params if n.split(".")[0] not in ("out_proj", "output")] + last
 
 
 # -- implementation schemes --------------------------------------------------------------
@@ -304,54 +346,52 @@ _scheme("uniform", lambda s: lambda w: nn.init.uniform_(w, -(s or 0.05), s or 0.
 
 
 # -- variants --------------------------------------------------------------------------
-def _scoped(variant: str, name: str, scope: str) -> str:
+def _scoped(name: str, scope: str, spec: ModelSpec, **scale: object) -> ModelSpec:
+    """``spec`` with init scheme ``name`` in ``scope``, its scale (``gain=``, ``std=`` or ``a=``, a positive
+    number) as ``init_scale``; "matrices" records the init it runs first (:data:`BASE_INIT`)."""
+    variant = f"init_{name}"
     if scope not in SCOPES:
-        raise UserError(f"variant {variant}: scope must be 'weights' (Linear weights only) or 'all' (every "
-                        f"parameter), got {scope!r}")
-    return name if scope == "weights" else f"{name}_all"
-
-
-def _positive(variant: str, key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise UserError(f"variant {variant}: {key} must be a positive number, got {value!r}")
-    return float(value)
+        raise UserError(f"variant {variant}: scope must be 'weights' (Linear weights only), 'all' (every "
+                        f"parameter) or 'matrices' (every tensor of 2+ dims, drawn whole), got {scope!r}")
+    out = spec.replace(init=name if scope == "weights" else f"{name}_{scope}")
+    for key, value in scale.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise UserError(f"variant {variant}: {key} must be a positive number, got {value!r}")
+        out = out.replace(init_scale=float(value))
+    return out.with_options(**{BASE_INIT: spec.init}) if scope == "matrices" else out
 
 
 @register_variant("init_xavier_uniform", slot="init", paper=_GLOROT)
 def init_xavier_uniform(spec: ModelSpec, gain: float = 1.0, scope: str = "weights") -> ModelSpec:
     """Xavier/Glorot uniform init of every Linear weight (gain a parameter, default 1)."""
-    return spec.replace(init=_scoped("init_xavier_uniform", "xavier_uniform", scope),
-                        init_scale=_positive("init_xavier_uniform", "gain", gain))
+    return _scoped("xavier_uniform", scope, spec, gain=gain)
 
 
 @register_variant("init_xavier_normal", slot="init", paper=_GLOROT)
 def init_xavier_normal(spec: ModelSpec, gain: float = 1.0, scope: str = "weights") -> ModelSpec:
     """Xavier/Glorot normal init of every Linear weight (gain a parameter, default 1)."""
-    return spec.replace(init=_scoped("init_xavier_normal", "xavier_normal", scope),
-                        init_scale=_positive("init_xavier_normal", "gain", gain))
+    return _scoped("xavier_normal", scope, spec, gain=gain)
 
 
 @register_variant("init_kaiming_uniform", slot="init", paper=_HE)
 def init_kaiming_uniform(spec: ModelSpec, scope: str = "weights") -> ModelSpec:
     """Kaiming/He uniform init (fan_in, ReLU gain) of every Linear weight."""
-    return spec.replace(init=_scoped("init_kaiming_uniform", "kaiming_uniform", scope))
+    return _scoped("kaiming_uniform", scope, spec)
 
 
 @register_variant("init_kaiming_normal", slot="init", paper=_HE)
 def init_kaiming_normal(spec: ModelSpec, scope: str = "weights") -> ModelSpec:
     """Kaiming/He normal init (fan_in, ReLU gain) of every Linear weight."""
-    return spec.replace(init=_scoped("init_kaiming_normal", "kaiming_normal", scope))
+    return _scoped("kaiming_normal", scope, spec)
 
 
 @register_variant("init_normal", slot="init", paper="Radford et al. 2019 (GPT-2)")
 def init_normal(spec: ModelSpec, std: float = 0.02, scope: str = "weights") -> ModelSpec:
     """N(0, std^2) init of every Linear weight (std a parameter, default 0.02)."""
-    return spec.replace(init=_scoped("init_normal", "normal", scope),
-                        init_scale=_positive("init_normal", "std", std))
+    return _scoped("normal", scope, spec, std=std)
 
 
 @register_variant("init_uniform", slot="init")
 def init_uniform(spec: ModelSpec, a: float = 0.05, scope: str = "weights") -> ModelSpec:
     """U(-a, a) init of every Linear weight (a a parameter, default 0.05)."""
-    return spec.replace(init=_scoped("init_uniform", "uniform", scope),
-                        init_scale=_positive("init_uniform", "a", a))
+    return _scoped("uniform", scope, spec, a=a)
