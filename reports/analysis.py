@@ -361,7 +361,8 @@ def _portable_sources(meta: dict[str, Any]) -> dict[str, Any]:
 
     def fix(plan: Any) -> Any:
         if isinstance(plan, dict) and isinstance(plan.get("source"), str) and plan["source"]:
-            return {**plan, "source": portable_path(plan["source"])}
+            src = portable_path(plan["source"])  # outside the working folder: its name only, no machine's path
+            return {**plan, "source": Path(src).name if Path(src).is_absolute() else src}
         return plan
 
     out = dict(meta)

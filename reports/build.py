@@ -22,7 +22,7 @@ from .analysis import Settings
 from .exports import run_dir_from, write_cells_csv, write_readme, write_results_json
 from .folders import replace_folder
 from .summary import Analysis, analyse_run, transfer_table
-from .table import MainTable, as_tables, latex, main_table
+from .table import MainTable, as_tables, bool_text, latex, main_table
 from .table import write_csv as write_table_csv
 
 T = TypeVar("T")
@@ -33,7 +33,7 @@ def write_csv(a: Analysis, path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(columns)
-        w.writerows(["" if x is None else x for x in row] for row in rows)
+        w.writerows([bool_text(x) if isinstance(x, bool) else "" if x is None else x for x in row] for row in rows)
 
 
 def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bool = False,

@@ -11,6 +11,7 @@ from typing import Any
 from .analysis import BASELINE
 from .doc import Bullets, Image, Para, Pre, Section, Table, TableCell
 from .figures import Figures
+from .intervals import excludes_zero_uncalled, interval_note, shown_interval
 from .marks import SYMBOLS, call_cell, ci_text, last_error_line, ratio  # noqa: F401  (SYMBOLS re-exported)
 from .summary import Analysis, fmt
 from .table import mean_of
@@ -94,11 +95,19 @@ def verdict_section(a: Analysis, figs: Figures) -> Section:
     return s
 
 
+def _interval_text(a: Analysis, c: Any) -> str:
+    """The interval the page draws for ``c``: FCR-adjusted (a call) or unadjusted, † when it excludes 0 uncalled."""
+    lo, hi, kind = shown_interval(a, c)
+    if not math.isfinite(lo):
+        return ci_text(None, c.n)
+    mark = " †" if excludes_zero_uncalled(c) else ""
+    return f"{ci_text((lo, hi), c.n)} {kind}{mark}"
+
+
 def effects_section(a: Analysis, figs: Figures) -> Section:
     s = Section("Effects per task", "effects")
-    headers = ["Variant", "Task · metric", "Call", "n", "Baseline mean ± SD", "Δ (+ = better)",
-               f"{int(a.settings.level * 100)}% CI of Δ", "Effect (SDs)", "Win rate", "p adj.", "p equiv. adj.",
-               "Diverged"]
+    headers = ["Variant", "Task · metric", "Call", "n", "Baseline mean ± SD", "Δ improvement (+ = better)",
+               "Interval of Δ", "Effect (SDs)", "Win rate", "p adj.", "p equiv. adj.", "Diverged"]
     rows = []
     for v in a.order:
         for lab in a.labels:
@@ -108,13 +117,15 @@ def effects_section(a: Analysis, figs: Figures) -> Section:
             n = str(c.n) if c.n_used in (0, c.n) else f"{c.n_used} of {c.n}"
             rows.append([v, TableCell(f"{lab} · {c.cond.metric} {'↑' if c.cond.higher_is_better else '↓'}", "wrap"),
                          call_cell(c.call), n, f"{fmt(c.baseline_mean, 4)} ± {fmt(c.baseline_std, 2)}",
-                         fmt(c.mean_diff, 3, True), ci_text(c.ci, c.n), fmt(c.std_effect, 3, True),
+                         fmt(c.mean_diff, 3, True), _interval_text(a, c), fmt(c.std_effect, 3, True),
                          fmt(c.p_improve, 2), fmt(c.p_adjusted, 2), fmt(c.p_equiv_adjusted, 2),
                          f"{c.n_diverged}/{c.n_variant_cells}" if c.n_diverged else "0"])
     s.blocks.append(Table(headers, rows, id="effects-table",
                           caption="Paired differences with the baseline (same seeds, same hyper-parameters)"))
-    s.blocks.append(Para("Δ is the mean over paired seeds of (variant − baseline), signed so that positive is better "
-                         "(↑: higher is better, ↓: lower is better). Effect (SDs) is Δ over the baseline's "
+    s.blocks.append(Para(interval_note(a.comps, a.settings)))
+    s.blocks.append(Para("Δ is the mean over paired seeds of the improvement over the baseline: baseline − variant "
+                         "for a metric where lower is better (↓), variant − baseline where higher is better (↑); "
+                         "positive is better, in the metric's unit (see Tasks). Effect (SDs) is Δ over the baseline's "
                          "seed-to-seed standard deviation. Win rate: the share of paired seeds on which the variant did "
                          "better (a description of the seeds, not a probability of improvement). p adj.: two-sided "
                          "paired t test (sequential over the looks with adaptive seeds), corrected across tests; "

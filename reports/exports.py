@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .analysis import BASELINE, axis_keys, cond_key, conditions
+from .cards import SIGN_CONVENTION, card
+from .intervals import interval_note
 from .marks import last_error_line
 from .power import task_designs
 from .summary import Analysis, transfer_table
@@ -54,6 +56,7 @@ def cell_records(a: Analysis) -> tuple[list[str], list[dict[str, Any]]]:
             "final_train_loss": _final_train_loss(r), "lr": budget.get("lr"), "budget_steps": budget.get("steps"),
             "batch_size": budget.get("batch_size"), "git_commit": env.get("commit"),
             "torch": env.get("torch"), "device": env.get("device"), "error": last_error_line(r.get("error"), 500, ""),
+            "higher_is_better": "true" if r.get("higher_is_better") else "false",
         })
         for m in metric_names:
             rec[f"metric:{m}"] = (r.get("metrics") or {}).get(m)
@@ -119,7 +122,12 @@ def results_dict(a: Analysis, run_dir: Path, folder: Path | None = None) -> dict
                           "blockers": h.blockers, "left_out": h.left_out, "tasks": [asdict(t) for t in h.tests]}
                       for v, h in a.headlines.items()},
         "design": [asdict(d) for d in task_designs(a.comps, a.settings)],
-        "comparisons": [dict(zip(columns, row, strict=True)) for row in rows],
+        "comparisons": [{**dict(zip(columns, row, strict=True)), "per_seed": _per_seed(a, row[0], row[3])}
+                        for row in rows],
+        "sign_convention": SIGN_CONVENTION,
+        "intervals": interval_note(a.comps, a.settings),
+        "glossary": glossary(),
+        "task_cards": {t: card(a.rows, t) for t in sorted({r["task"] for r in a.rows})},
         "noise_floor": a.noise_floor(),
         "agreement": {"mean_tau": a.agreement.mean_tau, "mean_ci": a.agreement.mean_ci,
                       "pairs": a.agreement.pairs},
@@ -127,6 +135,49 @@ def results_dict(a: Analysis, run_dir: Path, folder: Path | None = None) -> dict
         "plans": plans,
         "provenance": _provenance(a),
     })
+
+
+def _per_seed(a: Analysis, variant: str, label: str) -> list[dict[str, Any]]:
+    """One comparison's paired seeds: the baseline's and the variant's value and the improvement."""
+    c = a.comp(variant, label)
+    if c is None:
+        return []
+    return [{"seed": s, "baseline": b, "variant": b + d if c.cond.higher_is_better else b - d, "improvement": d}
+            for s, b, d in zip(c.seeds, c.paired_baseline, c.diffs, strict=True)]
+
+
+#: What every column of the exports (transfer.csv, results.json's comparisons) and every mark means.
+GLOSSARY: dict[str, str] = {
+    "metric": "the task's metric the comparison decides on (see task_cards for its data and protocol)",
+    "unit": "the metric's unit in words (e.g. nats per character, BLEU 0-100)",
+    "higher_is_better": "the metric's direction: true for BLEU, false for a loss or an error (true / false everywhere)",
+    "diff": "the mean paired improvement over the same-seed baseline (sign_convention: positive = better), in unit",
+    "interval_low": "low end of the interval the page draws for diff (interval says which kind)",
+    "interval_high": "high end of the interval the page draws for diff",
+    "interval": "FCR-adjusted (a call better/worse: Benjamini & Yekutieli 2005, level 1 - R alpha / m) or unadjusted "
+                "(the plain t interval at the report's level)",
+    "unadjusted_low": "low end of the unadjusted t interval of diff", "unadjusted_high": "its high end",
+    "win_rate": "share of paired seeds where the variant did better; a description of the seeds, not a probability",
+    "rel_change_pct": "diff in percent of the paired baseline mean (positive = better)",
+    "std_effect": "diff over the baseline's seed SD (noise_sd)",
+    "p_t": "paired t p-value of diff = 0 (sequential over the looks with adaptive seeds)",
+    "p_t_adj": "p_t corrected across the benchmark (settings.correction)",
+    "p_equiv": "TOST p-value of |diff| >= margin (small: shown to be within the margin)",
+    "p_equiv_adj": "p_equiv corrected across the benchmark",
+    "margin": "smallest effect of interest, in unit (margin_source: the task's declaration or the plan)",
+    "per_seed": "each paired seed: the baseline's value, the variant's value and the improvement",
+    "tokens_per_s_noisy": "throughput ratio varies by more than 10% across seeds: the machine's load, not the model",
+    "call better": "better after correction (▲)", "call worse": "worse after correction (▼)",
+    "call no change": "within ±margin after correction (=)", "call unclear": "neither (?)",
+    "call unstable": "a variant cell diverged or failed (✗)", "call too few seeds": "fewer paired seeds than "
+    "settings.min_seeds (…)", "call not learned": "the baseline did not beat the task's trivial score (○)",
+    "call missing": "not run (—)", "mark †": "an unadjusted interval that excludes zero without a call",
+}
+
+
+def glossary() -> dict[str, str]:
+    """:data:`GLOSSARY`, with the sign convention under its own key."""
+    return {"sign_convention": SIGN_CONVENTION, **GLOSSARY}
 
 
 def run_dir_from(folder: Path, run_dir: Path) -> str:
@@ -146,7 +197,8 @@ FILES = [
     ("report.md", "the same report in Markdown, figures as the PNG files beside it"),
     ("main_table.md / main_table.tex / main_table.csv", "the main results table (baseline first, variants by "
      "slot, mean ± seed SD per task with the call), as Markdown, LaTeX (booktabs, amssymb) and CSV"),
-    ("transfer.csv", "one row per variant x task condition: paired Δ, interval, p-values, margin, call, cost ratios"),
+    ("transfer.csv", "one row per variant x task condition: paired improvement (diff, > 0 = better), the page's "
+     "interval, p-values, margin, call, cost ratios (columns defined in results.json's glossary)"),
     ("cells.csv", "one row per stored cell (every attempt of every seed): status, final metrics, cost, provenance"),
     ("results.json", "the whole analysis (headlines, comparisons, verdicts, design, noise floor, agreement) with "
      "the plan(s), implementations, versions, git commit and machine"),

@@ -20,6 +20,8 @@ import numpy as np
 
 from . import curve_plots, plots
 from .analysis import BASELINE, Condition, axis_keys, cond_key, conditions, usable
+from .intervals import excludes_zero_uncalled, shown_interval
+from .names import display_name
 from .plateau import grid
 from .summary import Analysis, unit
 
@@ -106,10 +108,16 @@ def _forests(a: Analysis, folder: Path, figs: Figures) -> None:
         if not cs:
             continue
         cond = cs[0].cond
-        rows = [plots.ForestRow(c.variant, c.mean_diff, c.ci, list(c.diffs), c.call) for c in cs]
+        rows = []
+        for c in cs:
+            lo, hi, _kind = shown_interval(a, c)
+            ci = (lo, hi) if math.isfinite(lo) else None
+            rows.append(plots.ForestRow(display_name(c.variant), c.mean_diff, ci, list(c.diffs), c.call,
+                                        excludes_zero_uncalled(c)))
         margin, _ = a.settings.margin(cond.task)
-        u = f"Δ {cond.metric}, {unit(cond.metric, cond.task)}"
-        fig = plots.forest(lab, u, rows, margin, a.settings.level)
+        u = f"Δ {cond.metric}, {unit(cond.metric, cond.task, a.rows)}"
+        direction = f"{'higher' if cond.higher_is_better else 'lower'} {cond.metric}"
+        fig = plots.forest(lab, u, rows, margin, a.settings.level, direction)
         figs.forest[lab] = _save(fig, folder, f"forest_{slug(lab)}.png")
 
 

@@ -30,6 +30,7 @@ from .happened import happened_section
 from .studies import implementations_section, plateau_section, reference_section, sensitivity_section
 from .summary import Analysis
 from .table import MainTable, main_table
+from .tasks_section import tasks_section
 
 
 @dataclass
@@ -55,6 +56,7 @@ def _implementations(a: Analysis, figs: Figures, ctx: Context) -> Section | None
 
 #: (title, builder, why it is left out when the builder returns None), in page order
 SECTIONS: list[tuple[str, Builder, str]] = [
+    ("Tasks", lambda a, f, c: tasks_section(a), "no task of this run has a card"),
     ("Verdicts", lambda a, f, c: verdict_section(a, f) if a.order else None, "no variant besides the baseline"),
     ("Baseline per hyper-parameter setting", lambda a, f, c: sweep_section(a, f), "one setting per task"),
     ("Noise floor and margins", lambda a, f, c: noise_section(a) if a.comps else None,

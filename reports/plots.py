@@ -165,15 +165,19 @@ class ForestRow:
     ci: tuple[float, float] | None
     seeds: Sequence[float]
     call: str
+    flag: bool = False      # an unadjusted interval excluding zero without a call: marked † on its label
 
 
 def _call_colour(call: str) -> str:
     return BETTER if call == "better" else WORSE if call == "worse" else NEUTRAL_GREY
 
 
-def forest(label: str, unit: str, rows: Sequence[ForestRow], margin: float, level: float = 0.95) -> Figure:
-    """One condition: per variant the seeds' paired differences, their mean and t interval, and ± margin."""
-    names = [f"{name} (n={len(r.seeds)}{'' if r.ci else ', no interval'})"
+def forest(label: str, unit: str, rows: Sequence[ForestRow], margin: float, level: float = 0.95,
+           direction: str = "") -> Figure:
+    """One condition: per variant the seeds' paired improvements (positive = better), their mean and interval
+    (FCR-adjusted for a call, else unadjusted), and ± margin. ``direction``: the metric's better way in words
+    ("lower val_loss"), said under the axis."""
+    names = [f"{name}{' †' if r.flag else ''} (n={len(r.seeds)}{'' if r.ci else ', no interval'})"
              for name, r in zip(short([r.name for r in rows], 36), rows, strict=True)]
     w = 5.6 + text_inches(names)
     fig = new_figure(w, 1.9 + 0.3 * len(rows))
@@ -201,16 +205,21 @@ def forest(label: str, unit: str, rows: Sequence[ForestRow], margin: float, leve
     ax.set_yticks(range(len(rows)), names, fontsize=FONT)
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.tick_params(axis="x", labelsize=FONT)
-    ax.set_xlabel(f"variant − baseline, per paired seed ({unit}); > 0 = better", fontsize=FONT)
+    ax.set_xlabel(f"improvement over the baseline, per paired seed ({unit}); {direction or 'better'} →",
+                  fontsize=FONT)
     ax.grid(axis="x", alpha=0.3)
-    handles = [Line2D([], [], marker="D", color=NEUTRAL_GREY, ls="", label="mean"),
-               Line2D([], [], color=NEUTRAL_GREY, lw=2.6, label=f"{int(round(level * 100))}% paired t interval"),
+    handles = [Line2D([], [], marker="D", color=BETTER, ls="", label="better (corrected)"),
+               Line2D([], [], marker="D", color=WORSE, ls="", label="worse (corrected)"),
+               Line2D([], [], marker="D", color=NEUTRAL_GREY, ls="", label="no call"),
+               Line2D([], [], color=NEUTRAL_GREY, lw=2.6,
+                      label=f"interval: FCR-adjusted for a call, else unadjusted {int(round(level * 100))}%"),
                Line2D([], [], marker="o", mfc="none", color=NEUTRAL_GREY, ls="", label="one seed")]
     handles.append(Patch(color="#D9D9D9", label=f"± margin {margin:.3g} (no-change zone)") if has_margin
                    else Patch(color="white", label="no margin declared"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=7, frameon=False)
-    fig.suptitle(wrap(f"{label}: paired differences with the baseline (blue = better, vermillion = worse)", w - 0.2),
-                 fontsize=TITLE_FONT)
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=7, frameon=False)
+    flagged = " † unadjusted interval excludes 0 but no call after correction." if any(r.flag for r in rows) else ""
+    fig.suptitle(wrap(f"{label}: improvement over the same-seed baseline (> 0 = better; blue = better, vermillion = "
+                      f"worse, grey = no call).{flagged}", w - 0.2), fontsize=TITLE_FONT)
     return fig
 
 

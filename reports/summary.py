@@ -28,8 +28,14 @@ UNITS = {"val_bleu": "BLEU points", "val_mse": "MSE", "val_ppl": "perplexity", "
          "val_acc": "accuracy"}
 
 
-def unit(metric: str, task: str) -> str:
-    """The unit of ``metric`` on ``task``, for axis labels."""
+def unit(metric: str, task: str, rows: list[dict[str, Any]] | None = None) -> str:
+    """The unit of ``metric`` on ``task`` in words, from the task's card (built with the options of
+    ``rows``' cells, else its defaults); a task without a card: a guess from the metric's name."""
+    from .cards import unit as card_unit
+
+    declared = card_unit(rows or [], task.split("@")[0], metric)
+    if declared != metric:
+        return declared
     if metric in UNITS:
         return UNITS[metric]
     if metric.endswith("loss"):
@@ -168,9 +174,11 @@ def fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
     return f"{x:+.{digits}g}" if signed else f"{x:.{digits}g}"
 
 
-TRANSFER_COLUMNS = ["variant", "task", "task_name", "size", "hparams", "metric", "higher_is_better", "n", "n_used",
+TRANSFER_COLUMNS = ["variant", "name", "slot", "task", "task_name", "size", "hparams", "metric", "unit",
+                    "higher_is_better", "n", "n_used",
                     "baseline_mean", "baseline_sd", "noise_sd", "noise_source", "margin", "margin_source",
-                    "variant_mean", "diff", "ci_low", "ci_high", "rel_change_pct", "std_effect", "p_improve",
+                    "variant_mean", "diff", "interval_low", "interval_high", "interval", "unadjusted_low",
+                    "unadjusted_high", "rel_change_pct", "std_effect", "win_rate",
                     "p_t", "p_t_adj", "p_equiv", "p_equiv_adj", "p_signflip", "baseline_learned", "trivial_score",
                     "call", "verdict", "params_ratio", "flops_per_token_ratio", "tokens_per_s_ratio",
                     "tokens_per_s_noisy", "n_failed", "n_diverged", "diverged_rate", "n_timeout"]
@@ -183,8 +191,14 @@ def _num(x: float | None) -> float | None:
 def transfer_table(a: Analysis) -> tuple[list[str], list[list[Any]]]:
     """The tidy transfer matrix: one row per variant x condition; None for missing numbers.
 
-    ``diff`` and its interval are signed so that > 0 means the variant is better.
+    ``diff`` is the improvement (:data:`~modtransfer.core.task_card.SIGN_CONVENTION`: > 0 = better, in
+    ``unit``); ``interval_*`` the interval the page draws (``interval``: FCR-adjusted for a call, else
+    unadjusted, :mod:`.intervals`), ``unadjusted_*`` the plain t interval; ``win_rate`` the share of
+    paired seeds where the variant did better (a description, not a probability).
     """
+    from .intervals import shown_interval
+    from .names import display_name, registered_slot
+
     out = []
     for v in a.order:
         for lab in a.labels:
@@ -192,14 +206,16 @@ def transfer_table(a: Analysis) -> tuple[list[str], list[list[Any]]]:
             if c is None:
                 continue
             lo, hi = c.ci or (None, None)
-            out.append([v, lab, c.cond.task, c.cond.size, c.cond.hparams_json, c.cond.metric,
-                        c.cond.higher_is_better, c.n, c.n_used, _num(c.baseline_mean), _num(c.baseline_std),
+            slo, shi, kind = shown_interval(a, c)
+            out.append([v, display_name(v), registered_slot(v) or "", lab, c.cond.task, c.cond.size,
+                        c.cond.hparams_json, c.cond.metric, unit(c.cond.metric, c.cond.task, a.rows),
+                        bool(c.cond.higher_is_better), c.n, c.n_used, _num(c.baseline_mean), _num(c.baseline_std),
                         _num(c.noise_sd), c.noise_source, _num(c.margin), c.margin_source,
-                        _num(c.variant_mean), _num(c.mean_diff), _num(lo), _num(hi), _num(c.rel_change),
-                        _num(c.std_effect), _num(c.p_improve), _num(c.p_value), _num(c.p_adjusted),
+                        _num(c.variant_mean), _num(c.mean_diff), _num(slo), _num(shi), kind, _num(lo), _num(hi),
+                        _num(c.rel_change), _num(c.std_effect), _num(c.p_improve), _num(c.p_value), _num(c.p_adjusted),
                         _num(c.p_equiv), _num(c.p_equiv_adjusted), _num(c.p_signflip), c.gate.status,
                         _num(c.gate.trivial), c.call, a.verdicts[v][0], _num(c.cost.get("params")),
                         _num(c.cost.get("flops_per_token")), _num(c.cost.get("tokens_per_s")),
-                        c.cost_noisy.get("tokens_per_s", False), c.n_failed, c.n_diverged, _num(c.diverged_rate),
+                        bool(c.cost_noisy.get("tokens_per_s", False)), c.n_failed, c.n_diverged, _num(c.diverged_rate),
                         c.n_timeout])
     return TRANSFER_COLUMNS, out

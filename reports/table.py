@@ -23,6 +23,7 @@ from modtransfer.core.spec import SLOTS
 
 from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
 from .doc import Table, TableCell
+from .names import display_name, registered_slot
 from .summary import Analysis, fmt
 
 #: How a call is written next to a number (short forms: the long ones are in the verdict table).
@@ -40,6 +41,10 @@ class Entry:
     values: list[float] = field(default_factory=list)
     cells: int = 0                  # cells run (incl. diverged / failed ones)
     call: str = ""                  # against the baseline ("" on the baseline's own line)
+    params: float = math.nan        # this model's own cost on this condition (each task builds its own model)
+    flops_per_token: float = math.nan
+    steps_per_s: float = math.nan
+    steps_per_s_cv: float = math.nan   # seed-to-seed coefficient of variation of steps/s (noisy above 10%)
 
     @property
     def mean(self) -> float:
@@ -62,6 +67,13 @@ class Line:
     flops_per_token: float = math.nan
     steps_per_s: float = math.nan
     entries: dict[str, Entry] = field(default_factory=dict)      # condition label -> entry
+    name: str = ""                  # display name (the registry's), the variant id if empty
+    steps_per_s_cv: float = math.nan   # across the seeds of the cost condition
+
+    @property
+    def noisy_speed(self) -> bool:
+        """Steps/s on the cost condition varies by more than :data:`NOISY_CV` across seeds."""
+        return math.isfinite(self.steps_per_s_cv) and self.steps_per_s_cv > NOISY_CV
 
 
 @dataclass
@@ -83,6 +95,15 @@ def _slot(spec: dict[str, Any], base: dict[str, Any]) -> str:
             return s
     shape = [k for k in ("n_layers", "d_model", "d_ff", "n_heads", "d_head") if spec.get(k) != base.get(k)]
     return "shape" if shape else recipe_slot(spec, base) or "other"
+
+
+#: Seed-to-seed coefficient of variation of steps/s above which a throughput number is marked noisy.
+NOISY_CV = 0.10
+
+
+def _cv(values: list[float]) -> float:
+    vals = [v for v in values if math.isfinite(v)]
+    return float(np.std(vals, ddof=1) / np.mean(vals)) if len(vals) >= 2 and np.mean(vals) > 0 else math.nan
 
 
 def _steps_per_s(row: dict[str, Any]) -> float:
@@ -113,18 +134,22 @@ def main_table(a: Analysis) -> MainTable:
         rows_v = [r for r in a.rows if r["variant"] == v]
         if not rows_v:
             continue
-        slot = "baseline" if v == BASELINE else _slot(rows_v[0].get("spec") or {}, base_spec)
+        slot = registered_slot(v) or _slot(rows_v[0].get("spec") or {}, base_spec)
         cost_rows = [r for r in by.get((v, cost_label), []) if r["status"] == "done"]
         line = Line(v, slot, mean_of(cost_rows, "params"), mean_of(cost_rows, "flops_per_token"),
-                    mean_of(cost_rows, _steps_per_s))
+                    mean_of(cost_rows, _steps_per_s), name=display_name(v),
+                    steps_per_s_cv=_cv([_steps_per_s(r) for r in cost_rows]))
         for lab in labels:
             rows = by.get((v, lab), [])
             if not rows:
                 continue
             latest = {r["seed"]: r for r in rows}  # the last attempt per seed
             comp = a.comp(v, lab) if v != BASELINE else None
+            done = [r for r in latest.values() if r["status"] == "done"]
             line.entries[lab] = Entry([r["primary_value"] for r in latest.values() if usable(r)], len(latest),
-                                      comp.call if comp is not None else "")
+                                      comp.call if comp is not None else "", mean_of(done, "params"),
+                                      mean_of(done, "flops_per_token"), mean_of(done, _steps_per_s),
+                                      _cv([_steps_per_s(r) for r in done]))
         lines.append(line)
     order = {s: i for i, s in enumerate(["baseline", *SLOTS, "shape", *RECIPE_SLOTS, "other"])}
     lines.sort(key=lambda ln: order.get(ln.slot, len(order)))  # stable: keeps the ranking within a slot
@@ -187,8 +212,9 @@ def as_tables(t: MainTable, per_table: int = COLUMNS_PER_TABLE) -> list[Table]:
                    *[header(t, lab) for lab in labels]]
         rows: list[list[str | TableCell]] = []
         for ln in t.lines:
-            cells: list[str | TableCell] = [TableCell(f"**{ln.variant}**" if ln.slot == "baseline" else ln.variant),
-                                       ln.slot, _big(ln.params), _big(ln.flops_per_token), fmt(ln.steps_per_s, 3)]
+            name = ln.name or ln.variant
+            cells: list[str | TableCell] = [TableCell(f"**{name}**" if ln.slot == "baseline" else name),
+                                       ln.slot, _big(ln.params), _big(ln.flops_per_token), speed_text(ln)]
             for lab in labels:
                 e = ln.entries.get(lab)
                 cls = f"c-{e.call.replace(' ', '-')}" if e is not None and e.call else ""
@@ -197,9 +223,21 @@ def as_tables(t: MainTable, per_table: int = COLUMNS_PER_TABLE) -> list[Table]:
         part = f" (part {k + 1} of {len(chunks)})" if len(chunks) > 1 else ""
         out.append(Table(headers, rows, id="main-results-table" + (f"-{k + 1}" if k else ""),
                          caption="Mean ± seed SD of each model's own final score; ▲ better, ▼ worse, = no change, "
-                                 "? unclear, ✗ unstable, … too few seeds, ○ baseline did not learn; bold: better"
-                                 + part))
+                                 "? unclear, ✗ unstable, … too few seeds, ○ baseline did not learn, — not run; bold: "
+                                 f"better. {cost_note(t)}" + part))
     return out
+
+
+def speed_text(ln: Line) -> str:
+    """Steps/s, with ``~`` where it varies by more than 10% across seeds (a machine's load, not the model)."""
+    return fmt(ln.steps_per_s, 3) + ("~" if ln.noisy_speed else "")
+
+
+def cost_note(t: MainTable) -> str:
+    """What the cost columns are: one task's models (each task builds its own), steps/s marked when noisy."""
+    where = (f"Params, FLOPs/token and steps/s are those of the {t.cost_label} models (each task builds its own "
+             "model; main_table.csv has every task's). ") if len(t.labels) > 1 else ""
+    return where + f"Steps/s~: varies by more than {NOISY_CV:.0%} across seeds (machine load), not comparable."
 
 
 def _tex(s: str) -> str:
@@ -209,45 +247,64 @@ def _tex(s: str) -> str:
     return s.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("×", r"$\times$")
 
 
-def _tex_entry(e: Entry | None) -> str:
+def _decimals(sd: float) -> int:
+    """Decimals that show ``sd`` to two significant digits (as :func:`mean_sd`)."""
+    return max(0, 1 - int(f"{sd:.1e}".split("e")[1])) if math.isfinite(sd) and sd > 0 else 3
+
+
+def _tex_entry(e: Entry | None, decimals: int) -> str:
     if e is None:
         return "--"
     if not e.values:
         return f"-- ({e.failed} failed)"
-    text = mean_sd(e.mean, e.sd).replace("±", r"$\pm$")
+    text = f"{e.mean:.{decimals}f}" + (rf" $\pm$ {e.sd:.{decimals}f}" if math.isfinite(e.sd) else "")
     if e.call == "better":
         text = rf"\textbf{{{text}}}"
     return text + (f" {LATEX_MARK.get(e.call, _tex(e.call))}" if e.call else "")
 
 
+def latex_marks() -> str:
+    """Every mark a LaTeX table may hold, defined (for its caption)."""
+    words = {"better": "better", "worse": "worse", "no change": "no change (within the margin)",
+             "unclear": "unclear", "varies": "varies across settings", "unstable": "a cell diverged or failed",
+             "too few seeds": "too few seeds", "not learned": "the baseline did not learn the task",
+             "missing": "not run"}
+    return "; ".join(f"{LATEX_MARK[k]} {w}" for k, w in words.items())
+
+
 def latex(t: MainTable, benchmark: str) -> str:
-    """A ``booktabs`` table (needs ``\\usepackage{booktabs}`` and ``amssymb``), one rule between slots."""
+    """A ``booktabs`` table scaled to the text width (needs ``booktabs``, ``amssymb`` and ``graphicx``), the
+    models by display name, one rule between registered slots, one number of decimals per column (the
+    finest any entry's SD needs), a caption that defines every mark."""
     cols = "ll" + "r" * 3 + "c" * len(t.labels)
     head = ["Model", "Slot", "Params", "FLOPs/tok", "Steps/s", *[_tex(header(t, lab)) for lab in t.labels]]
-    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
-           " & ".join(head) + r" \\", r"\midrule"]
+    decimals = {lab: max([_decimals(e.sd) for ln in t.lines if (e := ln.entries.get(lab)) and e.values] or [3])
+                for lab in t.labels}
+    out = [r"\begin{table}[t]", r"\centering", r"\small", r"\resizebox{\textwidth}{!}{%",
+           rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     prev = None
     for ln in t.lines:
         if prev is not None and ln.slot != prev:
             out.append(r"\midrule")
         prev = ln.slot
-        cells = [_tex(ln.variant), _tex(ln.slot), _tex(_big(ln.params)), _tex(_big(ln.flops_per_token)),
-                 fmt(ln.steps_per_s, 3)] + [_tex_entry(ln.entries.get(lab)) for lab in t.labels]
+        cells = [_tex(ln.name or ln.variant), _tex(ln.slot), _tex(_big(ln.params)), _tex(_big(ln.flops_per_token)),
+                 _tex(speed_text(ln))] + [_tex_entry(ln.entries.get(lab), decimals[lab]) for lab in t.labels]
         out.append(" & ".join(cells) + r" \\")
-    cost = f" Params, FLOPs per token and steps/s on {_tex(t.cost_label)}." if len(t.labels) > 1 else ""
-    out += [r"\bottomrule", r"\end{tabular}",
+    out += [r"\bottomrule", r"\end{tabular}}",
             rf"\caption{{{_tex(benchmark)}: mean $\pm$ seed SD of each model's final score; bold: better than the "
-            rf"baseline after correction.{cost}}}", r"\label{tab:modtransfer-main}", r"\end{table}"]
+            rf"baseline after correction across the benchmark. Marks: {latex_marks()}. {_tex(cost_note(t))}}}",
+            r"\label{tab:modtransfer-main}", r"\end{table}"]
     return "\n".join(out) + "\n"
 
 
-CSV_COLUMNS = ["model", "slot", "condition", "metric", "higher_is_better", "seeds", "cells", "mean", "sd", "call",
-               "params", "flops_per_token", "steps_per_s"]
+CSV_COLUMNS = ["model", "variant", "slot", "condition", "metric", "higher_is_better", "seeds", "cells", "mean", "sd",
+               "call", "params", "flops_per_token", "steps_per_s", "steps_per_s_cv"]
 
 
 def write_csv(t: MainTable, path: Path) -> None:
-    """The table's data, one row per model x condition (the cost columns are the model's on that condition's
-    cost label, repeated)."""
+    """The table's data, one row per model x condition, each with that condition's own model costs
+    (params, FLOPs per token, steps/s and its seed CV): each task builds a different model.
+    ``higher_is_better`` is ``true`` / ``false`` as in every export."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
@@ -257,7 +314,15 @@ def write_csv(t: MainTable, path: Path) -> None:
                 if e is None:
                     continue
                 metric, hib = t.metrics[lab]
-                w.writerow([ln.variant, ln.slot, lab, metric, int(hib), len(e.values), e.cells,
-                            *(("" if not math.isfinite(x) else x) for x in (e.mean, e.sd)), e.call,
-                            *(("" if not math.isfinite(x) else x) for x in (ln.params, ln.flops_per_token,
-                                                                              ln.steps_per_s))])
+                w.writerow([ln.name or ln.variant, ln.variant, ln.slot, lab, metric, bool_text(hib), len(e.values),
+                            e.cells, *(_cell(x) for x in (e.mean, e.sd)), e.call,
+                            *(_cell(x) for x in (e.params, e.flops_per_token, e.steps_per_s, e.steps_per_s_cv))])
+
+
+def bool_text(x: Any) -> str:
+    """A boolean as every export writes it: ``true`` / ``false``."""
+    return "true" if bool(x) else "false"
+
+
+def _cell(x: float) -> Any:
+    return "" if not math.isfinite(x) else x

@@ -158,7 +158,7 @@ def test_forest_shows_every_seed_the_interval_and_the_margin_band() -> None:
     ticks = [t.get_text() for t in ax.get_yticklabels()]
     assert ticks == ["good (n=3)", "one_seed (n=1, no interval)", "bad (n=4)"]
     legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
-    assert "± margin 0.02" in legend and "95% paired t interval" in legend
+    assert "± margin 0.02" in legend and "FCR-adjusted for a call, else unadjusted 95%" in legend
     lo, hi = ax.get_xlim()
     assert lo < -0.06 and hi > 0.07
     assert_layout_holds(fig)

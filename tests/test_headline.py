@@ -24,7 +24,7 @@ from modtransfer.run.store import Store
 sys.path.insert(0, str(Path(__file__).parent))
 from test_reports import TASK_INFO, TASKS, make_row, write_store  # noqa: E402
 
-UNITS = {"lm": "nats/token", "mt": "BLEU points"}
+UNITS = {"lm": "nats per character", "mt": "BLEU (0-100)"}
 
 
 # -- the statistics under the headline ------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_headline_table_says_the_answer_with_signs_and_units(page: tuple[Path, s
         assert f"{t}: better (Δ {d.mean():+.3g} {UNITS[t]}, p(better) {stats.directional_p(d)[0]:.2g})" in up[3]
     down = _row(md, "down", "The headline: one intersection-union test")
     d_lm = diffs[("down", "lm")]
-    assert d_lm.mean() < 0 and f"lm: worse (Δ {d_lm.mean():+.3g} nats/token" in down[3]   # higher loss = worse
+    assert d_lm.mean() < 0 and f"lm: worse (Δ {d_lm.mean():+.3g} nats per character" in down[3]   # higher loss = worse
     assert down[1] in ("mixed", "unclear") and down[1] != "worse everywhere"
     assert "Berger 1982" in md and "Benjamini-Hochberg across the 2 variant(s)" in md
 
@@ -228,10 +228,10 @@ def test_design_falls_back_to_the_baseline_then_the_declared_noise(tmp_path: Pat
         row = _row((run / "report" / "report.md").read_text(encoding="utf-8"), "lm", "What this run could call")
         if base_seeds > 1:
             sd = math.sqrt(2) * float(np.std(vals, ddof=1))
-            assert row[3] == f"{sd:.3g} nats/token (baseline seed SD × √2 ({base_seeds} seeds; no paired differences yet))"
+            assert row[3] == f"{sd:.3g} nats per character (baseline seed SD × √2 ({base_seeds} seeds; no paired differences yet))"
         else:
             sd = math.sqrt(2) * TASK_INFO["lm"]["noise_sd"]
-            assert row[3].startswith(f"{sd:.3g} nats/token (task's declared seed SD × √2")
+            assert row[3].startswith(f"{sd:.3g} nats per character (task's declared seed SD × √2")
         assert row[2] == "1" and row[4] == "— (fewer than 2 seeds)"
         assert row[6] == str(stats.seeds_needed(TASK_INFO["lm"]["margin"], sd, 0.05))
 

@@ -68,7 +68,10 @@ def test_main_table_baseline_first_grouped_by_slot_with_calls(run: Path) -> None
     t = main_table(analyse_run(run, Settings(n_boot=200)))
     assert [ln.variant for ln in t.lines][0] == "baseline"
     slots = {ln.variant: ln.slot for ln in t.lines}
-    assert slots == {"baseline": "baseline", "gelu": "activation", "swiglu": "activation", "rmsnorm": "norm"}
+    # the slot each variant registered (SwiGLU is a gated FFN, whatever spec field differs first)
+    assert slots == {"baseline": "baseline", "gelu": "activation", "swiglu": "ffn", "rmsnorm": "norm"}
+    assert {ln.variant: ln.name for ln in t.lines} == {"baseline": "Baseline", "gelu": "GeLU", "swiglu": "SwiGLU",
+                                                       "rmsnorm": "RMSNorm"}
     order = [ln.slot for ln in t.lines]
     assert order.index("norm") > max(i for i, s in enumerate(order) if s == "activation")  # grouped, slot order
     calls = {ln.variant: {lab: e.call for lab, e in ln.entries.items()} for ln in t.lines}
@@ -77,9 +80,9 @@ def test_main_table_baseline_first_grouped_by_slot_with_calls(run: Path) -> None
     assert base.entries["lm"].call == "" and len(base.entries["lm"].values) == 6
     assert base.params == 100_000 and base.steps_per_s == pytest.approx(10.0)
     md = (run / "report" / "main_table.md").read_text(encoding="utf-8")
-    swiglu = next(line for line in md.splitlines() if line.startswith("| swiglu"))
+    swiglu = next(line for line in md.splitlines() if line.startswith("| SwiGLU"))
     assert swiglu.count("**") == 4 and "▲" in swiglu and " ± " in swiglu  # bold where better, mean ± SD
-    rms = next(line for line in md.splitlines() if line.startswith("| rmsnorm"))
+    rms = next(line for line in md.splitlines() if line.startswith("| RMSNorm"))
     assert "▼" in rms and "**" not in rms
 
 
@@ -93,7 +96,15 @@ def test_latex_table_is_booktabs_and_well_formed(run: Path) -> None:
     lines = [ln for ln in body.splitlines() if ln.endswith(r"\\")]
     assert len(lines) == 4 and all(ln.count(" & ") == 6 for ln in lines)
     assert tex.count(r"\textbf{") == 2  # swiglu better on both tasks, nothing else
-    assert body.count(r"\midrule") == 2  # one rule between baseline / activation / norm
+    assert body.count(r"\midrule") == 3  # one rule between baseline / activation / ffn / norm
+    assert "SwiGLU" in body and "swiglu" not in body, "display names, not ids"
+    assert r"\resizebox{\textwidth}" in tex, "fits a page"
+    caption = tex.split(r"\caption{", 1)[1]
+    for mark in (r"$\blacktriangle$", r"$\blacktriangledown$", "?", "--", r"$\circ$", r"$\times$"):
+        assert mark in caption, f"the caption defines {mark}"
+    for col in (5, 6):  # one number of decimals per column
+        decimals = {len(ln.split(" & ")[col].split(" ")[0].split(".")[1]) for ln in lines}
+        assert len(decimals) == 1, decimals
 
 
 def test_csv_exports_and_results_json(run: Path) -> None:
@@ -108,7 +119,9 @@ def test_csv_exports_and_results_json(run: Path) -> None:
     assert first["condition"] == "mt" and float(first["metric:val_bleu"]) == pytest.approx(truth["primary_value"])
     with open(out / "main_table.csv", encoding="utf-8") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 8 and {r["call"] for r in table if r["model"] == "swiglu"} == {"better"}
+    assert len(table) == 8 and {r["call"] for r in table if r["variant"] == "swiglu"} == {"better"}
+    assert {r["model"] for r in table if r["variant"] == "swiglu"} == {"SwiGLU"}
+    assert {r["higher_is_better"] for r in table} == {"true", "false"}
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     # the run folder relative to the report folder (no machine's absolute path), and it leads there
     assert not Path(res["run_dir"]).is_absolute() and res["benchmark"] == "exports"

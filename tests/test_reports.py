@@ -357,7 +357,7 @@ def test_wandb_offline_run_and_report_definition(report_run: Path) -> None:
     assert list(runs[0].glob("*.wandb"))
     media = runs[0] / "files" / "media"
     table = json.loads(next((media / "table").glob("transfer_matrix_*.table.json")).read_text())
-    assert table["columns"][:2] == ["variant", "task"] and len(table["data"]) == 8
+    assert table["columns"][:2] == ["variant", "name"] and len(table["data"]) == 8
     assert list((media / "images" / "plots").glob("heatmap_*.png"))
     assert list((media / "images" / "plots").glob("forest_lm_*.png"))
     defn = json.loads((report_run / "report" / "wandb_report.json").read_text())
@@ -367,8 +367,8 @@ def test_wandb_offline_run_and_report_definition(report_run: Path) -> None:
     assert "| swiglu | transfers |" in defn["blocks"][1]["text"]
     grids = [b for b in defn["blocks"] if b["type"] == "PanelGrid"]
     top = grids[0]["panels"]
-    assert [p["type"] for p in top] == ["WeavePanelSummaryTable", "MediaBrowser", "MediaBrowser"]
-    assert top[0]["table_name"] == "transfer_matrix" and top[2]["media_keys"] == ["plots/forest_lm", "plots/forest_mt"]
+    assert [p["type"] for p in top] == ["WeavePanelSummaryTable", "WeavePanelSummaryTable", "MediaBrowser", "MediaBrowser"]
+    assert top[0]["table_name"] == "transfer_matrix" and top[3]["media_keys"] == ["plots/forest_lm", "plots/forest_mt"]
     # a store without a run folder id (written before ids existed) keeps the benchmark name as its group
     assert grids[0]["runsets"][0]["filters"] == "JobType = 'report' and Group = 'synth-bench'"
     per_task = grids[1:]
