@@ -27,10 +27,14 @@ from .doc import Document, Section
 from .figures import Figures
 from .front import caveats, front_blocks, headline, main_section, sweep_section
 from .happened import happened_section
+from .heldout import heldout_section
+from .lrcurves import lr_section
 from .studies import implementations_section, plateau_section, reference_section, sensitivity_section
 from .summary import Analysis
 from .table import MainTable, main_table
+from .target_section import target_section
 from .tasks_section import tasks_section
+from .tuning import tuning_section
 
 
 @dataclass
@@ -66,6 +70,12 @@ SECTIONS: list[tuple[str, Builder, str]] = [
     ("Agreement between tasks", lambda a, f, c: agreement_section(a, f) if a.agreement.pairs else None,
      "needs at least two tasks and two variants"),
     ("Cost next to benefit", lambda a, f, c: cost_section(a) if a.order else None, "no variant besides the baseline"),
+    ("Drop-in and tuned", lambda a, f, c: tuning_section(a), "the plan has no tuning section"),
+    ("Learning-rate curves", lambda a, f, c: lr_section(a, c.folder), "no task varies lr over two or more values"),
+    ("Time to target", lambda a, f, c: target_section(a, c.folder) if a.order else None,
+     "no variant besides the baseline, or no cell recorded an evaluation curve"),
+    ("Held-out task variants", lambda a, f, c: heldout_section(a),
+     "no held-out task variant ran beside the task it varies"),
     ("Reference study", lambda a, f, c: reference_section(a) if a.reference else None,
      "no variant of this run has a row in Narang et al. 2021's table on a task it measured"),
     ("Hyper-parameter sensitivity", lambda a, f, c: sensitivity_section(a, f) if a.sensitivity else None,

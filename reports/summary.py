@@ -61,6 +61,7 @@ class Analysis:
     sensitivity: list[dict[str, Any]]
     skipped: list[dict[str, Any]] = field(default_factory=list)
     headlines: dict[str, Headline] = field(default_factory=dict)   # variant -> does the gain transfer?
+    trials: list[dict[str, Any]] = field(default_factory=list)     # tuning trials' rows (out of the main calls)
 
     @property
     def benchmark(self) -> str:
@@ -139,6 +140,7 @@ def with_meta(settings: Settings | None, meta: dict[str, Any]) -> Settings:
 def analyse(rows: list[dict[str, Any]], meta: dict[str, Any], settings: Settings | None = None) -> Analysis:
     """Run every analysis on the rows (and meta) of a results store."""
     settings = with_meta(settings, meta)
+    rows, trials = tuning_trials(rows, meta)
     comps = compare(rows, settings)
     conds = conditions(rows).values()
     labels = [c.label for c in conds]
@@ -159,7 +161,19 @@ def analyse(rows: list[dict[str, Any]], meta: dict[str, Any], settings: Settings
                     order=order_variants(overall), verdicts=verdicts, groups=groups, task_calls=task_calls,
                     costs=variant_costs(comps), agreement=agreement(comps, settings),
                     reference=compare_reference(comps), sensitivity=sensitivity(comps), skipped=skipped,
-                    headlines=heads)
+                    headlines=heads, trials=trials)
+
+
+def tuning_trials(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the drop-in rows, the tuning trials' rows) of a plan with ``tuning``; the trials stay out of the main calls."""
+    tuning = (meta.get("plan") or {}).get("tuning") if isinstance(meta.get("plan"), dict) else None
+    if not isinstance(tuning, dict):
+        return rows, []
+    from modtransfer.run.tuning import parse_tuning
+
+    from .tuning import split_rows
+
+    return split_rows(rows, parse_tuning(tuning).index())
 
 
 def analyse_run(run_dir: Path, settings: Settings | None = None) -> Analysis:

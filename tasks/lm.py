@@ -34,6 +34,7 @@ from modtransfer.core.task import Batch, Budget, Decision, Task, TaskCard, regis
 
 from ._cards import LM_CARD
 from ._shakespeare import CREDIT as SHAKESPEARE_CREDIT
+from ._splits import TestSplitFromVal
 from ._tokenise import bpe_chars_per_id, byte_to_unicode, encode_bpe, encode_chars, train_byte_bpe
 
 UNK = "<unk>"
@@ -94,7 +95,7 @@ def count_model_scores(train: Tensor, prev: Tensor, target: Tensor, vocab: int, 
 
 # -- the task ---------------------------------------------------------------------------------
 @register_task("lm")
-class LanguageModelling(Task):
+class LanguageModelling(TestSplitFromVal, Task):
     """Character-level (or BPE) causal language modelling on Shakespeare, held out by work.
 
     Options: ``tokenizer`` (``char`` | ``bpe``), ``bpe_vocab`` (BPE size, trained on the

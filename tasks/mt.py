@@ -51,6 +51,7 @@ from ._mt_data import (
     strip_after_eos,
 )
 from ._mt_trivial import target_count_losses, trivial_bleu
+from ._splits import TestSplitFromVal
 
 __all__ = ["BLEU_SETTINGS", "BOS", "EOS", "IGNORE_INDEX", "PAD", "Translation", "bleu_signature", "corpus_bleu",
            "decode_limit", "greedy_decode"]
@@ -59,9 +60,8 @@ SOURCES = ("bible", "hf")
 _TRIVIAL: dict[Any, dict[str, float]] = {}
 
 
-# -- the task ---------------------------------------------------------------------------------
 @register_task("mt")
-class Translation(Task):
+class Translation(TestSplitFromVal, Task):
     """English -> French translation (KJV -> Segond 1910), held out by book; decided on per-token loss.
 
     Options: ``vocab_size`` (shared BPE), ``max_len`` (tokens per side including ``</s>``;

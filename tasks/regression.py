@@ -35,7 +35,7 @@ HELD_OUT_SEED_OFFSET = 10_000
 #: Seeds whose held-out batches score the trivial system, and training batches estimating its mean.
 TRIVIAL_SEEDS = range(8)
 TRIVIAL_TRAIN_BATCHES = 64
-_TRIVIAL: dict[tuple[int, int], float] = {}
+_TRIVIAL: dict[tuple[str, int, int], float] = {}
 
 
 def sample(gen: torch.Generator, n: int, positions: int, features: int) -> Batch:
@@ -83,6 +83,7 @@ class Regression(Task):
     primary_metric: ClassVar[str] = "val_mse"
     has_vocab: ClassVar[bool] = False
     has_padding: ClassVar[bool] = False
+    has_test_split: ClassVar[bool] = True
     #: validation every 50 steps: 8 points on the curve (7 + the final one)
     default_budget: ClassVar[Budget] = Budget(steps=400, batch_size=16, lr=1e-3, schedule="constant", eval_batches=8,
                                                eval_every=50)
@@ -158,6 +159,12 @@ class Regression(Task):
         gen = torch.Generator().manual_seed(seed + HELD_OUT_SEED_OFFSET)
         return [self._sample(gen, batch_size) for _ in range(max(limit, 1))]
 
+    def test_batches(self, seed: int, batch_size: int, limit: int) -> list[Batch]:
+        """``limit`` test batches drawn from ``seed + 30_000``: fresh examples of the same distribution that
+        neither training (``seed``), validation (``seed + 10_000``) nor the train-mode metric (20_000) draws."""
+        gen = torch.Generator().manual_seed(seed + 3 * HELD_OUT_SEED_OFFSET)
+        return [self._sample(gen, batch_size) for _ in range(max(limit, 1))]
+
     def loss(self, model: Any, batch: Batch) -> Tensor:
         return 0.5 * torch.nn.functional.mse_loss(self.predict(model, batch["x"]), batch["y"])
 
@@ -208,7 +215,7 @@ class Regression(Task):
         budget's batch size and ``eval_batches``, the batches :meth:`evaluate` scores in cells
         with those seeds. Cached per process.
         """
-        key = (self.config["positions"], self.config["features"])
+        key = (self.name, self.config["positions"], self.config["features"])  # held-out variants change the target
         if key not in _TRIVIAL:
             b = self.default_budget
             train = self.train_batches(0, b.batch_size)

@@ -92,3 +92,69 @@ def test_regimes_agreement():
     assert agreement("better", "no change").startswith("differs")
     assert agreement("unclear", "better") == "not decided in both"
     assert tuned_effects([], {}) == []
+
+
+# -- end to end: a small plan with tuning, an lr axis and a held-out task variant -------------------
+def _small_plan(**extra):
+    budget = {"steps": 20, "eval_every": 10, "eval_batches": 2, "batch_size": 8}
+    return {"name": "fair", "size": "tiny", "seeds": 2, "variants": ["rmsnorm"], "executor": "local",
+            "tasks": ["regression", "regression_product"], "wandb": {"mode": "disabled"},
+            "task_budget": {"regression": budget, "regression_product": budget}, **extra}
+
+
+def test_tuning_plan_expands_trials_for_every_arm_and_scores_them_on_test(tmp_path):
+    import json
+    import sqlite3
+
+    import yaml
+
+    import modtransfer.cli.commands as cli
+    from modtransfer.run.plan import load_plan
+
+    tuning = {"trials": 1, "studies": 2, "space": {"lr": {"log_uniform": [1.0e-3, 1.0e-2]}}}
+    plan = load_plan(_small_plan(tuning=tuning))
+    per_arm_task = {}
+    for c in plan.all_cells:
+        per_arm_task.setdefault((c.variant, c.task), []).append(json.dumps(c.hparams, sort_keys=True))
+        assert c.budget.test_batches == c.budget.eval_batches   # every cell of a tuning plan is scored on test
+    settings = {tuple(sorted(set(v))) for v in per_arm_task.values()}
+    assert len(settings) == 1 and len(next(iter(settings))) == 1 + 2   # drop-in + 2 studies x 1 trial, same for each arm
+    base_ids = {c.cell_id for c in load_plan(_small_plan()).all_cells}
+    assert base_ids <= {c.cell_id for c in plan.all_cells}   # test scoring observes: drop-in ids unchanged
+
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(_small_plan(tuning=tuning)))
+    assert cli.main(["run", str(p), "--runs-dir", str(tmp_path / "runs")]) == 0
+    db = sqlite3.connect(tmp_path / "runs" / "fair" / "results.sqlite")
+    metrics = [json.loads(m) for (m,) in db.execute("SELECT metrics FROM cells WHERE status = 'done'")]
+    assert metrics and all("test_val_mse" in m and m["test_val_mse"] != m["val_mse"] for m in metrics)
+    report = (tmp_path / "runs" / "fair" / "report" / "report.md").read_text()
+    section = report.split("## Drop-in and tuned", 1)[1].split("\n## ", 1)[0]
+    assert "| rmsnorm | regression |" in section and "| rmsnorm | regression_product |" in section
+    main = report.split("## Effects per task", 1)[1].split("\n## ", 1)[0]
+    assert "lr=" not in main   # the trials stay out of the main calls
+    assert "## Time to target" in report and "## Held-out task variants" in report
+
+
+def test_lr_axis_gives_curves_and_widths(tmp_path):
+    import yaml
+
+    import modtransfer.cli.commands as cli
+
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(_small_plan(tasks=["regression"], task_budget={"regression": {
+        "steps": 20, "eval_batches": 2, "batch_size": 8}}, hparams={"lr": [1.0e-3, 1.0e-2]})))
+    assert cli.main(["run", str(p), "--runs-dir", str(tmp_path / "runs")]) == 0
+    folder = tmp_path / "runs" / "fair" / "report"
+    section = (folder / "report.md").read_text().split("## Learning-rate curves", 1)[1].split("\n## ", 1)[0]
+    assert "| regression | baseline |" in section and "| regression | rmsnorm |" in section
+    assert (folder / "lr_curve_0.png").stat().st_size > 1000
+
+
+def test_tuning_needs_a_test_split(monkeypatch):
+    from modtransfer.core.task import TASKS
+    from modtransfer.run.plan import load_plan
+
+    monkeypatch.setattr(TASKS.get("regression_product"), "has_test_split", False)
+    with pytest.raises(UserError, match="has no test split"):
+        load_plan(_small_plan(tuning={"space": {"lr": {"log_uniform": [1.0e-3, 1.0e-2]}}}))

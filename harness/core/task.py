@@ -85,11 +85,11 @@ def register_task(name: str):
 
 #: Values beyond these are typos, not plans (a batch of 10**9 sequences cannot fit in any memory).
 BUDGET_CEILINGS = {"steps": 10_000_000, "batch_size": 65_536, "lr": 100.0, "eval_batches": 100_000,
-                   "eval_every": 10_000_000, "max_seconds": 30 * 86_400.0, "diverge_factor": 1e6,
+                   "eval_every": 10_000_000, "test_batches": 100_000, "max_seconds": 30 * 86_400.0, "diverge_factor": 1e6,
                    "weight_decay": 100.0, "grad_clip": 1e6, "diag_every": 10_000_000}
 #: Budget fields that only observe training (never change it): left out of ``Budget.to_dict``, so
 #: they are in no cell id and never split a condition (cells differing only in them are paired).
-OBSERVING_FIELDS = ("diag_every",)
+OBSERVING_FIELDS = ("diag_every", "test_batches")
 #: Every field that only observes training: besides the above, ``eval_every`` (how often the cell is
 #: evaluated), which rows record but ids and conditions ignore (:meth:`Budget.identity`).
 OBSERVERS = (*OBSERVING_FIELDS, "eval_every")
@@ -115,6 +115,9 @@ class Budget:
     #: 50 keeps their cost under 5% of step time: measured 3.4% (tiny regression), 1.6% (lm), 1.3%
     #: (mt) on one CPU thread, the tiny preset (a diagnostic step costs 1.3-1.8 ordinary steps).
     diag_every: int = 50
+    #: also score the final model on this many batches of the task's test split (``test_<metric>`` among
+    #: the row's metrics; 0: off). Observes only: the tuning regime selects on validation and reports on test.
+    test_batches: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -196,6 +199,8 @@ class Task:
     higher_is_better: ClassVar[bool] = False
     has_vocab: ClassVar[bool] = True
     has_padding: ClassVar[bool] = False
+    #: whether :meth:`test_batches` gives a test split (needed by a plan's ``tuning``)
+    has_test_split: ClassVar[bool] = False
     default_budget: ClassVar[Budget] = Budget()
     #: task options and their defaults; a plan's ``task_config`` may override them
     default_config: ClassVar[dict[str, Any]] = {}
@@ -363,6 +368,13 @@ class Task:
         """A fixed held-out set (at most ``limit`` batches), the same for every variant."""
         raise NotImplementedError
 
+
+    def test_batches(self, seed: int, batch_size: int, limit: int) -> list[Batch] | None:
+        """``limit`` batches of the task's test split, which selection never reads (None: no test split).
+
+        A task with a test split sets ``has_test_split`` and says in its docstring how the split is drawn.
+        """
+        return None
     def loss(self, model: Any, batch: Batch) -> Any:
         """Scalar training loss (without auxiliary losses, which the harness adds)."""
         raise NotImplementedError

@@ -112,6 +112,7 @@ class _CellRun:
         self._costs(module, t_end, accel)
         if module.status in ("done", "timeout"):
             self._final_evaluation(module.evaluate(steps), task.primary_metric, steps)
+            self._test_evaluation(module.score, task)
         self.row.update(**diag.result(self.row.to_dict(), task))  # "diagnostics" and "events" (why it ended so)
 
     def _costs(self, module: Any, t_end: float, accel: str, tokens: int | None = None, share: int = 1) -> None:
@@ -125,6 +126,15 @@ class _CellRun:
         row.tokens_per_s = (module.tokens if tokens is None else tokens) / max(row.train_s, 1e-9)
         if row.flops_per_token:
             row.mfu = 3.0 * row.flops_per_token * row.tokens_per_s / matmul_peak(accel, self.cell.precision)
+
+    def _test_evaluation(self, score: Any, task: Any) -> None:
+        """With ``budget.test_batches``, the final model's metrics on the task's test split, as ``test_<metric>``."""
+        n = self.cell.budget.test_batches
+        if not n or self.row.status not in ("done", "timeout"):
+            return
+        batches = task.test_batches(self.cell.seed, self.cell.budget.batch_size, n)
+        if batches:
+            self.row.metrics.update({f"test_{k}": (v if math.isfinite(v) else None) for k, v in score(batches).items()})
 
     def _final_evaluation(self, metrics: dict[str, float], primary: str, steps: int) -> None:
         """The final metrics; a non-finite one makes the cell diverged, a missing primary one failed."""

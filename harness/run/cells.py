@@ -87,6 +87,7 @@ class Plan:
     resolved: dict[str, ResolvedVariant] = field(default_factory=dict)
     precision: str = "auto"   # see modtransfer.core.precision
     threads: int | None = None      # torch threads per worker; None: chosen per run
+    tuning: Any = None   # equal tuning per arm (modtransfer.run.tuning.Tuning); None: drop-in only
 
     def task_budget_for(self, task: Task) -> Budget:
         base = task.default_budget.replace(**self.budget)
@@ -102,6 +103,7 @@ class Plan:
             "wandb": self.wandb, "executor": self.executor, "workers": _auto_name(self.workers),
             "threads": _auto_name(self.threads), "source": self.source,
             "margins": self.margins, "looks": self.looks, "precision": self.precision,
+            **({"tuning": self.tuning.to_dict()} if self.tuning is not None else {}),
         }
 
     @property

@@ -90,6 +90,8 @@ class _Expander:
         for hp in rows:
             try:
                 cell_budget = budget.replace(**{k: v for k, v in hp.items() if k in BUDGET_FIELDS})
+                if plan.tuning is not None and not cell_budget.test_batches:   # selection on val, report on test
+                    cell_budget = cell_budget.replace(test_batches=cell_budget.eval_batches)
             except UserError as exc:
                 raise UserError(f"plan.hparams: {exc}") from None
             spec = self.setting(vname, tname, size, impl, hp)
@@ -122,6 +124,8 @@ def expand_cells(plan: Plan) -> None:
         except UserError as exc:
             raise UserError(f"plan variant {vname!r}: {exc}") from None
     rows = hparam_rows(plan.hparams)
+    if plan.tuning is not None:   # the trials, beside the drop-in settings (the same points for every arm)
+        rows += [p for _, _, p in plan.tuning.points() if p not in rows]
     expander = _Expander(plan)
     for size, impl in itertools.product(plan.sizes or [plan.size], plan.implementations):
         for tname, task in tasks.items():

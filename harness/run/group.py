@@ -114,6 +114,7 @@ class _StackedGroup:
         run._costs(module, t_end, accel, tokens=member.tokens, share=len(self.runs))
         if member.status == "done":
             run._final_evaluation(module.evaluate(k, steps), task.primary_metric, steps)
+            run._test_evaluation(lambda batches: module.score(k, batches), task)
         row = run.row.to_dict()
         try:
             events = detect(row, [], plateau_level(task, row.get("metrics") or {}))

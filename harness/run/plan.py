@@ -50,6 +50,7 @@ PLAN_KEYS = {
     "spec": dict, "budget": dict, "task_budget": dict, "task_config": dict, "hparams": (dict, list), "wandb": dict,
     "executor": str, "workers": (int, str), "threads": (int, str), "include_baseline": bool, "margins": dict, "implementation": str,
     "implementations": list, "precision": str, "decide_on": dict, "stack": (int, str),
+    "tuning": dict,
 }
 SEED_KEYS = ("min", "max", "step")
 MAX_SEEDS = 1000
@@ -94,13 +95,15 @@ def load_plan(
     precision = _precision(raw.get("precision", "auto"))
     executor, workers, threads = _layout_fields(raw)
     stack = _stack(raw.get("stack", "auto"))
+    tuning = _tuning(raw.get("tuning"), task_names)
+    n_rows += len(tuning.points()) if tuning else 0
     _check_count(len(variant_names), len(task_names), len(seed_list), n_rows * max(1, len(sizes)) * len(impls),
                  allow_large)
     plan = Plan(
         name=plan_name, size=size, seeds=seed_list, variants=variant_names, tasks=task_names, base_spec=base,
         budget=budget, task_budget=task_budget, task_config=task_config, hparams=hparams, wandb=wandb_cfg,
         executor=executor, workers=workers, threads=threads, raw=raw, source=src, margins=margins, looks=looks, sizes=sizes,
-        spec_overrides=spec_overrides, implementations=impls, precision=precision, stack=stack,
+        spec_overrides=spec_overrides, implementations=impls, precision=precision, stack=stack, tuning=tuning,
     )
     expand_cells(plan)
     return plan
@@ -117,6 +120,19 @@ def _no_empty_axes(raw: dict[str, Any]) -> None:
     for key, fix in EMPTY_AXIS_FIX.items():
         if raw.get(key) == []:
             raise UserError(f"plan.{key} is an empty list; name at least one, or {fix}")
+
+
+def _tuning(raw: Any, task_names: list[str]) -> Any:
+    """``plan.tuning`` (equal tuning per arm, :mod:`modtransfer.run.tuning`): every task needs a test split."""
+    from modtransfer.run.tuning import parse_tuning
+
+    tuning = parse_tuning(raw)
+    if tuning is not None:
+        for name in task_names:
+            if not TASKS.get(name).has_test_split:
+                raise UserError(f"plan.tuning: task {name!r} has no test split to report the tuned arms on; "
+                                "drop it from this plan or give it test_batches()")
+    return tuning
 
 
 def _stack(value: Any) -> int | str:

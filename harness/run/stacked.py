@@ -238,15 +238,21 @@ class StackedCellModule(L.LightningModule):
                             f"({m.initial_loss:.4g} at step 0) for {self._patience} steps in a row")
 
     @torch.no_grad()
-    def evaluate(self, k: int, step: int) -> dict[str, float]:
-        """Member ``k``'s metrics on its held-out batches (its weights in the template, eval mode)."""
-        member, model = self.members[k], self.model
+    def score(self, k: int, batches: list[Batch]) -> dict[str, float]:
+        """Member ``k``'s metrics on ``batches`` (its weights in the template, eval mode; no curve entry)."""
+        model = self.model
         self.state.load_member(model, k)
         was = model.training
         model.eval()
-        batches = [{n: v.to(self.device) if isinstance(v, Tensor) else v for n, v in b.items()} for b in member.val]
-        metrics = {n: float(v) for n, v in self._task.evaluate(model, batches).items()}
+        moved = [{n: v.to(self.device) if isinstance(v, Tensor) else v for n, v in b.items()} for b in batches]
+        metrics = {n: float(v) for n, v in self._task.evaluate(model, moved).items()}
         model.train(was)
+        return metrics
+
+    def evaluate(self, k: int, step: int) -> dict[str, float]:
+        """Member ``k``'s metrics on its held-out batches, recorded on its curve."""
+        member = self.members[k]
+        metrics = self.score(k, member.val)
         if member.curve and member.curve[-1]["step"] == step:
             member.curve[-1].update(metrics)
         else:

@@ -167,14 +167,18 @@ class CellModule(L.LightningModule):
         self.trainer.should_stop = True
 
     @torch.no_grad()
-    def evaluate(self, step: int) -> dict[str, float]:
+    def score(self, batches: list[Any]) -> dict[str, float]:
+        """The task's metrics of the model on ``batches`` (eval mode; the curve is not touched)."""
         was = self.model.training
         self.model.eval()
         set_mode(self._optimizer, training=False)   # a schedule-free method's averaged point
-        batches = [self._to_device(b) for b in self._val]
-        metrics = {k: float(v) for k, v in self._task.evaluate(self.model, batches).items()}
+        metrics = {k: float(v) for k, v in self._task.evaluate(self.model, [self._to_device(b) for b in batches]).items()}
         set_mode(self._optimizer, training=True)
         self.model.train(was)
+        return metrics
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        metrics = self.score(self._val)
         if self.curve and self.curve[-1]["step"] == step:
             self.curve[-1].update(metrics)
         else:
