@@ -19,6 +19,7 @@ from modtransfer.core.recipe import AUX_LOSSES, RECIPE_SLOTS, Recipe, recipe_slo
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.task import TASKS
 from modtransfer.core.variant import VARIANTS, register_variant, resolve
+from modtransfer.reports.names import registered_slot
 from modtransfer.reports.table import _slot
 from modtransfer.run.cell import run_cell
 from modtransfer.run.plan import load_plan
@@ -163,4 +164,5 @@ def test_the_report_slot_of_each_recipe_variant_is_the_one_it_declares(hidden_l2
         spec = resolve(name, ModelSpec()).spec.to_dict()
         declared = VARIANTS.entry(name).meta["slot"]
         assert recipe_slot(spec, base) == declared and _slot(spec, base) == declared, name
+        assert registered_slot(name) == declared   # the report's slot column, from the registry
     assert recipe_slot(base, base) is None and _slot(base, base) == "other"
