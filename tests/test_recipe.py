@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from modtransfer.cli.commands import main
-from modtransfer.core.errors import ConflictError
+from modtransfer.core.errors import ConflictError, UserError
 from modtransfer.core.model import build
 from modtransfer.core.recipe import AUX_LOSSES, RECIPE_SLOTS, Recipe, recipe_slot, register_aux_loss
 from modtransfer.core.spec import ModelSpec
@@ -166,3 +166,14 @@ def test_the_report_slot_of_each_recipe_variant_is_the_one_it_declares(hidden_l2
         assert recipe_slot(spec, base) == declared and _slot(spec, base) == declared, name
         assert registered_slot(name) == declared   # the report's slot column, from the registry
     assert recipe_slot(base, base) is None and _slot(base, base) == "other"
+
+
+def test_an_optimizer_the_installed_packages_lack_stops_before_training():
+    from modtransfer.core.recipe import OPTIMIZERS, register_optimizer
+
+    register_optimizer("test_missing", unavailable=lambda: "torch has no torch.optim.Missing")(lambda *a: None)
+    try:
+        with pytest.raises(UserError, match=r"optimizer 'test_missing' cannot run here: torch has no"):
+            resolve("baseline", ModelSpec(recipe={"optimizer": "test_missing"}))
+    finally:
+        OPTIMIZERS.unregister("test_missing")

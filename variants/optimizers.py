@@ -70,6 +70,15 @@ class Lion(torch.optim.Optimizer):
         return loss
 
 
+def _in_torch(name: str, since: str) -> Any:
+    """``unavailable`` of an optimiser that ``torch.optim`` provides (present from torch ``since``)."""
+    def why() -> str | None:
+        if hasattr(torch.optim, name):
+            return None
+        return f"torch {torch.__version__} has no torch.optim.{name} (upgrade torch to {since} or later)"
+    return why
+
+
 # -- the optimisers a recipe can name -----------------------------------------------------------
 @register_optimizer("adamw", paper=ADAMW_PAPER, scopes=("all", "hidden"))
 def _adamw(groups: list[dict[str, Any]], budget: Any, options: dict[str, Any], device: torch.device) -> Any:
@@ -77,7 +86,7 @@ def _adamw(groups: list[dict[str, Any]], budget: Any, options: dict[str, Any], d
     return adamw_on_groups(groups, budget, device)
 
 
-@register_optimizer("muon", paper=MUON_PAPER, scopes=("hidden",),
+@register_optimizer("muon", paper=MUON_PAPER, scopes=("hidden",), unavailable=_in_torch("Muon", "2.9"),
                     options={"lr_scale": 1.0, "momentum": 0.95, "nesterov": True, "ns_steps": 5,
                              "adjust_lr": "match_rms_adamw"})
 def _muon(groups: list[dict[str, Any]], budget: Any, options: dict[str, Any], device: torch.device) -> Any:
@@ -92,7 +101,7 @@ def _muon(groups: list[dict[str, Any]], budget: Any, options: dict[str, Any], de
                             adjust_lr_fn=None if adjust == "original" else adjust)
 
 
-@register_optimizer("adafactor", paper=ADAFACTOR_PAPER, scopes=("all", "hidden"),
+@register_optimizer("adafactor", paper=ADAFACTOR_PAPER, scopes=("all", "hidden"), unavailable=_in_torch("Adafactor", "2.5"),
                     options={"lr": 1.0e-2, "beta2_decay": -0.8, "d": 1.0})
 def _adafactor(groups: list[dict[str, Any]], budget: Any, options: dict[str, Any], device: torch.device) -> Any:
     """Adafactor: the second moment of a matrix kept as row and column means (memory rows + cols),

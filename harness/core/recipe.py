@@ -52,7 +52,8 @@ BASELINE_OPTIMIZER = "adamw"
 #: name -> ``build(groups, budget, options, device) -> torch.optim.Optimizer``; meta: ``paper``,
 #: ``options`` (name -> default), ``scopes`` (the scopes it can train), ``own_schedule`` (it warms up
 #: and anneals by itself: the budget's schedule is not applied), ``extra`` (the optional dependency
-#: it needs, "" when none).
+#: it needs, "" when none), ``unavailable`` (``() -> reason | None``: why it cannot run with the
+#: installed packages, e.g. a torch without ``torch.optim.Muon``).
 OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer")
 
 #: name -> ``make(model) -> term``, where ``term(batch) -> Tensor`` (a scalar) is called in each
@@ -64,6 +65,7 @@ AUX_LOSSES: Registry[Callable[..., Any]] = Registry("auxiliary loss")
 
 def register_optimizer(name: str, *, paper: str = "", options: dict[str, Any] | None = None,
                        scopes: tuple[str, ...] = ("all",), own_schedule: bool = False, extra: str = "",
+                       unavailable: Callable[[], str | None] | None = None,
                        override: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``build(groups, budget, options, device) -> Optimizer`` as a recipe's optimiser.
 
@@ -74,7 +76,8 @@ def register_optimizer(name: str, *, paper: str = "", options: dict[str, Any] | 
     if bad:
         raise ValueError(f"optimizer {name!r}: unknown scope {bad[0]!r}; scopes are {', '.join(SCOPES)}")
     return OPTIMIZERS.register(name, override=override, paper=paper, options=dict(options or {}),
-                               scopes=tuple(scopes), own_schedule=own_schedule, extra=extra)
+                               scopes=tuple(scopes), own_schedule=own_schedule, extra=extra,
+                               unavailable=unavailable)
 
 
 def register_aux_loss(name: str, *, paper: str = "", requires: tuple[str, ...] = (),
@@ -218,6 +221,10 @@ def check_recipe(recipe: Recipe) -> None:
     if extra and importlib.util.find_spec(extra) is None:
         raise UserError(f"optimizer {recipe.optimizer!r} needs the {extra} package; install it with "
                         f"pip install 'modtransfer[{extra}]'")
+    why = entry.meta.get("unavailable")
+    reason = why() if why is not None else None
+    if reason:
+        raise UserError(f"optimizer {recipe.optimizer!r} cannot run here: {reason}")
     for name, _ in recipe.aux_losses:
         AUX_LOSSES.entry(name)
 
