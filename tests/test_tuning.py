@@ -99,7 +99,7 @@ def _small_plan(**extra):
     budget = {"steps": 20, "eval_every": 10, "eval_batches": 2, "batch_size": 8}
     return {"name": "fair", "size": "tiny", "seeds": 2, "variants": ["rmsnorm"], "executor": "local",
             "tasks": ["regression", "regression_product"], "wandb": {"mode": "disabled"},
-            "task_budget": {"regression": budget, "regression_product": budget}, **extra}
+            "task_budget": {"regression": dict(budget), "regression_product": dict(budget)}, **extra}
 
 
 def test_tuning_plan_expands_trials_for_every_arm_and_scores_them_on_test(tmp_path):
