@@ -3,7 +3,10 @@
 The paper's figures live in ``data/narang2021_table1.csv`` (see ``data/README.md``). Our
 language-modelling task is set beside the paper's pre-training loss (``early_loss``: C4
 log-perplexity after 65k steps, lower is better) and our translation task beside its WMT'14
-En-De BLEU. A different sign at small scale is a finding to show, not an error to hide.
+En-De BLEU (higher is better). Both sides are written as the report writes every effect: the
+improvement over the baseline, positive = better, in each measure's own units (for the paper's
+loss, Vanilla Transformer − model; for its BLEU, model − Vanilla Transformer). A different sign
+at small scale is a finding to show, not an error to hide.
 """
 
 from __future__ import annotations
@@ -43,14 +46,21 @@ class RefRow:
     paper_model: str
     task: str                  # our condition label
     paper_measure: str
-    paper_delta: float         # paper: variant - baseline, in the paper's units
+    paper_delta: float         # paper: improvement over its baseline (+ = better), in the paper's units
     paper_better: bool
     ours_metric: str
-    ours_delta: float          # ours: variant - baseline, in our metric's units
-    ours_ci: tuple[float, float] | None
+    ours_delta: float          # ours: mean paired improvement (+ = better), in our metric's units
+    ours_ci: tuple[float, float] | None   # its unadjusted t interval (improvement)
     ours_call: str
     higher_is_better: bool
     paper_clear: bool | None = None   # |paper Δ| > 2 standard errors; None where the paper gives one run
+    paper_baseline: float = math.nan  # the paper's Vanilla Transformer figure, in its own direction
+    paper_value: float = math.nan     # the paper's figure for the model
+
+    @property
+    def paper_direction(self) -> str:
+        """Which way the paper's measure is better, in words."""
+        return "higher is better" if self.higher_is_better else "lower is better"
 
     @property
     def signs_agree(self) -> bool | None:
@@ -61,7 +71,7 @@ class RefRow:
 
     @property
     def ours_better_point(self) -> bool:
-        return self.ours_delta > 0 if self.higher_is_better else self.ours_delta < 0
+        return self.ours_delta > 0
 
     @property
     def agreement(self) -> str:
@@ -99,15 +109,12 @@ def compare_reference(comps: list[Comparison], table: dict[str, dict[str, str]] 
         col, hib, measure = PAPER_TASKS[key]
         if c.cond.higher_is_better != hib:
             continue  # our primary metric does not measure the same direction (e.g. mt scored by loss)
-        delta = float(table[model][col]) - float(base[col])
+        value, baseline = float(table[model][col]), float(base[col])
+        delta = value - baseline if hib else baseline - value   # improvement, + = better
         clear = None
         if table[model].get(f"{col}_std") and base.get(f"{col}_std"):
             se = math.sqrt((float(table[model][f"{col}_std"]) ** 2 + float(base[f"{col}_std"]) ** 2) / PAPER_RUNS)
             clear = abs(delta) > 2 * se
-        ci = None
-        if c.ci is not None:
-            lo, hi = c.ci if hib else (-c.ci[1], -c.ci[0])
-            ci = (lo, hi)
-        out.append(RefRow(c.variant, model, c.cond.label, measure, delta, delta > 0 if hib else delta < 0,
-                          c.cond.metric, c.raw_diff, ci, c.call, hib, clear))
+        out.append(RefRow(c.variant, model, c.cond.label, measure, delta, delta > 0, c.cond.metric, c.mean_diff,
+                          c.ci, c.call, hib, clear, baseline, value))
     return out

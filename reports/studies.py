@@ -16,12 +16,17 @@ from .summary import Analysis, fmt
 
 
 def reference_section(a: Analysis) -> Section:
+    from .intervals import excludes_zero_uncalled, shown_interval  # (kept local: this file is shared with others)
+
     s = Section("Reference study", "reference")
     s.blocks.append(Para("Narang et al. 2021, \"Do Transformer Modifications Transfer Across Implementations and "
-                         "Applications?\" (EMNLP 2021, arXiv 2102.11972), Table 1: Δ = model − Vanilla Transformer, "
-                         "223M-parameter encoder-decoder. Our `lm` task sits beside their C4 pre-training loss "
-                         "(65k steps, lower is better), our `mt` task beside their WMT'14 En-De BLEU. A different "
-                         "sign at small scale is a finding, not an error."))
+                         "Applications?\" (EMNLP 2021, arXiv 2102.11972), Table 1, 223M-parameter encoder-decoder. "
+                         "Our `lm` task sits beside their C4 pre-training loss (log-perplexity after 65k steps; "
+                         "**lower is better**), our `mt` task beside their WMT'14 En-De BLEU (**higher is better**). "
+                         "Both sides are written as every effect on this page: Δ = improvement over the baseline, "
+                         "**positive = better**, in each measure's own units (for the paper's loss: Vanilla "
+                         "Transformer − model; for its BLEU: model − Vanilla Transformer). A different sign at small "
+                         "scale is a finding, not an error."))
     if not a.reference:
         s.blocks.append(Para("No variant of this run has a row in the paper's table on a task it measured."))
         return s
@@ -29,17 +34,25 @@ def reference_section(a: Analysis) -> Section:
     for r in a.reference:
         agree = {True: "yes", False: "**no**", None: "—"}[r.signs_agree]
         clear = {True: "yes", False: "no (within noise)", None: "n/a (one run)"}[r.paper_clear]
+        c = a.comp(r.variant, r.task)
+        lo, hi, kind = shown_interval(a, c) if c is not None else (math.nan, math.nan, "")
+        ci = (f"{ci_text((lo, hi), 2)} {kind}" + (" †" if c is not None and excludes_zero_uncalled(c) else "")
+              if math.isfinite(lo) else "—")
         rows.append([r.variant, TableCell(r.paper_model, "wrap"), r.task,
-                     f"{fmt(r.paper_delta, 3, True)} {r.paper_measure}",
+                     TableCell(f"{fmt(r.paper_delta, 3, True)} ({r.paper_measure}, {r.paper_direction}: "
+                               f"{r.paper_baseline:g} → {r.paper_value:g})", "wrap"),
                      f"{'better' if r.paper_better else 'worse'}, clear: {clear}",
-                     f"{fmt(r.ours_delta, 3, True)} {r.ours_metric}", ci_text(r.ours_ci, 2) if r.ours_ci else "—",
+                     f"{fmt(r.ours_delta, 3, True)} {r.ours_metric} {'↑' if r.higher_is_better else '↓'}", ci,
                      call_cell(r.ours_call), agree, r.agreement])
-    s.blocks.append(Table(["Variant", "Paper model", "Our task", "Paper Δ (measure)", "Paper", "Our Δ (metric)",
-                           "Our CI", "Our call", "Signs agree", "Calls agree"], rows,
-                          id="reference-table"))
+    s.blocks.append(Table(["Variant", "Paper model", "Our task", "Paper Δ improvement (+ = better)", "Paper",
+                           "Our Δ improvement (+ = better)", "Our interval of Δ", "Our call", "Signs agree",
+                           "Calls agree"], rows, id="reference-table",
+                          caption="Improvement over each study's own baseline, positive = better on both sides"))
     s.blocks.append(Para("Paper clear: |Δ| above two standard errors of the difference of two 5-run means "
-                         "(only the pre-training loss has a spread in the paper). Δ is in each metric's own "
-                         "direction (for losses, negative is better)."))
+                         "(only the pre-training loss has a spread in the paper). Our Δ and interval are the ones of "
+                         "the Effects table (the same sign convention, the same interval: FCR-adjusted for a call, "
+                         "else unadjusted; † = excludes zero without a call). The paper's figures in brackets are "
+                         "its baseline → the model, in the measure's own direction."))
     dis = [r for r in a.reference if r.signs_agree is False]
     if dis:
         s.blocks.append(Para(f"**Disagreements** ({len(dis)} of {len(a.reference)}): the point estimates point the "
@@ -53,9 +66,9 @@ def reference_section(a: Analysis) -> Section:
 def _disagreement(r: RefRow) -> str:
     ours = "significant after correction" if r.agreement == "disagree" else "ours not significant"
     paper = "" if r.paper_clear is not False else "; the paper's own difference is within its noise"
-    return (f"`{r.variant}` on {r.task}: paper {r.paper_measure} Δ {r.paper_delta:+.3g} "
-            f"({'better' if r.paper_better else 'worse'}); ours {r.ours_metric} Δ {r.ours_delta:+.3g}, call "
-            f"{r.ours_call} ({ours}{paper})")
+    return (f"`{r.variant}` on {r.task}: paper {r.paper_measure} improvement {r.paper_delta:+.3g} "
+            f"({'better' if r.paper_better else 'worse'}); ours {r.ours_metric} improvement {r.ours_delta:+.3g}, "
+            f"call {r.ours_call} ({ours}{paper})")
 
 
 def sensitivity_section(a: Analysis, figs: Figures) -> Section:

@@ -149,3 +149,35 @@ def test_no_absolute_path_of_the_building_machine_in_any_file(report: dict[str, 
             continue
         text = f.read_text(encoding="utf-8", errors="replace")
         assert run not in text and str(Path.home()) not in text, f.name
+
+
+def _md_table(md: str, header: str) -> list[dict[str, str]]:
+    """The rows of the first Markdown table whose header row holds ``header``."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| ") and f"| {header} |" in line)
+    heads = [h.strip() for h in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(heads, [c.strip() for c in line.strip("|").split("|")], strict=True)))
+    return rows
+
+
+def test_reference_table_writes_both_sides_as_improvement(report: dict[str, Any]) -> None:
+    md = (report["out"] / "report.md").read_text(encoding="utf-8")
+    rows = {(r["Variant"], r["Our task"]): r for r in _md_table(md, "Paper Δ improvement (+ = better)")}
+    effects = {(r["Variant"], r["Task · metric"].split(" · ")[0]): r for r in _md_table(md, "Δ improvement (+ = better)")}
+    # paper: SwiGLU's C4 loss 2.182 -> 2.127 (fell: +0.055) and BLEU 26.62 -> 27.02 (rose: +0.4); GeLU's BLEU fell
+    paper = {k: float(rows[k]["Paper Δ improvement (+ = better)"].split(" ")[0]) for k in rows}
+    assert paper[("swiglu", "lm")] == pytest.approx(0.055) and paper[("swiglu", "mt")] == pytest.approx(0.4)
+    assert paper[("gelu", "mt")] == pytest.approx(-0.15)
+    assert "lower is better" in rows[("swiglu", "lm")]["Paper Δ improvement (+ = better)"]
+    assert "higher is better" in rows[("swiglu", "mt")]["Paper Δ improvement (+ = better)"]
+    for k, r in rows.items():  # ours: the Effects table's Δ and interval, planted better on both tasks for swiglu
+        ours = r["Our Δ improvement (+ = better)"]
+        assert float(ours.split(" ")[0]) == pytest.approx(float(effects[k]["Δ improvement (+ = better)"]), abs=1e-3)
+        assert r["Our interval of Δ"] == effects[k]["Interval of Δ"]
+    assert float(rows[("swiglu", "lm")]["Our Δ improvement (+ = better)"].split(" ")[0]) > 0
+    assert rows[("swiglu", "lm")]["Signs agree"] == "yes" and rows[("gelu", "lm")]["Signs agree"] == "**no**"
+    assert "Δ is in each metric's own direction" not in md.split("## Reference study", 1)[1].split("\n## ", 1)[0]

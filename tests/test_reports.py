@@ -304,8 +304,9 @@ def test_reference_comparison_maps_names_and_flags_disagreement(tmp_path: Path) 
     write_store(tmp_path, {("swiglu", "lm"): 4.0, ("swiglu", "mt"): 4.0, ("elu", "lm"): 4.0, ("elu", "mt"): -4.0})
     rows = {(r.variant, r.task): r for r in compare_reference(list(comps_of(tmp_path).values()))}
     sw = rows[("swiglu", "lm")]
-    assert sw.paper_model == "SwiGLU" and sw.paper_delta == pytest.approx(2.127 - 2.182)
-    assert sw.paper_better and sw.ours_delta < 0 and sw.signs_agree and sw.agreement == "agree"
+    # both sides are improvements (+ = better): the paper's loss fell 2.182 -> 2.127, ours fell too
+    assert sw.paper_model == "SwiGLU" and sw.paper_delta == pytest.approx(2.182 - 2.127)
+    assert sw.paper_better and sw.ours_delta > 0 and sw.signs_agree and sw.agreement == "agree"
     elu = rows[("elu", "lm")]
     assert not elu.paper_better and elu.signs_agree is False and elu.agreement == "disagree"
     assert rows[("elu", "mt")].paper_delta == pytest.approx(26.08 - 26.62) and rows[("elu", "mt")].signs_agree
