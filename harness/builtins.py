@@ -46,4 +46,5 @@ def load_builtins() -> None:
             sharing,
             stacks,
             synthesizer,
+            transparent,
         )

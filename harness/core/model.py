@@ -82,6 +82,14 @@ def has_final_norm(spec: ModelSpec, topology: str) -> bool:
     return spec.final_norm == "always"
 
 
+#: Block classes by name: a variant whose layer is not attention-then-FFN (branched attention with
+#: its own FFNs, a searched cell) registers a class with :class:`Block`'s constructor and
+#: ``forward`` and selects it with the option ``block`` (``spec.with_options(block=name)``);
+#: ``standard`` is :class:`Block`.
+BLOCKS: Registry[type[nn.Module]] = Registry("block")
+BLOCKS.register("standard", Block)
+
+
 class Stack(nn.Module):
     """A stack of blocks with its own position component and (see ``final_norm``) a final norm.
 
@@ -101,9 +109,10 @@ class Stack(nn.Module):
         self.position = component("position", spec.position)(spec, causal=causal)
         n_blocks, self.repeat = (1, spec.n_layers) if shared else (spec.n_layers, 1)  # shared: ALBERT, arXiv 1909.11942
         self.shared = StackShared(causal, cross)
+        block_cls = BLOCKS.get(str(spec.option("block", "standard")))
         with building(self.shared):  # components may join it (modtransfer.core.stack_shared)
-            self.blocks = nn.ModuleList(Block(spec, causal=causal, cross=cross, index=i, draws=draws,
-                                              place=f"{place}.blocks.{i}") for i in range(n_blocks))
+            self.blocks = nn.ModuleList(block_cls(spec, causal=causal, cross=cross, index=i, draws=draws,
+                                                  place=f"{place}.blocks.{i}") for i in range(n_blocks))
         if spec.clone_layers:
             _check_clonable(spec, self.blocks)
         norm = component("norm", spec.norm)
