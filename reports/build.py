@@ -8,9 +8,9 @@ so a report that fails leaves the previous report (or nothing) and never a half-
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +26,8 @@ from .table import MainTable, as_tables, bool_text, latex, main_table
 from .table import write_csv as write_table_csv
 
 T = TypeVar("T")
+#: Notes (INFO) and warnings for the user; the CLI shows them, a library caller sees the warnings on stderr.
+log = logging.getLogger(__name__)
 
 
 def write_csv(a: Analysis, path: Path) -> None:
@@ -42,7 +44,7 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
 
     ``wandb_mode``: "offline" (default), "online" or "disabled" for the W&B run of job type
     "report". ``wandb_report``: also build a W&B Report (saved as ``wandb_report.json``; saved to
-    W&B and its URL printed when online and ``wandb-workspaces`` is installed). ``out_dir``: where
+    W&B and its URL logged when online and ``wandb-workspaces`` is installed). ``out_dir``: where
     to write it (default ``run_dir/report``), for a run folder that is read-only.
     """
     from modtransfer.run.envinfo import WANDB_MODES
@@ -81,7 +83,7 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
         (tmp / MARKER).write_text(f"{run_dir_from(tmp, run_dir)}\n", encoding="utf-8")  # same depth as final
         write_readme(tmp, a, run_dir)
         if final.exists():
-            print(f"note: replacing the earlier report in {final}", file=sys.stderr)
+            log.info("replacing the earlier report in %s", final)
         replace_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,7 +129,7 @@ def _online_tolerant(mode: str, what: str, fn: Callable[..., T], *args: Any) -> 
     try:
         return fn(*args)
     except Exception as e:  # noqa: BLE001 - any W&B/network error must not cost the local report
-        print(f"warning: W&B failed while {what}: {type(e).__name__}: {e}", file=sys.stderr)
+        log.warning("W&B failed while %s: %s: %s", what, type(e).__name__, e)
         return None
 
 

@@ -15,10 +15,10 @@ changed" table diffs the inputs' plans, sizes, implementations, seeds, budgets a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -364,7 +364,7 @@ def _check_out(out: Path, inputs: list[Input]) -> None:
 def _swap(tmp: Path, out: Path) -> None:
     """Put the finished ``tmp`` at ``out``, saying so when it replaces an earlier comparison."""
     if out.exists():
-        print(f"note: replacing the earlier comparison in {out}", file=sys.stderr)
+        logging.getLogger(__name__).info("replacing the earlier comparison in %s", out)
     replace_folder(tmp, out)
 
 

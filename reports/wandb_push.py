@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -35,6 +36,8 @@ STEP = "trainer/global_step"
 #: how a variant's seeds are drawn: their mean, with the standard error of the mean as the band
 AGG, BAND = "mean", "stderr"
 BASELINE_COLOR = "#000000"
+#: Notes for the user (the CLI shows them): where the W&B Report went, or why it stayed local.
+log = logging.getLogger(__name__)
 
 
 def target(a: Analysis) -> tuple[str, str | None]:
@@ -240,7 +243,8 @@ def to_api(defn: Any) -> Any:
 
 
 def write_report_definition(a: Analysis, figs: Figures, folder: Path, mode: str) -> dict[str, Any]:
-    """Save the definition as ``wandb_report.json`` in ``folder``; online, also save it to W&B and print its URL."""
+    """Save the definition as ``wandb_report.json`` in ``folder``; online, also save it to W&B: its URL is under
+    "url" in the returned definition (and logged for the CLI to show)."""
     project, entity = target(a)
     defn = report_definition(a, figs, project, entity, folder)
     path = folder / "wandb_report.json"
@@ -250,11 +254,12 @@ def write_report_definition(a: Analysis, figs: Figures, folder: Path, mode: str)
     try:
         import wandb_workspaces  # noqa: F401
     except ImportError:
-        print("wandb-workspaces is not installed: the W&B Report is saved as JSON only (pip install wandb-workspaces)")
+        log.warning("wandb-workspaces is not installed: the W&B Report is saved as JSON only "
+                    "(pip install wandb-workspaces)")
         return defn
     report = to_api(defn)
     report.save()
     defn["url"] = report.url
     path.write_text(json.dumps(defn, indent=2), encoding="utf-8")
-    print(f"W&B report: {report.url}")
+    log.info("W&B report: %s", report.url)
     return defn

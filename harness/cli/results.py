@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from modtransfer.cli.environment import check_wandb_online, check_writable_dir, load_plugins
@@ -26,8 +30,33 @@ def report_command(args: argparse.Namespace) -> int:
 def compare_command(args: argparse.Namespace) -> int:
     from modtransfer.reports.compare import write_comparison
 
-    print(f"comparison: {write_comparison([Path(p) for p in args.inputs], Path(args.out) if args.out else None)}")
+    with report_messages():
+        index = write_comparison([Path(p) for p in args.inputs], Path(args.out) if args.out else None)
+    print(f"comparison: {index}")
     return 0
+
+
+class _Say(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{'note' if record.levelno < logging.WARNING else 'warning'}: {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def report_messages() -> Iterator[None]:
+    """Print the notes and warnings the report modules log (they never print themselves) on stderr."""
+    logger = logging.getLogger("modtransfer.reports")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Say())
+    old = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old[0])
+        logger.propagate = old[1]
 
 
 def store_command(args: argparse.Namespace) -> int:
@@ -54,6 +83,7 @@ def write_report(run_dir: Path, wandb_mode: str | None, wandb_report: bool, out:
     if out is None and not os.access(run_dir, os.W_OK):
         raise UserError(f"the run folder {run_dir} is read-only; write the report elsewhere with --out DIR")
     check_writable_dir((out or run_dir / "report").parent, "--out" if out else "the run folder")
-    index = build_report(run_dir, wandb_mode=mode, wandb_report=wandb_report, out_dir=out)
+    with report_messages():
+        index = build_report(run_dir, wandb_mode=mode, wandb_report=wandb_report, out_dir=out)
     print(f"report: {index}")
     return 0
