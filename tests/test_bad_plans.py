@@ -29,6 +29,8 @@ BASE: dict[str, Any] = {
 
 RAW = object()  # marks a case whose plan file is given as raw text
 
+SHARED = {"steps": 5, "batch_size": 4}  # one object under two keys: yaml.safe_dump writes an anchor and an alias
+
 #: A "billion laughs" under a real key: 10 levels of 9 references (9**10 strings once expanded; the error
 #: message of the type check alone took minutes to build before anchors were refused while parsing).
 BOMB_IN_VARIANTS = "name: bad\ntasks: [regression]\nvariants:\n  - &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -166,6 +168,8 @@ CASES = [
          text="name: bad\ntasks: [regression]\nbudget: &steps {steps: 5}\n"),
     Case("yaml-merge-key", ["line 4", "anchors and aliases", "*b"],
          text="name: bad\ntasks: [regression]\nbudget: {steps: 5}\ntask_budget: {regression: {<<: *b}}\n"),
+    Case("yaml-dumped-shared-mapping", ["anchors and aliases", "&id001", "dump a copy of each"],
+         text=yaml.safe_dump({**BASE, "task_budget": {"regression": SHARED, "regression_product": SHARED}})),
     Case("plan-too-large", ["bytes", "more than a plan YAML may be"],
          text="name: bad\n" + "# padding\n" * 30000),
     Case("implementations-empty", ["plan.implementations is an empty list", "drop the key"],

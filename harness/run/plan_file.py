@@ -52,8 +52,10 @@ class _PlanLoader(yaml.SafeLoader):
         line = event.start_mark.line + 1 if event.start_mark else 0
         if isinstance(event, yaml.AliasEvent) or event.anchor is not None:
             sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            dumped = (" (PyYAML's dump writes &id001 for an object used twice: dump a copy of each)"
+                      if re.fullmatch(r"id\d+", event.anchor or "") else "")
             raise UserError(f"plan line {line}: YAML anchors and aliases ({sign}{event.anchor}) are not read in "
-                            "a plan; write the value out where it is used")
+                            f"a plan; write the value out where it is used{dumped}")
         if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
             if self._depth >= MAX_YAML_DEPTH:
                 raise UserError(f"plan line {line}: nests deeper than {MAX_YAML_DEPTH} levels; a plan needs three "
