@@ -27,6 +27,7 @@ def load_builtins() -> None:
         from modtransfer.variants import (  # noqa: F401
             activations,
             attention,
+            branched,
             convolution,
             depth,
             embeddings,
