@@ -1,6 +1,6 @@
 """A tiny document model, rendered twice: to one self-contained HTML page and to Markdown.
 
-Text uses two bits of Markdown only, ``**bold**`` and ```code```, which both renderers know.
+Text uses three bits of Markdown only, ``**bold**``, ``*emphasis*`` and ```code```, which both renderers know.
 """
 
 from __future__ import annotations

@@ -181,3 +181,29 @@ def test_reference_table_writes_both_sides_as_improvement(report: dict[str, Any]
     assert float(rows[("swiglu", "lm")]["Our Δ improvement (+ = better)"].split(" ")[0]) > 0
     assert rows[("swiglu", "lm")]["Signs agree"] == "yes" and rows[("gelu", "lm")]["Signs agree"] == "**no**"
     assert "Δ is in each metric's own direction" not in md.split("## Reference study", 1)[1].split("\n## ", 1)[0]
+
+
+def _page_text(page: str) -> str:
+    """The text a reader sees: no script, style, pre-formatted plan or code span, no tags."""
+    import re
+
+    for tag in ("script", "style", "pre", "code"):
+        page = re.sub(rf"<{tag}\b.*?</{tag}>", " ", page, flags=re.S)
+    return re.sub(r"<[^>]+>", " ", page)
+
+
+def test_no_unrendered_emphasis_in_the_html(report: dict[str, Any]) -> None:
+    import re
+
+    page = (report["out"] / "index.html").read_text(encoding="utf-8")
+    assert "<em>better everywhere</em>" in page, "the verdict rule's emphasis is rendered"
+    left = re.findall(r"(?<![\w*])\*[^\s*][^*<>]*?(?<=\S)\*(?![\w*])", _page_text(page))
+    assert not left, left
+
+
+def test_inline_renders_emphasis_but_leaves_code_and_arithmetic() -> None:
+    from modtransfer.reports.render_html import inline
+
+    assert inline("they say *which mechanism*, **not** `*glu*`") == \
+        "they say <em>which mechanism</em>, <strong>not</strong> <code>*glu*</code>"
+    assert inline("2 * se and a*b; * = better") == "2 * se and a*b; * = better"
