@@ -31,6 +31,7 @@ def load_builtins() -> None:
             convolution,
             depth,
             embeddings,
+            evolved,
             ffn,
             init,
             memory,
