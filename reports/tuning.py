@@ -138,7 +138,9 @@ def agreement(dropin: str, tuned: str) -> str:
 def tuning_section(a: Any) -> Any:
     """The two regimes side by side, per variant and task (None without tuning trials)."""
     from .doc import Para, Section, Table
-    from .summary import fmt
+
+    def fmt(x: float, digits: int, signed: bool = False) -> str:
+        return "—" if not math.isfinite(x) else (f"{x:+.{digits}g}" if signed else f"{x:.{digits}g}")
 
     if not a.trials:
         return None

@@ -20,7 +20,7 @@ Loader = Callable[[str | Path], str | None]
 
 @pytest.fixture
 def plugins(temporary_plugin: Loader, plugin_dir: Path) -> Path:
-    for name in ("leaky_plugin.py", "moe_leak_plugin.py", "qk_norm.py", "cheat_plugin.py"):
+    for name in ("leaky_plugin.py", "moe_leak_plugin.py", "qk_cosine.py", "cheat_plugin.py"):
         assert temporary_plugin(plugin_dir / name) is not None, name
     return plugin_dir
 
@@ -35,10 +35,10 @@ def test_gate_reports_leaky_plugins_and_skips_builtins(plugins: Path, tmp_path: 
         return real(expr, tasks, **kw)
 
     monkeypatch.setattr(gate_module, "run_contract", spy)
-    exprs = ["baseline", "swiglu+rmsnorm", "leaky_ffn", "rmsnorm+moe_batch_major", "qk_norm", "cheat_peek_ahead"]
+    exprs = ["baseline", "swiglu+rmsnorm", "leaky_ffn", "rmsnorm+moe_batch_major", "qk_cosine", "cheat_peek_ahead"]
     lines = gate(exprs, ["lm", "mt"], tmp_path)
-    assert set(checked) == {"leaky_ffn", "rmsnorm+moe_batch_major", "qk_norm", "cheat_peek_ahead"}
-    assert not any("qk_norm" in line for line in lines)
+    assert set(checked) == {"leaky_ffn", "rmsnorm+moe_batch_major", "qk_cosine", "cheat_peek_ahead"}
+    assert not any("qk_cosine" in line for line in lines)
     leaky = [line for line in lines if "'leaky_ffn'" in line]
     assert any("task 'lm', check 'causality'" in line and "sees the future" in line for line in leaky)
     assert any("task 'mt', check 'padding'" in line for line in leaky)
@@ -52,16 +52,16 @@ def test_gate_reports_leaky_plugins_and_skips_builtins(plugins: Path, tmp_path: 
 
 
 def test_gate_cache_hit_pays_nothing(plugins: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = gate(["leaky_ffn", "qk_norm"], ["lm"], tmp_path)
+    first = gate(["leaky_ffn", "qk_cosine"], ["lm"], tmp_path)
     assert first and all("'leaky_ffn'" in line for line in first)
 
     def refuse(*args: object, **kw: object) -> list:
         raise AssertionError("the contract ran again on unchanged code")
 
     monkeypatch.setattr(gate_module, "run_contract", refuse)
-    assert gate(["leaky_ffn", "qk_norm"], ["lm"], tmp_path) == first
+    assert gate(["leaky_ffn", "qk_cosine"], ["lm"], tmp_path) == first
     with pytest.raises(AssertionError, match="ran again"):  # a task not checked yet is not in the cache
-        gate(["qk_norm"], ["regression"], tmp_path)
+        gate(["qk_cosine"], ["regression"], tmp_path)
 
 
 def test_gate_checks_again_when_plugin_code_changes(temporary_plugin: Loader, tmp_path: Path,

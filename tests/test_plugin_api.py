@@ -37,12 +37,12 @@ def _failed(results: list[CheckResult]) -> list[CheckResult]:
 
 
 # -- base classes -------------------------------------------------------------------------------
-def test_qk_norm_example_is_short_and_passes_check(temporary_plugin: Loader, plugin_dir: Path,
+def test_qk_cosine_example_is_short_and_passes_check(temporary_plugin: Loader, plugin_dir: Path,
                                                    empty_cache: Path) -> None:
-    path = plugin_dir / "qk_norm.py"
+    path = plugin_dir / "qk_cosine.py"
     assert len(path.read_text().splitlines()) < 25
     assert temporary_plugin(path) is not None
-    results = run_contract("qk_norm", ["lm", "mt", "regression"], cache_dir=empty_cache)
+    results = run_contract("qk_cosine", ["lm", "mt", "regression"], cache_dir=empty_cache)
     assert not _failed(results), _failed(results)
     assert _by_check(results, "mt")["padding"].status == "passed"
     assert "training mode" in _by_check(results, "lm")["causality"].detail

@@ -24,15 +24,15 @@ def readme_files() -> dict[str, str]:
     return out
 
 
-def test_the_examples_are_there_and_qk_norm_is_short() -> None:
+def test_the_examples_are_there_and_qk_cosine_is_short() -> None:
     files = readme_files()
-    assert {"squared_relu.py", "layerscale.py", "qk_norm.py", "reverse_task.py"} <= set(files)
-    assert len(files["qk_norm.py"].strip().splitlines()) < 25
+    assert {"squared_relu.py", "layerscale.py", "qk_cosine.py", "reverse_task.py"} <= set(files)
+    assert len(files["qk_cosine.py"].strip().splitlines()) < 25
 
 
 @pytest.mark.parametrize(("name", "variant"), [
     ("squared_relu.py", "squared_relu"),
-    ("qk_norm.py", "qk_norm"),
+    ("qk_cosine.py", "qk_cosine"),
     ("layerscale.py", "switch(capacity_factor=1.25)+layerscale"),
 ])
 def test_variant_examples_pass_check(tmp_path: Path, temporary_plugin, capsys: pytest.CaptureFixture[str],

@@ -61,15 +61,15 @@ def test_a_leaking_plugin_is_refused_before_training(tmp_path: Path, cold_cache:
 
 def test_a_passing_plugin_runs_and_the_gate_is_cached(tmp_path: Path, cold_cache: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    plan = _plan(tmp_path, ["qk_norm"], ["regression"])
-    args = ["run", str(plan), "--runs-dir", str(tmp_path / "runs"), "--plugin", str(PLUGINS / "qk_norm.py"),
+    plan = _plan(tmp_path, ["qk_cosine"], ["regression"])
+    args = ["run", str(plan), "--runs-dir", str(tmp_path / "runs"), "--plugin", str(PLUGINS / "qk_cosine.py"),
             "--no-report"]
     started = time.perf_counter()
     assert cli.main(args) == 0
     first = time.perf_counter() - started
     assert (cold_cache / "gate.json").is_file()
     rows = Store(tmp_path / "runs" / "gate" / "results.sqlite").rows()
-    assert {r["env"]["contract_gate"] for r in rows if r["variant"] == "qk_norm"} == {"passed"}
+    assert {r["env"]["contract_gate"] for r in rows if r["variant"] == "qk_cosine"} == {"passed"}
     assert {r["env"]["contract_gate"] for r in rows if r["variant"] == "baseline"} == {"built-in"}
     started = time.perf_counter()
     assert cli.main(args) == 0   # nothing to train, gate served from its cache
@@ -86,13 +86,13 @@ def test_no_check_trains_and_records_it(tmp_path: Path, cold_cache: Path) -> Non
 
 
 def test_plugin_code_is_part_of_the_cell_id(tmp_path: Path, temporary_plugin) -> None:
-    src = (PLUGINS / "qk_norm.py").read_text()
+    src = (PLUGINS / "qk_cosine.py").read_text()
     copy = tmp_path / "qk_copy.py"
     copy.write_text(src)
     assert temporary_plugin(copy) is not None
-    spec = {"name": "ids", "seeds": 1, "variants": ["qk_norm", "gelu"], "tasks": ["regression"]}
+    spec = {"name": "ids", "seeds": 1, "variants": ["qk_cosine", "gelu"], "tasks": ["regression"]}
     before = {c.variant: c.cell_id for c in load_plan(spec).all_cells}
     copy.write_text(src.replace("max(spec.max_len * (spec.max_len - 1), 2)", "max(spec.max_len * spec.max_len, 2)"))
     after = {c.variant: c.cell_id for c in load_plan(spec).all_cells}
-    assert before["qk_norm"] != after["qk_norm"], "a changed plugin must train anew"
+    assert before["qk_cosine"] != after["qk_cosine"], "a changed plugin must train anew"
     assert before["gelu"] == after["gelu"] and before["baseline"] == after["baseline"]
