@@ -20,7 +20,8 @@ zeroed before every convolution, so they never reach a real position. The sizes 
 Mesh TensorFlow's ``evolved_transformer`` layers, the model Narang et al. 2021 ran.
 
 A cell holds about two standard blocks' sublayers, so the variant builds n_layers / 2 cells per
-stack (Tensor2Tensor's ``evolved_transformer_base`` likewise halves the layer count). The 2 n_heads
+stack (Narang et al. do not give their cell count; at their shape this is 202M against the
+table's 217M, the gap written down in ``tests/test_zoo_table1.py``). The 2 n_heads
 head branch has half the head width, so a position component that rotates or biases heads
 (rope, relative_bias, alibi) cannot be combined with it; additive positions can.
 """
