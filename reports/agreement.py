@@ -9,6 +9,12 @@ other tasks predicts the ranking on the held-out one. With hyper-parameter axes 
 a task is a column; the overall figures then use only pairs of *different* tasks, and the
 leave-one-out prediction leaves out every setting of the held-out task. A variant that is
 unstable on a task is left out of that task's ranking.
+
+A bootstrap over n seeds can only draw C(2n-1, n) different resamples (multisets of n seeds): 10
+for 3 seeds, 35 for 4, 126 for 5. With few of them the percentile interval is a handful of
+repeated values and reads as more evidence than it is, so an interval is given only when every
+task it involves has at least :data:`MIN_DISTINCT_RESAMPLES` distinct resamples (5 or more seeds);
+otherwise it is omitted and the reason is kept (:attr:`Agreement.seeds_note`).
 """
 
 from __future__ import annotations
@@ -23,17 +29,47 @@ import numpy as np
 from . import stats
 from .analysis import Comparison, Settings
 
+#: fewest distinct bootstrap resamples of each task's seeds for an interval to be shown
+MIN_DISTINCT_RESAMPLES = 100
+
 
 @dataclass
 class Agreement:
     labels: list[str]
     tau: np.ndarray                                        # (C, C), NaN where undefined
-    pairs: list[dict] = field(default_factory=list)        # a, b, n_variants, tau, ci, across
+    pairs: list[dict] = field(default_factory=list)        # a, b, n_variants, tau, ci, distinct_resamples, across
     mean_tau: float = math.nan
     mean_ci: tuple[float, float] | None = None
     loo: dict[str, float] = field(default_factory=dict)    # held-out label -> tau
     loo_mean: float = math.nan
     seeds_note: str = ""
+
+
+def distinct_resamples(n_seeds: int) -> int:
+    """How many different resamples (multisets of ``n_seeds`` drawn with replacement) a bootstrap has."""
+    return math.comb(2 * n_seeds - 1, n_seeds) if n_seeds > 0 else 0
+
+
+def enough_resamples(n_seeds: int) -> bool:
+    """Whether a bootstrap over ``n_seeds`` seeds has enough distinct resamples for an interval."""
+    return distinct_resamples(n_seeds) >= MIN_DISTINCT_RESAMPLES
+
+
+def fewest_seeds_for_interval() -> int:
+    """The fewest seeds whose bootstrap has :data:`MIN_DISTINCT_RESAMPLES` distinct resamples."""
+    n = 1
+    while not enough_resamples(n):
+        n += 1
+    return n
+
+
+def omitted_note(n_seeds: int) -> str:
+    """Why intervals are left out when the task with the fewest seeds has ``n_seeds``."""
+    if n_seeds < 2:
+        return "a task has fewer than two seeds: no bootstrap interval can be given there"
+    return (f"bootstrap intervals omitted where a task has fewer than {fewest_seeds_for_interval()} seeds: "
+            f"{n_seeds} seeds give only {distinct_resamples(n_seeds)} distinct resamples, and an interval is "
+            f"shown only with at least {MIN_DISTINCT_RESAMPLES} per task")
 
 
 def _diff_matrices(comps: list[Comparison], variants: list[str], labels: list[str]) -> list[np.ndarray]:
@@ -84,8 +120,7 @@ def agreement(comps: list[Comparison], settings: Settings = Settings(), n_boot: 
     for m in mats:
         idx = rng.integers(0, m.shape[1], size=(n_boot, m.shape[1]))
         boots.append(_nanmean(m[:, idx], axis=2).T)           # (B, V)
-    if max(m.shape[1] for m in mats) < 2:
-        result.seeds_note = "one seed per task: no interval can be given"
+    n_seeds = [m.shape[1] if np.isfinite(m).any() else 0 for m in mats]
     pair_taus = []
     for i, j in itertools.combinations(range(n_c), 2):
         t = stats.kendall_tau(point[i], point[j])
@@ -93,15 +128,19 @@ def agreement(comps: list[Comparison], settings: Settings = Settings(), n_boot: 
         bt = stats.kendall_tau_batch(boots[i], boots[j])
         pair_taus.append(bt)
         common = int(np.sum(np.isfinite(point[i]) & np.isfinite(point[j])))
-        ci = None if result.seeds_note else stats.quantile_interval(bt, settings.level)
+        fewest = min(n_seeds[i], n_seeds[j])
+        ci = stats.quantile_interval(bt, settings.level) if enough_resamples(fewest) else None
         result.pairs.append({"a": labels[i], "b": labels[j], "n_variants": common, "tau": t, "ci": ci,
+                             "distinct_resamples": distinct_resamples(fewest),
                              "across": group[labels[i]] != group[labels[j]]})
     use = [k for k, p in enumerate(result.pairs) if p["across"]] or list(range(len(result.pairs)))
     finite = [result.pairs[k]["tau"] for k in use if math.isfinite(result.pairs[k]["tau"])]
     result.mean_tau = float(np.mean(finite)) if finite else math.nan
-    if not result.seeds_note:
+    if all(result.pairs[k]["ci"] is not None for k in use):
         result.mean_ci = stats.quantile_interval(_nanmean(np.stack([pair_taus[k] for k in use]), axis=0),
                                                  settings.level)
+    if any(p["ci"] is None for p in result.pairs):
+        result.seeds_note = omitted_note(min(n_seeds))
     z = np.stack([_zscore(p) for p in point])
     for i, lab in enumerate(labels):
         rest = [k for k in range(n_c) if group[labels[k]] != group[lab]] or [k for k in range(n_c) if k != i]

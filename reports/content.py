@@ -8,6 +8,7 @@ import math
 from collections import Counter
 from typing import Any
 
+from .agreement import MIN_DISTINCT_RESAMPLES, distinct_resamples, fewest_seeds_for_interval
 from .analysis import BASELINE
 from .doc import Bullets, Image, Para, Pre, Section, Table, TableCell
 from .figures import Figures
@@ -159,15 +160,17 @@ def agreement_section(a: Analysis, figs: Figures) -> Section:
     if not g.pairs:
         s.blocks.append(Para("Agreement needs at least two tasks and two variants."))
         return s
+    pct = int(a.settings.level * 100)
     if figs.agreement:
         s.blocks.append(Image(figs.agreement, "Task agreement matrix (Kendall tau)",
                               "Kendall tau-b between tasks' rankings of the variants by mean paired difference; [ ] = "
-                              "bootstrap interval."))
+                              "bootstrap interval, where there are enough distinct resamples."))
     rows = [[p["a"], p["b"], str(p["n_variants"]), fmt(p["tau"], 2, True),
-             ci_text(p["ci"], 2) if p["ci"] else (g.seeds_note or "—")] for p in g.pairs]
-    s.blocks.append(Table(["Task A", "Task B", "Variants", "Kendall tau", f"{int(a.settings.level * 100)}% CI"],
+             ci_text(p["ci"], 2) if p["ci"] else f"omitted ({p['distinct_resamples']} distinct resamples)"]
+            for p in g.pairs]
+    s.blocks.append(Table(["Task A", "Task B", "Variants", "Kendall tau", f"{pct}% bootstrap interval"],
                           rows, id="agreement-table"))
-    mean_ci = f" (bootstrap {int(a.settings.level * 100)}% interval {ci_text(g.mean_ci, 2)})" if g.mean_ci else ""
+    mean_ci = f" (bootstrap {pct}% interval {ci_text(g.mean_ci, 2)})" if g.mean_ci else ""
     across = any(p["across"] for p in g.pairs) and not all(p["across"] for p in g.pairs)
     which = " over pairs of different tasks" if across else ""
     few = min(p["n_variants"] for p in g.pairs)
@@ -178,11 +181,16 @@ def agreement_section(a: Analysis, figs: Figures) -> Section:
     if few < 8:
         items.insert(0, f"**Caveat: only {few} variant(s) are ranked.** With k variants tau moves in steps of "
                         f"2/(k(k-1)/2) = {4 / (few * (few - 1)) if few > 1 else float('nan'):.2g}; one swapped pair "
-                        "changes it by that much, so read it as a direction, not a measurement, and look at its "
-                        "interval.")
+                        "changes it by that much, so read it as a direction, not a measurement"
+                        + (", and look at its interval." if g.mean_ci else "."))
     if g.seeds_note:
-        items.append(g.seeds_note + ".")
-    items.append("Intervals: paired bootstrap over seeds, the same seed draw for every variant of a task.")
+        items.append(g.seeds_note[0].upper() + g.seeds_note[1:] + ".")
+    items.append("Intervals: paired bootstrap over seeds, the same seed draw for every variant of a task. Rule: "
+                 "n seeds allow only C(2n−1, n) distinct resamples ("
+                 + ", ".join(f"{n} seeds: {distinct_resamples(n)}" for n in (3, 4, 5)) + "), so an interval "
+                 f"is shown only when each task of the pair has at least {MIN_DISTINCT_RESAMPLES} "
+                 f"({fewest_seeds_for_interval()} or more seeds); otherwise it is omitted, not drawn from a "
+                 "handful of repeated resamples.")
     s.blocks.append(Bullets(items))
     return s
 

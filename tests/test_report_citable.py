@@ -207,3 +207,24 @@ def test_inline_renders_emphasis_but_leaves_code_and_arithmetic() -> None:
     assert inline("they say *which mechanism*, **not** `*glu*`") == \
         "they say <em>which mechanism</em>, <strong>not</strong> <code>*glu*</code>"
     assert inline("2 * se and a*b; * = better") == "2 * se and a*b; * = better"
+
+
+def test_agreement_interval_only_with_enough_distinct_resamples(report: dict[str, Any], tmp_path: Path) -> None:
+    from modtransfer.reports.agreement import agreement, distinct_resamples, fewest_seeds_for_interval
+
+    from .test_reports import comps_of, write_store
+
+    assert [distinct_resamples(n) for n in (1, 2, 3, 4, 5)] == [1, 3, 10, 35, 126]
+    assert fewest_seeds_for_interval() == 5
+    effects = {(v, t): e for v, e in [("a", 3.0), ("b", 1.0), ("c", -1.0)] for t in ("lm", "mt")}
+    for seeds, shown in ((3, False), (5, True)):
+        write_store(tmp_path / str(seeds), effects, seeds=seeds, noise=0.1)
+        g = agreement(list(comps_of(tmp_path / str(seeds)).values()), Settings(n_boot=200), n_boot=200)
+        assert (g.pairs[0]["ci"] is not None) is shown and (g.mean_ci is not None) is shown
+        assert ("10 distinct resamples" in g.seeds_note) is not shown
+    md = (report["out"] / "report.md").read_text(encoding="utf-8")   # 4 seeds: 35 distinct resamples
+    section = md.split("## Agreement between tasks", 1)[1].split("\n## ", 1)[0]
+    row = next(r for r in _md_table(md, "Kendall tau") if r["Task A"] == "lm")
+    assert row["95% bootstrap interval"] == "omitted (35 distinct resamples)"
+    assert "4 seeds give only 35 distinct resamples" in section and "at least 100" in section
+    assert "bootstrap 95% interval" not in section
