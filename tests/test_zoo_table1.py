@@ -11,14 +11,20 @@ import torch
 
 from modtransfer.builtins import load_builtins
 from modtransfer.check.contract import run_contract
+from modtransfer.core.errors import UserError
+from modtransfer.core.layered import LayeredMemory
 from modtransfer.core.model import build, count_params
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.variant import resolve
 from modtransfer.reports.reference import PAPER_NAMES, load_table
+from modtransfer.variants.baseline.attention import MultiHeadAttention
+from modtransfer.variants.branched import BranchedAttention, branched_params
 from modtransfer.variants.convolution import convolution_params
+from modtransfer.variants.evolved import evolved_params
 from modtransfer.variants.memory import ProductKeyMemory, memory_params
 from modtransfer.variants.stacks import FunnelStack, UniversalStack, timestep_signal
 from modtransfer.variants.synthesizer import MODES, synthesizer_params
+from modtransfer.variants.transparent import TransparentStack, transparent_params
 
 load_builtins()
 
@@ -190,3 +196,152 @@ def test_inapplicable_rows_say_why(empty_cache: object) -> None:
     assert lm.status == "skipped" and "encoder" in lm.detail
     (reg,) = run_contract("product_key_memory", ["regression"], cache_dir=empty_cache)  # type: ignore[arg-type]
     assert reg.status == "skipped" and "decoder" in reg.detail
+
+
+# -- transparent attention, weighted transformer, evolved transformer (issue 26, the last three rows) ----
+LAST_ROWS = ["transparent_attention", "weighted_transformer", "evolved_transformer"]
+LAST_WITHIN_TABLE = ("transparent_attention", "weighted_transformer")
+#: at 6 + 6 cells (n_layers / 2) the Evolved Transformer has 202M; the table's cell count is not given
+LAST_KNOWN_GAPS = {"evolved_transformer": -0.069}
+
+
+def test_last_three_rows_are_mapped_and_counted() -> None:
+    for name in LAST_ROWS:
+        assert name in PAPER_NAMES, name
+    for name in LAST_WITHIN_TABLE:
+        assert abs(_count(name) / _table(name) - 1) <= 0.02, name
+    for name, gap in LAST_KNOWN_GAPS.items():
+        assert _count(name) / _table(name) - 1 == pytest.approx(gap, abs=0.005)
+
+
+def test_last_three_counts_exact_against_hand_counts() -> None:
+    d, v, layers = PAPER.d_model, PAPER.vocab_size, PAPER.n_layers
+    norm = 2 * d
+    assert _count("transparent_attention") == _count("baseline") + transparent_params(PAPER) == (
+        _count("baseline") + 12 * 13)
+    branched = branched_params(PAPER)
+    assert branched == 4 * d * d + 12 * 2 * d * 256 + 2 * 12     # 12 branches of width 3072 / 12
+    assert _count("weighted_transformer") == v * d + layers * (branched + norm) + layers * 2 * (branched + norm) + 2 * norm
+    cells = resolve("evolved_transformer", PAPER).spec
+    assert cells.n_layers == 6
+    encoder, decoder = evolved_params(cells, False, False), evolved_params(cells, True, True)
+    assert _count("evolved_transformer") == v * d + 6 * encoder + 6 * decoder + 2 * norm
+
+
+def _seq2seq(expr: str, **kw: object) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = build(resolve(expr, _small(**kw)).spec, "encoder_decoder").eval()
+    return model, torch.randint(0, 50, (2, 9)), torch.randint(0, 50, (2, 6))
+
+
+def _decode_with(model: torch.nn.Module, y: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """The decoder stack run by hand, every layer reading the same plain ``memory``."""
+    stack = model.decoder
+    x = stack.position.embed(model.embedding.embed(y, "decoder"))
+    for block in stack.blocks:
+        x = block(x, pad_mask=None, bias=None, position=stack.position, memory=memory, memory_pad_mask=None)
+    return stack.final_norm(x)
+
+
+def test_transparent_decoder_reads_every_encoder_layer_through_its_own_softmax() -> None:
+    model, x, y = _seq2seq("transparent_attention", n_layers=3)
+    assert isinstance(model.decoder, TransparentStack)
+    weights = model.decoder.weights()
+    assert weights.shape == (3, 4)                  # one row per decoder layer, one column per encoder state
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    with torch.no_grad():
+        memory = model.encode(x)
+        assert isinstance(memory, LayeredMemory) and memory.layers.shape == (2, 9, 4, 32)
+        torch.testing.assert_close(memory.layers[:, :, -1], memory.as_subclass(torch.Tensor))
+        for k in (1, 3):                             # all weight on a middle layer, then on the last
+            model.decoder.mix.fill_(-30.0)
+            model.decoder.mix[:, k] = 30.0
+            torch.testing.assert_close(model.decode(y, None, memory), _decode_with(model, y, memory.layers[:, :, k]))
+        assert not torch.allclose(_decode_with(model, y, memory.layers[:, :, 1]),
+                                  _decode_with(model, y, memory.layers[:, :, 3]), atol=1e-4)
+    model.decoder.reset_special()
+    model.decode(y, None, model.encode(x)).square().sum().backward()
+    assert bool((model.decoder.mix.grad.abs().sum(-1) > 0).all())   # every decoder layer's row learns
+
+
+def test_transparent_memory_keeps_its_layers_through_row_selection() -> None:
+    model, x, y = _seq2seq("transparent_attention")
+    with torch.no_grad():
+        memory = model.encode(x)
+        rows = torch.tensor([False, True])
+        picked = memory[rows]                        # what greedy decoding does as rows finish
+        assert isinstance(picked, LayeredMemory)
+        torch.testing.assert_close(picked.layers, memory.layers[rows])
+        torch.testing.assert_close(model.decode(y[rows], None, picked), model.decode(y, None, memory)[rows])
+        with pytest.raises(ValueError, match="every encoder layer"):
+            model.decode(y, None, memory + 0.0)      # any other operation drops the layers: said, not guessed
+
+
+def test_weighted_transformer_branches_have_their_own_ffn_and_simplex_weights() -> None:
+    model, x, _ = _seq2seq("weighted_transformer")
+    block = model.encoder.blocks[0]
+    assert not hasattr(block, "ffn") and model.decoder.blocks[0].cross is not None
+    attn = block.attn.sublayer
+    assert isinstance(attn, BranchedAttention) and len(attn.branches) == 4
+    assert len({id(p) for b in attn.branches for p in b.parameters()}) == 4 * 2   # W1, W2 per branch
+    with torch.no_grad():
+        attn.kappa_logits.copy_(torch.randn(4))
+        attn.alpha_logits.copy_(torch.randn(4))
+        for w in (attn.kappa(), attn.alpha()):
+            assert bool((w >= 0).all()) and float(w.sum()) == pytest.approx(1.0, abs=1e-6)
+        h = torch.randn(2, 9, 32)
+        heads = attn.head_outputs(h)
+        # the per-head projections W^{O_i} together are multi-head attention's W_o
+        plain = MultiHeadAttention(_small(), False, False).eval()
+        plain.load_state_dict({k: v for k, v in attn.state_dict().items() if k.startswith(("qkv", "out"))})
+        torch.testing.assert_close(heads.sum(1), plain(h))
+        kappa, alpha = attn.kappa(), attn.alpha()
+        want = sum(alpha[i] * attn.branches[i](kappa[i] * heads[:, i]) for i in range(4))
+        torch.testing.assert_close(attn(h), want)
+        attn.alpha_logits.copy_(torch.tensor([30.0, -30.0, -30.0, -30.0]))   # all weight on branch 0
+        torch.testing.assert_close(attn(h), attn.branches[0](attn.kappa()[0] * heads[:, 0]), atol=1e-5, rtol=1e-5)
+
+
+def _reads(fn: object, x: torch.Tensor, i: int, j: int) -> bool:
+    changed = x.clone()
+    changed[0, j] += 1.0
+    return not torch.allclose(fn(changed)[0, i], fn(x)[0, i], atol=1e-6)  # type: ignore[operator]
+
+
+def test_evolved_cells_have_the_papers_branches() -> None:
+    model, _, _ = _seq2seq("evolved_transformer", n_layers=2)
+    enc, dec = model.encoder.blocks[0], model.decoder.blocks[0]
+    assert len(model.encoder.blocks) == 1 and enc.names == ["glu", "conv", "attn", "ffn"]
+    assert dec.names == ["branches", "conv", "attn", "cross", "ffn"]
+    lm = build(resolve("evolved_transformer", _small()).spec, "decoder")
+    assert lm.decoder.blocks[0].names == ["branches", "conv", "attn", "ffn"]
+    d = 32
+    conv = enc.parts["conv"].sublayer
+    assert (conv.left.out_features, conv.right.dense.kernel_size, conv.right.dense.out_channels) == (4 * d, (3,), d // 2)
+    assert (conv.out.depthwise.kernel_size, conv.out.pointwise.out_features) == ((9,), d // 2)
+    dconv = dec.parts["conv"].sublayer
+    assert (dconv.left.depthwise.kernel_size, dconv.left.pointwise.out_features) == ((11,), 2 * d)
+    assert (dconv.right.depthwise.kernel_size, dconv.right.pointwise.out_features) == ((7,), d // 2)
+    assert (dconv.out.depthwise.kernel_size, dconv.out.pointwise.out_features) == ((7,), d)
+    branches = dec.parts["branches"].sublayer
+    assert branches.left.n_heads == 8 and branches.right.n_heads == 4 and dec.parts["attn"].sublayer.n_heads == 4
+    with torch.no_grad():
+        h, m = torch.randn(2, 20, d), torch.randn(2, 5, d)
+        torch.testing.assert_close(branches(h, memory=m), branches.left(h) + branches.right(h, kv=m))
+        a, g = enc.parts["glu"].sublayer.proj(h).chunk(2, -1)
+        torch.testing.assert_close(enc.parts["glu"].sublayer(h), a * torch.sigmoid(g))
+        # receptive fields: encoder conv3 then sepconv9 (centred): i-5..i+5; decoder sepconv11/7 then 7: i-16..i
+        for j, reads in ((3, False), (4, True), (14, True), (15, False)):
+            assert _reads(conv, h, 9, j) == reads, j
+        for j, reads in ((2, False), (3, True), (19, True)):
+            assert _reads(dconv, h, 19, j) == reads, j
+        assert not _reads(dconv, h, 10, 11)
+        assert float(conv(h)[..., d // 2:].abs().max()) == 0.0   # the d/2-wide output, zero-padded to d
+
+
+def test_last_rows_that_cannot_apply_say_why(empty_cache: object) -> None:
+    for task in ("lm", "regression"):
+        (res,) = run_contract("transparent_attention", [task], cache_dir=empty_cache)  # type: ignore[arg-type]
+        assert res.status == "skipped" and "encoder_decoder" in res.detail
+    with pytest.raises(UserError, match="evolved_transformer"):
+        build(resolve("evolved_transformer+rope", _small()).spec, "decoder")
