@@ -58,10 +58,12 @@ def test_cells_that_cannot_stack_say_why(tmp_path):
 
 
 @pytest.mark.parametrize("task,seeds,variant", [("regression", 3, "baseline"), ("lm", 2, "baseline"),
-                                                ("regression", 2, "rezero"), ("regression", 2, "fixup")])
+                                                ("regression", 2, "rezero"), ("regression", 2, "fixup"),
+                                                ("lm", 2, "sliding_window")])
 def test_members_match_their_one_seed_runs(tmp_path, monkeypatch, task, seeds, variant):
     """Each member's first 20 losses equal the one-seed run of its seed (fp32, 1e-4 relative); same ids.
-    ReZero and Fixup have scalar parameters (one value per member once stacked), clipped per member too."""
+    ReZero and Fixup have scalar parameters (one value per member once stacked), clipped per member too;
+    sliding_window counts its training steps (its window warm-up), which the stacked probe must not advance."""
     monkeypatch.setattr(cell_module, "LOG_EVERY", 1)
     torch.set_num_threads(1)
     plan = _plan(tmp_path, tasks=[task], seeds=seeds, variants=[] if variant == "baseline" else [variant])

@@ -283,7 +283,12 @@ class StackedDataModule(L.LightningDataModule):
 
 def probe(module: StackedCellModule, task: Any, seeds: list[int], batch_size: int) -> str | None:
     """One stacked forward and backward on each member's first batch (fresh streams, so the
-    members' data is untouched); the error in one line when the model cannot run stacked."""
+    members' data is untouched); the error in one line when the model cannot run stacked.
+
+    Components that count their training steps (``steps_seen``: ``sliding_window``'s window warm-up)
+    are rewound afterwards, so the probe is not a step of the members' schedule.
+    """
+    counters = {m: m.steps_seen for m in module.model.modules() if isinstance(getattr(m, "steps_seen", None), int)}
     try:
         batches = [next(iter(task.train_batches(s, batch_size))) for s in seeds]
         loss = module.member_losses(stack_batches(task, batches)).sum()
@@ -294,4 +299,6 @@ def probe(module: StackedCellModule, task: Any, seeds: list[int], batch_size: in
     finally:
         for p in module.state.params.values():
             p.grad = None
+        for m, seen in counters.items():
+            m.steps_seen = seen
     return None
