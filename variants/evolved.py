@@ -206,6 +206,7 @@ BLOCKS.register("evolved", EvolvedCell)
 @register_variant("evolved_transformer", slot="shape", paper=_SO)
 def evolved_transformer(spec: ModelSpec) -> ModelSpec:
     """Evolved Transformer: the searched encoder and decoder cells, n_layers / 2 of them per stack."""
+    _check_position(spec)  # here for a profile's position (t5's relative bias); the cell checks composed ones
     return spec.replace(n_layers=max(1, spec.n_layers // 2)).with_options(block="evolved")
 
 
