@@ -53,6 +53,12 @@ class Section:
     title: str
     id: str
     blocks: list[Block] = field(default_factory=list)
+    omitted: list[str] = field(default_factory=list)   # what it leaves out and why: listed under "Not shown"
+
+    @property
+    def shown(self) -> bool:
+        """A section with no block is not drawn (its ``omitted`` notes still are, under "Not shown")."""
+        return bool(self.blocks)
 
 
 @dataclass
@@ -64,3 +70,7 @@ class Document:
     banner: list[str] = field(default_factory=list)          # caveats shown above everything else
     front: list[Block] = field(default_factory=list)         # the answer and the design's reach, before sections
     omitted: list[str] = field(default_factory=list)         # "Section: why it is left out"
+
+    def not_shown(self) -> list[str]:
+        """Everything left out, with the reason: whole sections, then what each section leaves out."""
+        return [*self.omitted, *(o for s in self.sections for o in s.omitted)]

@@ -5,12 +5,17 @@ It reads the events and diagnostics that each cell recorded while it trained
 
 * how often each kind of event occurred, per variant;
 * for each diverged cell, and each variant cell that scored worse than the baseline cell of the
-  same condition and seed: its events, and small multiples of its diagnostics (training loss,
+  same condition and seed, that recorded both diagnostics and an event: its events, and small
+  multiples of its diagnostics (training loss,
   gradient norm, update ratio, attention entropy, residual RMS, dead FFN units, effective rank
   of the final states) drawn against that baseline cell's (Tufte 1983, "The Visual Display of
   Quantitative Information", on small multiples);
 * for a training-sensitivity sweep (a task that declares a plateau, two or more settings): the
   step at which each seed left the plateau of the trivial score, per setting.
+
+A flagged cell without an event, or without diagnostics to draw, is not shown: it is counted under
+"Not shown" with the reason (a store written with diagnostics off records neither), since a row
+that only says "lost to the baseline, no event recorded" explains nothing the verdicts do not.
 
 Colours are the Okabe & Ito 2008 colour-blind-safe palette: blue the baseline, vermilion the cell.
 """
@@ -25,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .doc import Bullets, Image, Para, Section, Table
+from .doc import Image, Para, Section, Table
 
 BASELINE = "baseline"
 CELL_COLOUR, BASELINE_COLOUR, EVENT_COLOUR = "#D55E00", "#0072B2", "#555555"
@@ -80,8 +85,9 @@ def label(row: dict[str, Any]) -> str:
 
 
 def happened_section(a: Any, run_dir: Path, folder: Path) -> Section | None:
-    """The "What happened" section of the report of ``run_dir`` (figures drawn into ``folder``),
-    or None when no cell recorded an event and no cell is unstable or losing."""
+    """The "What happened" section of the report of ``run_dir`` (figures drawn into ``folder``), or None
+    when no cell recorded an event and no cell is unstable or losing. Flagged cells with diagnostics and an
+    event are shown; the others are counted in the section's ``omitted`` notes (the page's "Not shown")."""
     from modtransfer.run.store import Store
 
     store = Store(Path(run_dir) / "results.sqlite", readonly=True)
@@ -90,21 +96,58 @@ def happened_section(a: Any, run_dir: Path, folder: Path) -> Section | None:
     escapes = escape_rows(a, events)
     if not flagged and not escapes and not any(events.values()):
         return None
-    s = Section("What happened", "what-happened")
-    s.blocks.append(Para(
-        "Events detected from each cell's loss curve and its diagnostics (recorded every `diag_every` steps: "
-        "gradient norms, update ratios, attention entropy, residual-stream RMS, FFN zeros, collapse of the "
-        "final states). They say *which mechanism* was at work, not whether a difference is real: the verdicts "
-        "above decide that."))
-    s.blocks.append(kinds_table(a.rows, events))
-    if flagged:
-        s.blocks += flagged_blocks(flagged, events, store, folder)
+    with_event = [f for f in flagged if events.get(f[0]["cell_id"])]
+    ids = [r["cell_id"] for r, _, _ in with_event] + [b["cell_id"] for _, b, _ in with_event if b is not None]
+    diags = store.diagnostics(ids) if ids else {}
+    shown = [f for f in with_event if diags.get(f[0]["cell_id"])]
+    s = Section("What happened", "what-happened", omitted=not_shown_notes(flagged, shown, events))
+    if shown or any(events.values()):
+        s.blocks.append(Para(
+            "Events detected from each cell's loss curve and its diagnostics (recorded every `diag_every` steps: "
+            "gradient norms, update ratios, attention entropy, residual-stream RMS, FFN zeros, collapse of the "
+            "final states). They say *which mechanism* was at work, not whether a difference is real: the "
+            "verdicts above decide that."))
+        s.blocks.append(kinds_table(a.rows, events))
+    if shown:
+        s.blocks += flagged_blocks(shown, events, diags, folder)
     if escapes:
         s.blocks.append(Table(["setting", "seeds", "left the plateau at step (per seed)", "median step", "never left"],
                               escapes, id="plateau-escape",
                               caption="Training sensitivity: the step at which each seed's training loss left the "
                                       "plateau of the trivial score ('—': no plateau, it learned at once or diverged)"))
     return s
+
+
+def not_shown_notes(flagged: list[tuple[dict[str, Any], dict[str, Any] | None, str]],
+                    shown: list[tuple[dict[str, Any], dict[str, Any] | None, str]],
+                    events: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The "Not shown" lines for the flagged cells left out of the section, grouped by the reason."""
+    drawn = {r["cell_id"] for r, _, _ in shown}
+    left = [(r, why) for r, _, why in flagged if r["cell_id"] not in drawn]
+    if not left:
+        return []
+    no_event = [r for r, _ in left if not events.get(r["cell_id"])]
+    no_diag = [r for r, _ in left if events.get(r["cell_id"])]
+    why_none = ("this store recorded no event and no diagnostics at all (diagnostics off: set the budget's "
+                "`diag_every`; or a store written before they existed)" if not any(events.values())
+                else "no event was recorded for them (nothing crossed a threshold, or diagnostics were off)")
+    out = []
+    for cells, why in ((no_event, why_none), (no_diag, "an event but no diagnostics recorded, so nothing to draw")):
+        if cells:
+            out.append(f"**What happened**: {_counted(cells)} not shown: {why}. {_names(cells)}")
+    return out
+
+
+def _counted(cells: list[dict[str, Any]]) -> str:
+    diverged = sum(r["status"] == "diverged" for r in cells)
+    parts = [f"{len(cells) - diverged} lost to the baseline cell of the same seed" if len(cells) > diverged else "",
+             f"{diverged} diverged" if diverged else ""]
+    return f"{len(cells)} flagged cell(s) (" + ", ".join(p for p in parts if p) + ")"
+
+
+def _names(cells: list[dict[str, Any]], most: int = 6) -> str:
+    names = ", ".join(label(r) for r in cells[:most])
+    return f"Cells: {names}" + (f" and {len(cells) - most} more." if len(cells) > most else ".")
 
 
 def kinds_table(rows: list[dict[str, Any]], events: dict[str, list[dict[str, Any]]]) -> Table:
@@ -120,29 +163,28 @@ def kinds_table(rows: list[dict[str, Any]], events: dict[str, list[dict[str, Any
                  caption="Cells with each kind of event, per variant" if kinds else "No cell recorded an event")
 
 
-def flagged_blocks(flagged: list[tuple[dict[str, Any], dict[str, Any] | None, str]],
-                   events: dict[str, list[dict[str, Any]]], store: Any, folder: Path) -> list[Any]:
+def flagged_blocks(shown: list[tuple[dict[str, Any], dict[str, Any] | None, str]],
+                   events: dict[str, list[dict[str, Any]]], diags: dict[str, list[dict[str, Any]]],
+                   folder: Path) -> list[Any]:
+    """The table of the cells shown (each has diagnostics and an event) and their small multiples."""
     body = []
-    for r, _, why in flagged:
-        evs = events.get(r["cell_id"], [])
+    for r, _, why in shown:
         text = "; ".join(f"{e['kind']} at step {e['step'] if e['step'] is not None else '—'}"
-                         + (f" in {e['layer']}" if e["layer"] else "") + f": {e['detail']}" for e in evs)
-        body.append([label(r), why, text or "no event recorded (diagnostics off, or nothing crossed a threshold)"])
+                         + (f" in {e['layer']}" if e["layer"] else "") + f": {e['detail']}"
+                         for e in events[r["cell_id"]])
+        body.append([label(r), why, text])
     blocks: list[Any] = [Table(["cell", "why it is listed", "events"], body, id="flagged-cells",
                                caption="Diverged cells, and variant cells that scored worse than the baseline "
-                                       "cell of the same seed")]
-    drawn = flagged[:MAX_FIGURES]
-    ids = [r["cell_id"] for r, _, _ in drawn] + [b["cell_id"] for _, b, _ in drawn if b is not None]
-    diags = store.diagnostics(ids)
+                                       "cell of the same seed, that recorded diagnostics and an event")]
+    drawn = shown[:MAX_FIGURES]
     for r, base, _ in drawn:
-        if not diags.get(r["cell_id"]):
-            continue
         name = f"happened_{_slug(r['cell_id'])}.png"
         small_multiples(folder / name, r, base, diags, events.get(r["cell_id"], []))
         against = "against the baseline cell of the same seed" if base is not None else "(no paired baseline cell)"
         blocks.append(Image(name, f"diagnostics of {label(r)}", f"{label(r)} {against}"))
-    if len(flagged) > len(drawn):
-        blocks.append(Bullets([f"{len(flagged) - len(drawn)} more flagged cell(s) are listed above without figures"]))
+    if len(shown) > len(drawn):
+        blocks.append(Para(f"Figures are drawn for the first {len(drawn)} cells of the table only; the other "
+                           f"{len(shown) - len(drawn)} have their events in the table and no figure."))
     return blocks
 
 

@@ -152,14 +152,17 @@ def render(doc: Document, folder: Path) -> str:
          + "</ul></div>") if doc.banner else "",
         ('<div class="front" id="front">' + "".join(_block(b, folder) for b in doc.front) + "</div>") if doc.front
         else "",
-        "<nav>" + "".join(f'<a href="#{html.escape(s.id)}">{html.escape(s.title)}</a>' for s in doc.sections) + "</nav>",
+        "<nav>" + "".join(f'<a href="#{html.escape(s.id)}">{html.escape(s.title)}</a>' for s in doc.sections
+                          if s.shown) + "</nav>",
     ]
     for s in doc.sections:
+        if not s.shown:
+            continue
         parts.append(f'<section id="{html.escape(s.id)}"><h2>{html.escape(s.title)}</h2>')
         parts.extend(_block(b, folder) for b in s.blocks)
         parts.append("</section>")
-    if doc.omitted:
+    if doc.not_shown():
         parts.append('<section id="omitted" class="omitted"><h2>Not shown</h2><ul>'
-                     + "".join(f"<li>{inline(o)}</li>" for o in doc.omitted) + "</ul></section>")
+                     + "".join(f"<li>{inline(o)}</li>" for o in doc.not_shown()) + "</ul></section>")
     parts.append(f"</main><script>{JS}</script></body></html>")
     return "\n".join(parts)

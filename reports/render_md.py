@@ -39,12 +39,13 @@ def render(doc: Document) -> str:
         out += ["> ⚠ **Caveats**", ">"] + [f"> - {b}" for b in doc.banner] + [""]
     for b in doc.front:
         out += [*_block(b), ""]
-    out.append(" · ".join(f"[{s.title}](#{s.id})" for s in doc.sections))
+    shown = [s for s in doc.sections if s.shown]
+    out.append(" · ".join(f"[{s.title}](#{s.id})" for s in shown))
     out.append("")
-    for s in doc.sections:
+    for s in shown:
         out += [f'<a id="{s.id}"></a>', "", f"## {s.title}", ""]
         for b in s.blocks:
             out += [*_block(b), ""]
-    if doc.omitted:
-        out += ["## Not shown", ""] + [f"- {o}" for o in doc.omitted] + [""]
+    if doc.not_shown():
+        out += ["## Not shown", ""] + [f"- {o}" for o in doc.not_shown()] + [""]
     return "\n".join(out).rstrip() + "\n"

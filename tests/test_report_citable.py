@@ -228,3 +228,42 @@ def test_agreement_interval_only_with_enough_distinct_resamples(report: dict[str
     assert row["95% bootstrap interval"] == "omitted (35 distinct resamples)"
     assert "4 seeds give only 35 distinct resamples" in section and "at least 100" in section
     assert "bootstrap 95% interval" not in section
+
+
+def test_what_happened_without_diagnostics_is_only_listed_under_not_shown(report: dict[str, Any]) -> None:
+    md = (report["out"] / "report.md").read_text(encoding="utf-8")
+    page = (report["out"] / "index.html").read_text(encoding="utf-8")
+    assert "## What happened" not in md and 'id="what-happened"' not in page and "(#what-happened)" not in md
+    not_shown = md.split("## Not shown", 1)[1]
+    line = next(x for x in not_shown.splitlines() if x.startswith("- **What happened**"))
+    assert "lost to the baseline cell of the same seed" in line and "no event and no diagnostics" in line
+    assert "without figures" not in md and "no event recorded" not in md
+
+
+def test_what_happened_shows_only_cells_with_diagnostics_and_an_event(tmp_path: Path) -> None:
+    from modtransfer.reports.happened import happened_section
+
+    from .test_reports import make_row
+
+    store = Store(tmp_path / "results.sqlite")
+    diag = [{"step": s, "name": "grad_norm", "layer": "", "value": 1.0 + s} for s in (0, 10, 20)]
+    spike = [{"kind": "grad_spike", "step": 10, "layer": "encoder.0", "detail": "gradient norm x40"}]
+    for s in range(3):
+        store.record({**make_row("baseline", "lm", s, 2.0), "diagnostics": diag, "events": []})
+        side = [(diag, spike), ([], []), ([], spike)][s]   # seed 0: both; 1: neither; 2: an event only
+        store.record({**make_row("gelu", "lm", s, 2.5), "diagnostics": side[0], "events": side[1]})
+    s = happened_section(analyse_run(tmp_path, Settings(n_boot=50)), tmp_path, tmp_path)
+    assert s is not None and s.shown
+    (flag,) = next(b for b in s.blocks if getattr(b, "id", "") == "flagged-cells").rows
+    assert "seed 0" in flag[0] and "grad_spike at step 10" in flag[2]
+    images = [b.file for b in s.blocks if hasattr(b, "file")]
+    assert images == [f"happened_{_slug_of(store, 0)}"] and (tmp_path / images[0]).is_file()
+    assert len(s.omitted) == 2 and "seed 1" in s.omitted[0] and "seed 2" in s.omitted[1]
+    assert "no event was recorded" in s.omitted[0] and "no diagnostics recorded" in s.omitted[1]
+
+
+def _slug_of(store: Store, seed: int) -> str:
+    import re
+
+    cell = next(r["cell_id"] for r in store.rows() if r["variant"] == "gelu" and r["seed"] == seed)
+    return re.sub(r"[^A-Za-z0-9]+", "_", cell).strip("_").lower() + ".png"
