@@ -8,8 +8,8 @@ K = encoder layers + 1) learned scalars: one softmax per decoder layer (Bapna et
 As in the model Narang et al. 2021 ran (Mesh TensorFlow's ``TransparentEncDecAttention``), the
 intermediate states are taken as the stack passes them between layers and the last one after the
 stack's final norm (the usual memory), and W starts from N(0, 1/K) (``reset_special``, so an
-init scheme does not redraw it); Mesh TensorFlow's dropout on W is left out. The table's
-model mixes per module of layers; here every layer is its own module.
+init scheme does not redraw it); Mesh TensorFlow's dropout on W is left out. One state per
+encoder layer and one weight row per decoder layer, as there (its "module" is one layer).
 
 The encoder's memory carries its K states (:class:`~modtransfer.core.layered.LayeredMemory`), so
 ``encode`` / ``decode`` keep their signatures. The variant needs an encoder-decoder task.
