@@ -13,8 +13,9 @@ branch starts at weight 1/M). The per-head projections W^{O_i} together are the 
 laid out as head i's columns. A block is one branched self-attention sublayer (encoder), or a
 branched self-attention and a branched encoder-decoder attention sublayer (decoder), each inside
 the spec's residual scheme; the FFN lives inside the branches, so the block has no FFN sublayer.
-This is the layout of the Weighted Transformer Narang et al. 2021 ran (Mesh TensorFlow's
-``BranchedSelfAttention`` and ``BranchedEncDecAttention``).
+This is the layout the table's 280M implies for the model Narang et al. 2021 ran (Mesh TensorFlow's
+``BranchedSelfAttention`` and ``BranchedEncDecAttention`` with no FFN layer beside them; their
+configuration file is not public, so the layout is inferred from the count).
 
 Branch width: FFN_i maps d_model -> d_ff / M -> d_model (``branch_ff`` overrides), so a branched
 sublayer holds one attention's and one FFN's parameters. In Narang et al.'s Mesh TensorFlow model
