@@ -23,7 +23,9 @@ A cell holds about two standard blocks' sublayers, so the variant builds n_layer
 stack (Narang et al. do not give their cell count; at their shape this is 202M against the
 table's 217M, the gap written down in ``tests/test_zoo_table1.py``). The 2 n_heads
 head branch has half the head width, so a position component that rotates or biases heads
-(rope, relative_bias, alibi) cannot be combined with it; additive positions can.
+(rope, relative_bias, alibi) cannot be combined with it; additive positions can. The cells' FFNs
+and activations are the paper's (ReLU in the encoder, swish in the decoder): an FFN variant is
+refused, and ``spec.activation`` is not used.
 """
 
 from __future__ import annotations
@@ -163,6 +165,9 @@ class EvolvedCell(nn.Module):
                  place: str = "") -> None:
         super().__init__()
         _check_position(spec)
+        if spec.ffn != "dense":
+            raise UserError(f"evolved_transformer: its cells have their own dense FFNs; ffn {spec.ffn!r} cannot be "
+                            "combined with it (drop the FFN variant)")
         if spec.d_model % (2 * spec.n_heads) or spec.d_model % 2:
             raise UserError(f"evolved_transformer needs d_model divisible by 2 x n_heads; "
                             f"d_model={spec.d_model}, n_heads={spec.n_heads}")
