@@ -85,7 +85,8 @@ def verdict_section(a: Analysis, figs: Figures) -> Section:
                      "was corrected and no call was made.")
     if any(c.cost_noisy.get("tokens_per_s") for c in a.comps):
         notes.append("Tokens/s × marked (noisy): the per-seed throughput ratio varies by more than "
-                     "10% across seeds (machine load), so read it as a rough figure.")
+                     "10% across seeds (machine load), or an arm was timed once (stacked seeds share one "
+                     "timing, so its noise is unknown): read it as a rough figure.")
     notes.append(f"Ordered by overall effect: the mean over the tasks whose baseline learned of Δ in {a.effect_unit} "
                  "(each task's own seed noise), one unit for every metric.")
     s.blocks.append(Bullets(notes))

@@ -170,6 +170,16 @@ class Comparison:
         return self.n_diverged / self.n_variant_cells if self.n_variant_cells else math.nan
 
 
+def timings(rows: list[dict[str, Any]]) -> int:
+    """How many separate measurements of speed ``rows`` hold: the seeds of a stacked group trained as one
+    model share one timing (their ``env.stack.group_wall_s`` and ``train_s``), so they count once."""
+    keys = set()
+    for r in rows:
+        stack = (r.get("env") or {}).get("stack") or {}
+        keys.add((stack.get("group_wall_s"), r.get("train_s")) if stack.get("members", 1) > 1 else r.get("cell_id"))
+    return len(keys)
+
+
 def usable(row: dict[str, Any]) -> bool:
     """A row whose final evaluation can be compared."""
     v = row.get("primary_value")

@@ -24,6 +24,7 @@ from modtransfer.core.spec import SLOTS
 from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
 from .doc import Table, TableCell
 from .names import display_name, registered_slot
+from .records import timings
 from .summary import Analysis, fmt
 
 #: How a call is written next to a number (short forms: the long ones are in the verdict table).
@@ -72,8 +73,10 @@ class Line:
 
     @property
     def noisy_speed(self) -> bool:
-        """Steps/s on the cost condition varies by more than :data:`NOISY_CV` across seeds."""
-        return math.isfinite(self.steps_per_s_cv) and self.steps_per_s_cv > NOISY_CV
+        """Steps/s on the cost condition varies by more than :data:`NOISY_CV` across seeds, or was measured
+        once (a stacked group's seeds share one timing), so its noise is unknown."""
+        return not math.isfinite(self.steps_per_s) or not math.isfinite(self.steps_per_s_cv) or \
+            self.steps_per_s_cv > NOISY_CV
 
 
 @dataclass
@@ -101,8 +104,12 @@ def _slot(spec: dict[str, Any], base: dict[str, Any]) -> str:
 NOISY_CV = 0.10
 
 
-def _cv(values: list[float]) -> float:
-    vals = [v for v in values if math.isfinite(v)]
+def _cv(rows: list[dict[str, Any]]) -> float:
+    """Coefficient of variation of steps/s over the rows' separate timings (stacked seeds share one: with
+    fewer than two timings it is unknown, NaN, and the number is marked as measured once)."""
+    vals = [v for v in (_steps_per_s(r) for r in rows) if math.isfinite(v)]
+    if timings(rows) < 2:
+        return math.nan
     return float(np.std(vals, ddof=1) / np.mean(vals)) if len(vals) >= 2 and np.mean(vals) > 0 else math.nan
 
 
@@ -138,7 +145,7 @@ def main_table(a: Analysis) -> MainTable:
         cost_rows = [r for r in by.get((v, cost_label), []) if r["status"] == "done"]
         line = Line(v, slot, mean_of(cost_rows, "params"), mean_of(cost_rows, "flops_per_token"),
                     mean_of(cost_rows, _steps_per_s), name=display_name(v),
-                    steps_per_s_cv=_cv([_steps_per_s(r) for r in cost_rows]))
+                    steps_per_s_cv=_cv(cost_rows))
         for lab in labels:
             rows = by.get((v, lab), [])
             if not rows:
@@ -149,7 +156,7 @@ def main_table(a: Analysis) -> MainTable:
             line.entries[lab] = Entry([r["primary_value"] for r in latest.values() if usable(r)], len(latest),
                                       comp.call if comp is not None else "", mean_of(done, "params"),
                                       mean_of(done, "flops_per_token"), mean_of(done, _steps_per_s),
-                                      _cv([_steps_per_s(r) for r in done]))
+                                      _cv(done))
         lines.append(line)
     order = {s: i for i, s in enumerate(["baseline", *SLOTS, "shape", *RECIPE_SLOTS, "other"])}
     lines.sort(key=lambda ln: order.get(ln.slot, len(order)))  # stable: keeps the ranking within a slot
@@ -237,7 +244,8 @@ def cost_note(t: MainTable) -> str:
     """What the cost columns are: one task's models (each task builds its own), steps/s marked when noisy."""
     where = (f"Params, FLOPs/token and steps/s are those of the {t.cost_label} models (each task builds its own "
              "model; main_table.csv has every task's). ") if len(t.labels) > 1 else ""
-    return where + f"Steps/s~: varies by more than {NOISY_CV:.0%} across seeds (machine load), not comparable."
+    return where + (f"Steps/s~: varies by more than {NOISY_CV:.0%} across seeds (machine load), or was measured once "
+                    "(stacked seeds share one timing), so its noise is unknown: not comparable.")
 
 
 def _tex(s: str) -> str:
