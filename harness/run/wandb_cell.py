@@ -74,7 +74,7 @@ def wandb_logger(cell: Cell, spec: Any, task: Any, run_dir: Path, wandb_cfg: dic
     Run id = cell id: a cell trained again (killed, failed, ``--retry-failed``) logs to the same
     run, and its older local run folders are removed first, so ``RUN_DIR/wandb`` holds one run
     per cell. Group = benchmark + the run folder's id (two folders of one benchmark never merge),
-    job type = task, name = variant/seed. The run is created here rather than by ``WandbLogger``,
+    job type = task/variant, name = variant/task/seed. The run is created here rather than by ``WandbLogger``,
     whose ``wandb.init`` call passes the ``anonymous`` argument W&B deprecated (a warning per cell).
     """
     from modtransfer.core.variant import VARIANTS
