@@ -4,6 +4,7 @@ in the run folder's store (in rounds when seeds are adaptive), or only list them
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -301,8 +302,9 @@ def _power(plan: Plan, store: Store) -> list[str]:
     for name in declared:
         declared[name] = {**declared[name], **(stored.get(name) or {})}
     tests: dict[str, int] = {}
+    trials = plan.tuning.index() if plan.tuning is not None else {}   # tuning trials make no main call
     for c in plan.all_cells:
-        if c.variant != "baseline" and c.seed == plan.seeds[0]:
+        if c.variant != "baseline" and c.seed == plan.seeds[0] and json.dumps(c.hparams, sort_keys=True) not in trials:
             tests[c.task] = tests.get(c.task, 0) + 1
     metrics = {t: (task.primary_metric, task.higher_is_better) for t, task in _tasks(plan).items()}
     n = plan.looks[-1] if plan.adaptive else len(plan.seeds)
