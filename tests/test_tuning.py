@@ -158,3 +158,16 @@ def test_tuning_needs_a_test_split(monkeypatch):
     monkeypatch.setattr(TASKS.get("regression_product"), "has_test_split", False)
     with pytest.raises(UserError, match="has no test split"):
         load_plan(_small_plan(tuning={"space": {"lr": {"log_uniform": [1.0e-3, 1.0e-2]}}}))
+
+
+def test_dry_run_counts_only_the_main_tests(tmp_path, capsys):
+    import yaml
+
+    import modtransfer.cli.commands as cli
+
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(_small_plan(tuning={"trials": 2, "studies": 2,
+                                                    "space": {"lr": {"log_uniform": [1.0e-3, 1.0e-2]}}})))
+    assert cli.main(["run", str(p), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha 0.05 / 2 tests" in out   # rmsnorm on 2 tasks at the drop-in setting; the 4 trials make no call
