@@ -206,7 +206,7 @@ def test_store_keeps_diagnostics_and_events_and_status_shows_them(rows: dict[str
 def test_old_store_without_the_tables_still_opens(tmp_path: Path, rows: dict[str, dict[str, Any]]) -> None:
     import sqlite3
 
-    from modtransfer.run.store import SCHEMA
+    from modtransfer.run.store_schema import SCHEMA
 
     path = tmp_path / "results.sqlite"
     con = sqlite3.connect(path)

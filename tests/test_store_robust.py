@@ -25,14 +25,10 @@ import pytest
 import modtransfer.cli.commands as cli
 from modtransfer.core.errors import UserError
 from modtransfer.run.status import summarise
-from modtransfer.run.store import (
-    CorruptStoreError,
-    ReadOnlyStoreError,
-    Store,
-    StoreFullError,
-    process_start,
-    repair,
-)
+from modtransfer.run.store import Store
+from modtransfer.run.store_claims import process_start
+from modtransfer.run.store_repair import repair
+from modtransfer.run.store_schema import CorruptStoreError, ReadOnlyStoreError, StoreFullError
 
 N_ROWS = 40
 
@@ -309,7 +305,7 @@ def _connect_with(monkeypatch: pytest.MonkeyPatch, factory: type[sqlite3.Connect
     def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         return real(*args, **kwargs, factory=factory)
 
-    monkeypatch.setattr("modtransfer.run.store.sqlite3.connect", connect)
+    monkeypatch.setattr("modtransfer.run.store_schema.sqlite3.connect", connect)
 
 
 class _PageLimited(sqlite3.Connection):

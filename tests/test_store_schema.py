@@ -23,7 +23,9 @@ import pytest
 import yaml
 
 import modtransfer.cli.commands as cli
-from modtransfer.run.store import ForeignStoreError, Store, StoreBusyError, repair
+from modtransfer.run.store import Store
+from modtransfer.run.store_repair import repair
+from modtransfer.run.store_schema import ForeignStoreError, StoreBusyError
 from tests.test_store_robust import fill, make_row, snapshot
 
 PLAN = {"name": "b", "size": "tiny", "seeds": 1, "variants": [], "tasks": ["regression"],
@@ -118,7 +120,7 @@ def test_repair_of_a_healthy_store_changes_nothing(run_dir: Path, capsys: pytest
 # -- a store that stays locked --------------------------------------------------------------
 HOLDER = textwrap.dedent("""
     import os, socket, sqlite3, sys, time
-    from modtransfer.run.store_base import process_start
+    from modtransfer.run.store_claims import process_start
     con = sqlite3.connect(sys.argv[1], isolation_level=None)
     con.execute("INSERT INTO running VALUES ('cell-of-the-other-run', ?, ?, ?, ?)",
                 (os.getpid(), socket.gethostname(), time.time(), process_start(os.getpid())))

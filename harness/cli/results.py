@@ -60,7 +60,7 @@ def report_messages() -> Iterator[None]:
 
 
 def store_command(args: argparse.Namespace) -> int:
-    from modtransfer.run.store import format_repair, repair
+    from modtransfer.run.store_repair import format_repair, repair
 
     print(format_repair(repair(Path(args.run_dir))))
     return 0

@@ -32,7 +32,7 @@ from modtransfer.run.divergence import (
     divergence_limit,
 )
 from modtransfer.run.row import Row
-from modtransfer.run.store import sanitise_row
+from modtransfer.run.row import sanitise_row
 from modtransfer.run.training import CellModule, _lightning, make_datamodule, make_module, make_trainer
 
 __all__ = ["DIVERGE_PATIENCE", "LOG_EVERY", "DivergenceMonitor", "_lightning", "diverge_factor_for",

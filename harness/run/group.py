@@ -20,7 +20,7 @@ from typing import Any
 from modtransfer.run import cell as _cell
 from modtransfer.run.cell import _CellRun, _fit, make_trainer, run_cell
 from modtransfer.run.cells import Cell
-from modtransfer.run.store import sanitise_row
+from modtransfer.run.row import sanitise_row
 
 
 class _Fallback(Exception):

@@ -9,6 +9,7 @@ Rows travel between processes and into reports as plain dicts (:meth:`Row.to_dic
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -109,3 +110,21 @@ def cells_table_sql() -> str:
             decl = f"{decl.ljust(40)} -- {f.metadata['note']}"
         lines.append(decl)
     return "CREATE TABLE IF NOT EXISTS cells (\n" + "\n".join(lines) + "\n);"
+
+
+def sanitise_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``row`` that cannot put a wrong value into a mean.
+
+    A non-finite primary value is dropped (and a ``done`` row carrying one becomes
+    ``diverged``); a diverged or failed row never keeps a primary value.
+    """
+    out = dict(row)
+    value = out.get("primary_value")
+    if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+        out["primary_value"] = None
+        if out["status"] == "done":
+            out["status"] = "diverged"
+            out["error"] = out.get("error") or f"final {out.get('primary_metric') or 'metric'} is not finite"
+    if out["status"] not in VALUED_STATUSES:
+        out["primary_value"] = None
+    return out

@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from modtransfer.core.errors import UserError
-from modtransfer.run.store_base import (
-    JSON_COLUMNS,
+from modtransfer.run.row import JSON_COLUMNS
+from modtransfer.run.store_claims import claim_alive
+from modtransfer.run.store_schema import (
     SCHEMA,
     SIDE_SCHEMA,
     SIDE_TABLES,
-    _rollback,
-    _tables,
-    claim_alive,
     open_readonly,
+    rollback,
     schema_problem,
     store_path,
+    table_names,
 )
 
 
@@ -73,7 +73,7 @@ def repair(target: str | Path) -> Repaired:
     try:
         copied, failed = _write_fresh(con, cells, meta, side)
     except BaseException:
-        _rollback(con)
+        rollback(con)
         con.close()
         tmp.unlink(missing_ok=True)
         raise
@@ -91,7 +91,7 @@ def healthy_cells(path: Path) -> int | None:
     """The number of cells of a store that needs no repair, or None when it does.
 
     Healthy: SQLite's integrity check passes, every table has the columns this version reads
-    (:func:`~modtransfer.run.store_base.schema_problem`), and every cell's JSON and every meta
+    (:func:`~modtransfer.run.store_schema.schema_problem`), and every cell's JSON and every meta
     value decode. Read through a read-only connection: nothing is written.
     """
     try:
@@ -101,7 +101,7 @@ def healthy_cells(path: Path) -> int | None:
     try:
         if [r[0] for r in con.execute("PRAGMA integrity_check(1)")] != ["ok"] or schema_problem(con, path):
             return None
-        tables = _tables(con)
+        tables = table_names(con)
         n = 0
         if "cells" in tables:
             for row in con.execute(f"SELECT {', '.join(JSON_COLUMNS)} FROM cells"):
@@ -175,7 +175,7 @@ def _salvage_side(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     except sqlite3.Error:
         return out
     try:
-        tables = _tables(con)
+        tables = table_names(con)
         for table in SIDE_TABLES:
             if table in tables:
                 out[table] = [tuple(r) for r in con.execute(f"SELECT * FROM {table}")]
@@ -194,7 +194,7 @@ def _salvage(path: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]], i
         return [], [], 0, []
     try:
         try:
-            tables = _tables(con)
+            tables = table_names(con)
             indexes = [r[0] for r in con.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'cells'")]
         except sqlite3.Error:

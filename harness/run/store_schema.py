@@ -1,34 +1,22 @@
-"""The results store's foundations: its file and schema, its errors, read-only connections, and
-claims (is the process that claimed a cell still the one that claimed it?).
-
-The ``cells`` table is :class:`~modtransfer.run.row.Row`'s fields; ``running`` holds claims of
-cells in progress, ``meta`` run-level values (the plan, the run folder's id).
+"""The results store's file, tables and connections: its schema (the ``cells`` table is
+:class:`~modtransfer.run.row.Row`'s fields; ``running`` holds claims of cells in progress, ``meta``
+run-level values, two side tables a row's diagnostics and events), the errors a user can act on,
+read-only connections, and :class:`StoreConnection`, the writable connection every part of
+:class:`~modtransfer.run.store.Store` opens.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import math
 import os
-import random
-import socket
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
 
 from modtransfer.core.errors import UserError
-from modtransfer.run.row import COLUMNS, JSON_COLUMNS, STATUSES, VALUED_STATUSES, cells_table_sql
-
-__all__ = ["COLUMNS", "JSON_COLUMNS", "REQUIRED_COLUMNS", "SCHEMA", "SIDE_SCHEMA", "SIDE_TABLES", "STATUSES",
-           "STORE_NAME", "VALUED_STATUSES", "claim_alive", "lock_holder", "open_readonly", "patient",
-           "process_start", "repair_hint", "schema_problem", "store_path"]
+from modtransfer.run.row import COLUMNS, cells_table_sql
 
 STORE_NAME = "results.sqlite"
-T = TypeVar("T")
-
 SCHEMA = cells_table_sql() + """
 CREATE TABLE IF NOT EXISTS running (
     cell_id    TEXT PRIMARY KEY,
@@ -130,7 +118,7 @@ def _errorname(exc: sqlite3.Error) -> str:
     return str(getattr(exc, "sqlite_errorname", "") or "")
 
 
-def _store_error(path: Path, exc: sqlite3.Error) -> StoreError | None:
+def store_error(path: Path, exc: sqlite3.Error) -> StoreError | None:
     """The :class:`StoreError` an SQLite error means for a user, or None for a plain bug."""
     name, text = _errorname(exc), " ".join(str(exc).split())
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "is locked" in text:
@@ -153,7 +141,7 @@ def _store_error(path: Path, exc: sqlite3.Error) -> StoreError | None:
     return None
 
 
-def _rollback(con: sqlite3.Connection) -> None:
+def rollback(con: sqlite3.Connection) -> None:
     """Roll back only a transaction that is still open.
 
     SQLite ends some failed transactions itself (a full disk, for one); an unconditional
@@ -167,24 +155,8 @@ def _rollback(con: sqlite3.Connection) -> None:
             pass
 
 
-def _tables(con: sqlite3.Connection) -> set[str]:
+def table_names(con: sqlite3.Connection) -> set[str]:
     return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def _loads(text: str, path: Path, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        raise CorruptStoreError(f"the results store {path} holds undecodable JSON in {what}; "
-                                f"drop that row and keep the rest with: {repair_hint(path)}") from None
-
-
-def _json_cells(con: sqlite3.Connection) -> Iterator[tuple[str, sqlite3.Row]]:
-    if "cells" not in _tables(con):
-        return
-    for row in con.execute(f"SELECT cell_id, {', '.join(JSON_COLUMNS)} FROM cells"):
-        for col in JSON_COLUMNS:
-            yield col, row
 
 
 #: columns every table of a results store must have (``running.proc_start`` is added to an older store)
@@ -204,7 +176,7 @@ def schema_problem(con: sqlite3.Connection, path: Path) -> str | None:
     or side table is fine (created when first needed); a table present without the columns this
     version reads is a store of another program or an older modtransfer: it is never written to.
     """
-    tables = _tables(con)
+    tables = table_names(con)
     if not tables:
         return None
     if "cells" not in tables:
@@ -224,117 +196,98 @@ def schema_problem(con: sqlite3.Connection, path: Path) -> str | None:
     return None
 
 
-def patient(method: Callable[..., T]) -> Callable[..., T]:
-    """Run a store operation again when it meets a lock that SQLite's own wait did not get past.
+class StoreConnection:
+    """A results store's file at ``path`` and its connections; the file is checked once per object.
 
-    SQLite's busy timeout covers most waits, but it returns "database is locked" at once where
-    waiting could deadlock (two connections switching a new file to WAL, a read snapshot gone
-    stale); the operation's transaction is then rolled back, so it is simply run again, after a
-    growing, jittered pause. Past the store's ``patience_s`` the error is one line naming the
-    process that holds the store (:func:`lock_holder`).
+    Reads always use a read-only connection; ``readonly=True`` also refuses every write, for
+    commands that only look (``status``, ``report``).
     """
 
-    @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
-        started = time.monotonic()
-        delay = 0.02
-        while True:
+    #: seconds SQLite waits for a lock within one statement; and in all, retries included, for one operation
+    busy_timeout_s = 60.0
+    patience_s = 180.0
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._verified = False
+        self._upgraded = False
+
+    # -- connections ----------------------------------------------------------------
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A writable connection (WAL, schema created): for writers only."""
+        if self.readonly:
+            raise ReadOnlyStoreError(f"the results store {self.path} was opened read-only; nothing was written")
+        with self._errors():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
             try:
-                return method(self, *args, **kwargs)
-            except StoreBusyError:
-                waited = time.monotonic() - started
-                if waited + delay > self.patience_s:
-                    raise StoreBusyError(f"the results store {self.path} stayed locked for {waited:.0f} s by "
-                                         f"{lock_holder(self.path)}; let it finish (or stop it) and run the same "
-                                         "command again: finished cells are kept") from None
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(2.0, delay * 2)
+                self._verify(con)  # before WAL and schema: a foreign or damaged file is never touched
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes with WAL
+                con.executescript(SCHEMA)
+                self._upgrade(con)
+                con.row_factory = sqlite3.Row
+                yield con
+            finally:
+                con.close()
 
-    return wrapper
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection: never switches on WAL, creates tables or writes a byte."""
+        with self._errors():
+            con = open_readonly(self.path, self.busy_timeout_s)
+            try:
+                self._verify(con)
+                yield con
+            finally:
+                con.close()
 
-
-def lock_holder(path: Path) -> str:
-    """Who holds a store, from its claims: "pid N on HOST (training CELL since S s)", or what is known."""
-    try:
-        con = open_readonly(path, timeout=0.5)
+    def _readable(self) -> bool:
+        """Whether there is anything to read: a missing or 0-byte file is an empty store."""
         try:
-            claims = [dict(r) for r in con.execute("SELECT * FROM running ORDER BY started_at")]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        claims = []
-    others = [c for c in claims if {"pid", "host", "started_at"} <= set(c) and claim_alive(c)
-              and (c["pid"], c["host"]) != (os.getpid(), socket.gethostname())]
-    if not others:
-        return ("another process (no live claim in the store names it: a run starting or ending, or a status "
-                "or report reading)")
-    c = others[0]
-    return (f"another process: pid {c['pid']} on {c['host']} (training cell {c.get('cell_id')} for "
-            f"{max(0.0, time.time() - c['started_at']):.0f} s" + (f", and {len(others) - 1} more cell(s)"
-                                                                   if len(others) > 1 else "") + ")")
+            return self.path.is_file() and self.path.stat().st_size > 0
+        except OSError:
+            return False
 
+    def _verify(self, con: sqlite3.Connection) -> None:
+        """Check the file once per object: SQLite's quick check, then the ``cells`` table."""
+        if self._verified or not self._readable():
+            return
+        problems = [r[0] for r in con.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            found = " ".join(" ".join(problems).split())  # quick_check reports several lines: keep the message one
+            raise CorruptStoreError(f"the results store {self.path} is damaged ({found[:200]}); "
+                                    f"recover its readable rows with: {repair_hint(self.path)}")
+        problem = schema_problem(con, self.path)  # before any write: a foreign store is never touched
+        if problem:
+            raise ForeignStoreError(problem)
+        self._verified = True
 
-# -- claims: is the claiming process still the one that claimed? ----------------------
-@functools.cache
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+    def _upgrade(self, con: sqlite3.Connection) -> None:
+        """Add the columns a store made by an older version lacks (once per object)."""
+        if self._upgraded:
+            return
+        cols = {r[1] for r in con.execute("PRAGMA table_info(running)")}
+        if "proc_start" not in cols:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                if "proc_start" not in {r[1] for r in con.execute("PRAGMA table_info(running)")}:
+                    con.execute("ALTER TABLE running ADD COLUMN proc_start TEXT")
+                con.execute("COMMIT")
+            except BaseException:
+                rollback(con)
+                raise
+        self._upgraded = True
 
-
-def process_start(pid: int) -> str | None:
-    """An id of the process ``pid``'s start: the same pid reused by a new process gives another.
-
-    On Linux, field 22 of ``/proc/<pid>/stat`` (start time in clock ticks since boot) with the
-    boot id; elsewhere psutil's create time when it is installed; otherwise None (unknown).
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ", fields 3, 4, ...
-        return f"{_boot_id()}:{fields[22 - 3]}"
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import psutil  # type: ignore[import-untyped]
-
-        return f"psutil:{psutil.Process(pid).create_time():.2f}"
-    except Exception:
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim_alive(claim: dict[str, Any]) -> bool:
-    """Whether a ``running`` row's process still runs: same host, pid alive, same start time.
-
-    Claims from another host cannot be checked and are trusted; claims written before the
-    start time was recorded are judged by their pid alone.
-    """
-    if claim["host"] != socket.gethostname():
-        return True
-    if not _pid_alive(claim["pid"]):
-        return False
-    recorded = claim.get("proc_start")
-    if recorded is None:
-        return True
-    now = process_start(claim["pid"])
-    return now is None or now == recorded
-
-
-def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, tuple | set | frozenset):
-        return list(obj)
-    return str(obj)
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn SQLite's errors that a user can act on into one-line :class:`StoreError` s."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            mapped = store_error(self.path, exc)
+            if mapped is None:
+                raise
+            raise mapped from None
