@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from modtransfer.core.components import register_component
-from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -38,18 +37,17 @@ register_component("activation", "gelu_tanh", paper="Hendrycks & Gimpel 2016, ar
     gelu_tanh)
 
 
-def _activation_variant(name: str, paper: str, equation: str) -> None:
-    def patch(spec: ModelSpec) -> ModelSpec:
-        return spec.replace(activation=name)
+_NARANG = "Narang et al. 2021, arXiv 2102.11972"
 
-    patch.__name__ = patch.__qualname__ = f"{name}_activation"
-    patch.__doc__ = f"FFN activation {equation} instead of ReLU."
-    register_variant(name, slot="activation", paper=paper)(patch)
-
-
-_activation_variant("gelu", "Hendrycks & Gimpel 2016, arXiv 1606.08415", "GeLU(x) = x * Phi(x)")
-_activation_variant("swish", "Ramachandran et al. 2017, arXiv 1710.05941", "Swish(x) = x * sigmoid(x)")
-_activation_variant("elu", "Clevert et al. 2016, arXiv 1511.07289", "ELU(x) = x if x > 0 else exp(x) - 1")
-_activation_variant("selu", "Klambauer et al. 2017, arXiv 1706.02515", "SeLU(x) = lambda * ELU_alpha(x)")
-_activation_variant("sigmoid", "Narang et al. 2021, arXiv 2102.11972", "sigmoid(x)")
-_activation_variant("softplus", "Narang et al. 2021, arXiv 2102.11972", "softplus(x) = log(1 + exp(x))")
+selector("gelu", slot="activation", paper="Hendrycks & Gimpel 2016, arXiv 1606.08415",
+         description="FFN activation GeLU(x) = x * Phi(x) instead of ReLU.", activation="gelu")
+selector("swish", slot="activation", paper="Ramachandran et al. 2017, arXiv 1710.05941",
+         description="FFN activation Swish(x) = x * sigmoid(x) instead of ReLU.", activation="swish")
+selector("elu", slot="activation", paper="Clevert et al. 2016, arXiv 1511.07289",
+         description="FFN activation ELU(x) = x if x > 0 else exp(x) - 1 instead of ReLU.", activation="elu")
+selector("selu", slot="activation", paper="Klambauer et al. 2017, arXiv 1706.02515",
+         description="FFN activation SeLU(x) = lambda * ELU_alpha(x) instead of ReLU.", activation="selu")
+selector("sigmoid", slot="activation", paper=_NARANG,
+         description="FFN activation sigmoid(x) instead of ReLU.", activation="sigmoid")
+selector("softplus", slot="activation", paper=_NARANG,
+         description="FFN activation softplus(x) = log(1 + exp(x)) instead of ReLU.", activation="softplus")

@@ -102,22 +102,35 @@ def rescale_depth(spec: ModelSpec, factor: float) -> ModelSpec:
     return shaped.replace(d_ff=d_ff)
 
 
-@register_variant("depth", slot="shape", paper="Narang et al. 2021, arXiv 2102.11972", matches="params")
+_NARANG = "Narang et al. 2021, arXiv 2102.11972"
+
+
+@register_variant("depth", slot="shape", paper=_NARANG, matches="params")
 def depth(spec: ModelSpec, factor: float = 2.0) -> ModelSpec:
     """factor x the layers, d_ff and heads rescaled to keep the parameter count (default x2)."""
     return rescale_depth(spec, factor)
 
 
-def _depth_variant(name: str, factor: float, narang: str) -> None:
-    def patch(spec: ModelSpec) -> ModelSpec:
-        return rescale_depth(spec, factor)
-
-    patch.__name__ = patch.__qualname__ = name.replace(".", "_")
-    patch.__doc__ = f"{factor:.3g} x the layers at constant parameters (Narang et al.: {narang})."
-    register_variant(name, slot="shape", paper="Narang et al. 2021, arXiv 2102.11972", matches="params")(patch)
+# Narang et al.'s four depths, by name (not selectors: the shape is computed from the incoming spec)
+@register_variant("depth_x2", slot="shape", paper=_NARANG, matches="params")
+def depth_x2(spec: ModelSpec) -> ModelSpec:
+    """2 x the layers at constant parameters (Narang et al.: 24 layers, d_ff 1536, H 6)."""
+    return rescale_depth(spec, 2.0)
 
 
-_depth_variant("depth_x2", 2.0, "24 layers, d_ff 1536, H 6")
-_depth_variant("depth_x1.5", 1.5, "18 layers, d_ff 2048, H 8")
-_depth_variant("depth_x0.67", 2 / 3, "8 layers, d_ff 4608, H 18")
-_depth_variant("depth_x0.5", 0.5, "6 layers, d_ff 6144, H 24")
+@register_variant("depth_x1.5", slot="shape", paper=_NARANG, matches="params")
+def depth_x1_5(spec: ModelSpec) -> ModelSpec:
+    """1.5 x the layers at constant parameters (Narang et al.: 18 layers, d_ff 2048, H 8)."""
+    return rescale_depth(spec, 1.5)
+
+
+@register_variant("depth_x0.67", slot="shape", paper=_NARANG, matches="params")
+def depth_x0_67(spec: ModelSpec) -> ModelSpec:
+    """0.667 x the layers at constant parameters (Narang et al.: 8 layers, d_ff 4608, H 18)."""
+    return rescale_depth(spec, 2 / 3)
+
+
+@register_variant("depth_x0.5", slot="shape", paper=_NARANG, matches="params")
+def depth_x0_5(spec: ModelSpec) -> ModelSpec:
+    """0.5 x the layers at constant parameters (Narang et al.: 6 layers, d_ff 6144, H 24)."""
+    return rescale_depth(spec, 0.5)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from modtransfer.core.components import register_component
 from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 
 
 @register_component("ffn", "glu", paper="Shazeer 2020, arXiv 2002.05202")
@@ -50,17 +50,20 @@ def gated_d_ff(d_ff: int) -> int:
     return max(1, round(exact))
 
 
-def _glu_variant(name: str, activation: str, label: str) -> None:
-    def patch(spec: ModelSpec) -> ModelSpec:
-        return spec.replace(ffn="glu", activation=activation, d_ff=gated_d_ff(spec.d_ff))
-
-    patch.__name__ = patch.__qualname__ = f"{name}_ffn"
-    patch.__doc__ = f"{label}: gated FFN (act={activation}), d_ff x 2/3 to match parameters."
-    register_variant(name, slot="ffn", paper="Shazeer 2020, arXiv 2002.05202", matches="params")(patch)
+def gated_width(spec: ModelSpec) -> int:
+    """The gated FFN's width for ``spec``: :func:`gated_d_ff` of its dense width."""
+    return gated_d_ff(spec.d_ff)
 
 
-_glu_variant("glu", "sigmoid", "GLU")
-_glu_variant("geglu", "gelu", "GeGLU")
-_glu_variant("reglu", "relu", "ReGLU")
-_glu_variant("swiglu", "swish", "SwiGLU")
-_glu_variant("liglu", "linear", "LiGLU (bilinear)")
+_SHAZEER = "Shazeer 2020, arXiv 2002.05202"
+
+selector("glu", slot="ffn", paper=_SHAZEER, matches="params", ffn="glu", activation="sigmoid", d_ff=gated_width,
+         description="GLU: gated FFN (act=sigmoid), d_ff x 2/3 to match parameters.")
+selector("geglu", slot="ffn", paper=_SHAZEER, matches="params", ffn="glu", activation="gelu", d_ff=gated_width,
+         description="GeGLU: gated FFN (act=gelu), d_ff x 2/3 to match parameters.")
+selector("reglu", slot="ffn", paper=_SHAZEER, matches="params", ffn="glu", activation="relu", d_ff=gated_width,
+         description="ReGLU: gated FFN (act=relu), d_ff x 2/3 to match parameters.")
+selector("swiglu", slot="ffn", paper=_SHAZEER, matches="params", ffn="glu", activation="swish", d_ff=gated_width,
+         description="SwiGLU: gated FFN (act=swish), d_ff x 2/3 to match parameters.")
+selector("liglu", slot="ffn", paper=_SHAZEER, matches="params", ffn="glu", activation="linear", d_ff=gated_width,
+         description="LiGLU (bilinear): gated FFN (act=linear), d_ff x 2/3 to match parameters.")

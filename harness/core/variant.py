@@ -1,7 +1,8 @@
 """Variants: named, documented patches of a :class:`ModelSpec`.
 
 A variant is a function ``spec -> spec`` (optionally with keyword parameters, written
-``init_normal(std=0.02)`` in a plan). Variants compose with ``+``; two variants that change
+``init_normal(std=0.02)`` in a plan), registered with :func:`register_variant`; one that only
+selects components (sets spec fields to values) is written with :func:`selector` instead. Variants compose with ``+``; two variants that change
 the same spec field conflict, and the error names both, before anything trains. The free-form
 options in ``ModelSpec.extra`` count key by key, so variants keeping different options there
 compose.
@@ -12,8 +13,10 @@ The hash of the plugin code a variant uses is :func:`modtransfer.core.digest.cod
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +76,60 @@ def register_variant(
         return fn
 
     return decorator
+
+
+def selector(
+    name: str,
+    *,
+    slot: str,
+    description: str,
+    paper: str = "",
+    matches: str | None = None,
+    requires: Iterable[str] = (),
+    requires_any: Iterable[str] = (),
+    options: Mapping[str, Any] | None = None,
+    override: bool = False,
+    **fields: Any,
+) -> Callable[[ModelSpec], ModelSpec]:
+    """Register a variant that only sets spec fields, and return its function.
+
+    The idiom for every variant whose whole effect is choosing components::
+
+        selector("gelu", slot="activation", paper="Hendrycks & Gimpel 2016, arXiv 1606.08415",
+                 description="FFN activation GeLU(x) = x * Phi(x) instead of ReLU.", activation="gelu")
+
+    ``fields``: :class:`ModelSpec` fields and their values (``activation="gelu"``); a value that is
+    callable is computed from the incoming spec (``d_ff=gated_width``, a width that keeps the
+    parameter count). ``options``: keys of ``ModelSpec.extra`` to set the same way (a plugin
+    component's option, ``{"stack": "funnel"}``). Callables all read the incoming spec, not one
+    another's results. ``description``: the one line ``ls`` shows (a decorated variant takes it
+    from its docstring). The other keywords are :func:`register_variant`'s. A selector takes no
+    parameters; a variant with parameters (``init_normal(std=...)``) or with logic of its own is a
+    function decorated with :func:`register_variant`.
+    """
+    known = {f.name for f in dataclasses.fields(ModelSpec)} - {"extra"}
+    for key in fields:
+        if key not in known:
+            hint = "; set extra options with options={...}" if key == "extra" else ""
+            raise ValueError(f"selector {name!r}: ModelSpec has no field {key!r}{hint}")
+    if not fields and not options:
+        raise ValueError(f"selector {name!r}: name at least one field (activation='gelu') or option to set")
+    if not description.strip():
+        raise ValueError(f"selector {name!r}: give a one-line description")
+    chosen, opts = dict(fields), dict(options or {})
+
+    def select(spec: ModelSpec) -> ModelSpec:
+        out = spec.replace(**{k: v(spec) if callable(v) else v for k, v in chosen.items()})
+        if opts:
+            out = out.with_options(**{k: v(spec) if callable(v) else v for k, v in opts.items()})
+        return out
+
+    # named after the variant and owned by the module that called (a plugin's selector is the plugin's)
+    select.__name__ = select.__qualname__ = re.sub(r"\W", "_", name)
+    select.__module__ = sys._getframe(1).f_globals.get("__name__", select.__module__)
+    select.__doc__ = description
+    return register_variant(name, slot=slot, paper=paper, description=description, matches=matches,
+                            requires=requires, requires_any=requires_any, override=override)(select)
 
 
 @register_variant(BASELINE, slot="baseline", description="the reference model every variant is compared with")
