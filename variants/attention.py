@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from modtransfer.core.components import register_component
 from modtransfer.core.errors import UserError
 from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 from modtransfer.variants.baseline.attention import MultiHeadAttention
 
 
@@ -144,19 +144,9 @@ class LinearAttention(MultiHeadAttention):
 
 
 # -- variants --------------------------------------------------------------------------
-@register_variant("unscaled_attention", slot="attention", paper="Raffel et al. 2020, arXiv 1910.10683")
-def unscaled_attention(spec: ModelSpec) -> ModelSpec:
-    """T5-style attention logits without 1/sqrt(d_k), the factor folded into W_q's init."""
-    return spec.replace(attention="unscaled")
-
-
-@register_variant("multi_query", slot="attention", paper="Shazeer 2019, arXiv 1911.02150")
-def multi_query(spec: ModelSpec) -> ModelSpec:
-    """Multi-query attention: all query heads share one key and one value head (fewer parameters)."""
-    return spec.replace(attention="multi_query")
-
-
-@register_variant("linear_attention", slot="attention", paper="Katharopoulos et al. 2020, arXiv 2006.16236")
-def linear_attention_variant(spec: ModelSpec) -> ModelSpec:
-    """Linear attention with phi(x) = elu(x) + 1; cannot take an additive position bias."""
-    return spec.replace(attention="linear")
+selector("unscaled_attention", slot="attention", paper="Raffel et al. 2020, arXiv 1910.10683", attention="unscaled",
+         description="T5-style attention logits without 1/sqrt(d_k), the factor folded into W_q's init.")
+selector("multi_query", slot="attention", paper="Shazeer 2019, arXiv 1911.02150", attention="multi_query",
+         description="Multi-query attention: all query heads share one key and one value head (fewer parameters).")
+selector("linear_attention", slot="attention", paper="Katharopoulos et al. 2020, arXiv 2006.16236", attention="linear",
+         description="Linear attention with phi(x) = elu(x) + 1; cannot take an additive position bias.")

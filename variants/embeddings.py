@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from modtransfer.core.components import register_component
 from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 from modtransfer.variants.baseline.embeddings import TiedEmbedding, embedding_matrix, topology_stacks
 from modtransfer.variants.output import adaptive_bounds, cluster_dims
 
@@ -230,57 +230,27 @@ class AdaptiveInput(nn.Module):
 
 
 # -- variants ---------------------------------------------------------------------------
-@register_variant("untied_embedding", slot="embedding", paper="Narang et al. 2021, arXiv 2102.11972",
-                  requires=("vocab",))
-def untied_embedding(spec: ModelSpec) -> ModelSpec:
-    """Separate input embeddings per stack and a separate output matrix (adds V x d per use)."""
-    return spec.replace(embedding="untied")
-
-
-@register_variant("tied_encoder_decoder_input", slot="embedding", paper="Narang et al. 2021, arXiv 2102.11972",
-                  requires=("vocab", "encoder_decoder"))
-def tied_encoder_decoder_input(spec: ModelSpec) -> ModelSpec:
-    """Encoder and decoder inputs share one embedding; the output softmax has its own matrix."""
-    return spec.replace(embedding="tied_input")
-
-
-@register_variant("tied_decoder_input_output", slot="embedding", paper="Press & Wolf 2017, arXiv 1608.05859",
-                  requires=("vocab", "encoder_decoder"))
-def tied_decoder_input_output(spec: ModelSpec) -> ModelSpec:
-    """Decoder input and output share one embedding; the encoder input has its own."""
-    return spec.replace(embedding="tied_decoder")
-
-
-@register_variant("factorized_embedding", slot="embedding", paper="Lan et al. 2020, arXiv 1909.11942",
-                  requires=("vocab",))
-def factorized_embedding(spec: ModelSpec) -> ModelSpec:
-    """Factorized input embedding V x E + E x d (E = d_model/4), output softmax untied."""
-    return spec.replace(embedding="factorized", d_embed=factorized_dim(spec))
-
-
-@register_variant("factorized_shared_embedding", slot="embedding", paper="Lan et al. 2020, arXiv 1909.11942",
-                  requires=("vocab",))
-def factorized_shared_embedding(spec: ModelSpec) -> ModelSpec:
-    """Factorized embedding V x E + E x d (E = d_model/4) that also scores the output through P."""
-    return spec.replace(embedding="factorized_shared", d_embed=factorized_dim(spec))
-
-
-@register_variant("adaptive_input", slot="embedding", paper="Baevski & Auli 2019, arXiv 1809.10853",
-                  requires=("vocab",))
-def adaptive_input(spec: ModelSpec) -> ModelSpec:
-    """Adaptive input: frequency clusters at d, d/4, d/16 projected to d (frequency-ordered vocabulary)."""
-    return spec.replace(embedding="adaptive_input")
-
-
-@register_variant("block_sharing_factorized_embedding", slot="sharing", paper="Lan et al. 2020, arXiv 1909.11942",
-                  requires=("vocab",))
-def block_sharing_factorized_embedding(spec: ModelSpec) -> ModelSpec:
-    """Block sharing (one block per stack) + factorized input embedding (Narang et al. 2021)."""
-    return factorized_embedding(spec).replace(sharing="all")
-
-
-@register_variant("block_sharing_factorized_shared_embedding", slot="sharing",
-                  paper="Lan et al. 2020, arXiv 1909.11942", requires=("vocab",))
-def block_sharing_factorized_shared_embedding(spec: ModelSpec) -> ModelSpec:
-    """Block sharing + factorized embedding tied to the output (Narang et al. 2021)."""
-    return factorized_shared_embedding(spec).replace(sharing="all")
+selector("untied_embedding", slot="embedding", paper="Narang et al. 2021, arXiv 2102.11972", requires=("vocab",),
+         embedding="untied",
+         description="Separate input embeddings per stack and a separate output matrix (adds V x d per use).")
+selector("tied_encoder_decoder_input", slot="embedding", paper="Narang et al. 2021, arXiv 2102.11972",
+         requires=("vocab", "encoder_decoder"), embedding="tied_input",
+         description="Encoder and decoder inputs share one embedding; the output softmax has its own matrix.")
+selector("tied_decoder_input_output", slot="embedding", paper="Press & Wolf 2017, arXiv 1608.05859",
+         requires=("vocab", "encoder_decoder"), embedding="tied_decoder",
+         description="Decoder input and output share one embedding; the encoder input has its own.")
+selector("factorized_embedding", slot="embedding", paper="Lan et al. 2020, arXiv 1909.11942", requires=("vocab",),
+         embedding="factorized", d_embed=factorized_dim,
+         description="Factorized input embedding V x E + E x d (E = d_model/4), output softmax untied.")
+selector("factorized_shared_embedding", slot="embedding", paper="Lan et al. 2020, arXiv 1909.11942",
+         requires=("vocab",), embedding="factorized_shared", d_embed=factorized_dim,
+         description="Factorized embedding V x E + E x d (E = d_model/4) that also scores the output through P.")
+selector("adaptive_input", slot="embedding", paper="Baevski & Auli 2019, arXiv 1809.10853", requires=("vocab",),
+         embedding="adaptive_input",
+         description="Adaptive input: frequency clusters at d, d/4, d/16 projected to d (frequency-ordered vocabulary).")
+selector("block_sharing_factorized_embedding", slot="sharing", paper="Lan et al. 2020, arXiv 1909.11942",
+         requires=("vocab",), embedding="factorized", d_embed=factorized_dim, sharing="all",
+         description="Block sharing (one block per stack) + factorized input embedding (Narang et al. 2021).")
+selector("block_sharing_factorized_shared_embedding", slot="sharing", paper="Lan et al. 2020, arXiv 1909.11942",
+         requires=("vocab",), embedding="factorized_shared", d_embed=factorized_dim, sharing="all",
+         description="Block sharing + factorized embedding tied to the output (Narang et al. 2021).")

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from modtransfer.core.components import register_component
 from modtransfer.core.errors import UserError
 from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import register_variant, selector
 from modtransfer.variants.baseline.attention import MultiHeadAttention, additive_mask
 from modtransfer.variants.position import RotaryEmbedding
 
@@ -166,11 +166,9 @@ class PartialRotaryEmbedding(RotaryEmbedding):
 
 
 # -- variants -----------------------------------------------------------------------------------
-@register_variant("qk_norm", slot="attention", paper="Henry et al. 2020, arXiv 2010.04245; Dehghani et al. 2023, "
-                  "arXiv 2302.05442")
-def qk_norm(spec: ModelSpec) -> ModelSpec:
-    """RMS-normalised queries and keys (learned per-channel gains) before their dot product."""
-    return spec.replace(attention="qk_norm")
+selector("qk_norm", slot="attention",
+         paper="Henry et al. 2020, arXiv 2010.04245; Dehghani et al. 2023, arXiv 2302.05442", attention="qk_norm",
+         description="RMS-normalised queries and keys (learned per-channel gains) before their dot product.")
 
 
 @register_variant("attention_softcap", slot="attention", paper="Gemma Team 2024, arXiv 2408.00118")

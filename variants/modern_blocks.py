@@ -22,7 +22,7 @@ from modtransfer.core.components import component, register_component
 from modtransfer.core.model import apply_special_inits, clone_blocks
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.stack_shared import building_stack
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 from modtransfer.variants.baseline.residual import NormFactory, ResidualBase, output_layers
 
 
@@ -109,19 +109,11 @@ class TokenShift(ResidualBase):
 
 
 # -- variants -----------------------------------------------------------------------------------
-@register_variant("relu_squared", slot="activation", paper="So et al. 2021, arXiv 2109.08668")
-def relu_squared_variant(spec: ModelSpec) -> ModelSpec:
-    """FFN activation ReLU(x)^2 instead of ReLU (Primer)."""
-    return spec.replace(activation="relu_squared")
-
-
-@register_variant("zero_init", slot="init", paper="modded-nanogpt records; Zhang et al. 2019, arXiv 1901.09321")
-def zero_init(spec: ModelSpec) -> ModelSpec:
-    """The model's init, then every residual branch's output projection (W_o, FFN W2) zero."""
-    return spec.replace(init="zero_out").with_options(zero_init_base=spec.init)
-
-
-@register_variant("token_shift", slot="residual", paper="Peng et al. 2023, arXiv 2305.13048; modded-nanogpt smear")
-def token_shift(spec: ModelSpec) -> ModelSpec:
-    """Each branch's input mixes every position with the previous one (learned per channel, init 0)."""
-    return spec.replace(residual="token_shift")
+selector("relu_squared", slot="activation", paper="So et al. 2021, arXiv 2109.08668", activation="relu_squared",
+         description="FFN activation ReLU(x)^2 instead of ReLU (Primer).")
+selector("zero_init", slot="init", paper="modded-nanogpt records; Zhang et al. 2019, arXiv 1901.09321", init="zero_out",
+         options={"zero_init_base": lambda spec: spec.init},  # the incoming scheme, applied first
+         description="The model's init, then every residual branch's output projection (W_o, FFN W2) zero.")
+selector("token_shift", slot="residual", paper="Peng et al. 2023, arXiv 2305.13048; modded-nanogpt smear",
+         residual="token_shift",
+         description="Each branch's input mixes every position with the previous one (learned per channel, init 0).")

@@ -27,7 +27,7 @@ from modtransfer.core.components import component, register_component
 from modtransfer.core.errors import UserError
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.stack_shared import StackShared, building_stack
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 from modtransfer.variants.baseline.attention import MultiHeadAttention
 from modtransfer.variants.baseline.residual import NormFactory, ResidualBase
 
@@ -159,21 +159,11 @@ class UNetSkip(ResidualBase):
 
 
 # -- variants -----------------------------------------------------------------------------------
-@register_variant("value_residual", slot="attention", paper="Zhou et al. 2024, arXiv 2410.17897")
-def value_residual(spec: ModelSpec) -> ModelSpec:
-    """Every later self-attention mixes the first layer's values into its own (learned l1, l2)."""
-    return spec.replace(attention="value_residual")
-
-
-@register_variant("value_embeddings", slot="attention", paper="modded-nanogpt records (value embeddings)",
-                  requires=("vocab",))
-def value_embeddings(spec: ModelSpec) -> ModelSpec:
-    """A second token embedding per stack mixed into every self-attention's values."""
-    return spec.replace(attention="value_embedding")
-
-
-@register_variant("unet_skips", slot="residual", paper="modded-nanogpt records; Ronneberger et al. 2015, "
-                  "arXiv 1505.04597")
-def unet_skips(spec: ModelSpec) -> ModelSpec:
-    """Block i's output added (learned weight) to the input of its mirror block L-1-i."""
-    return spec.replace(residual="unet")
+selector("value_residual", slot="attention", paper="Zhou et al. 2024, arXiv 2410.17897", attention="value_residual",
+         description="Every later self-attention mixes the first layer's values into its own (learned l1, l2).")
+selector("value_embeddings", slot="attention", paper="modded-nanogpt records (value embeddings)", requires=("vocab",),
+         attention="value_embedding",
+         description="A second token embedding per stack mixed into every self-attention's values.")
+selector("unet_skips", slot="residual", paper="modded-nanogpt records; Ronneberger et al. 2015, arXiv 1505.04597",
+         residual="unet",
+         description="Block i's output added (learned weight) to the input of its mirror block L-1-i.")

@@ -15,8 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from modtransfer.core.components import register_component
-from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 from modtransfer.variants.baseline.norms import NormBase
 
 
@@ -37,7 +36,5 @@ def no_norm(dim: int, eps: float) -> nn.Module:
     return nn.Identity()
 
 
-@register_variant("rmsnorm", slot="norm", paper="Zhang & Sennrich 2019, arXiv 1910.07467")
-def rmsnorm(spec: ModelSpec) -> ModelSpec:
-    """RMSNorm instead of LayerNorm: rescale by the root mean square, no centring, no bias."""
-    return spec.replace(norm="rmsnorm")
+selector("rmsnorm", slot="norm", paper="Zhang & Sennrich 2019, arXiv 1910.07467", norm="rmsnorm",
+         description="RMSNorm instead of LayerNorm: rescale by the root mean square, no centring, no bias.")

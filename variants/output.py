@@ -35,7 +35,7 @@ from modtransfer.core.components import register_component
 from modtransfer.core.errors import UserError
 from modtransfer.core.model import IGNORE_INDEX
 from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 from modtransfer.variants.baseline.output import masked_nll
 
 
@@ -221,22 +221,12 @@ class MixtureOfSoftmaxes(nn.Module):
 
 
 # -- variants --------------------------------------------------------------------------
-@register_variant("adaptive_softmax", slot="output", paper="Grave et al. 2017, arXiv 1609.04309",
-                  requires=("vocab",))
-def adaptive_softmax(spec: ModelSpec) -> ModelSpec:
-    """Adaptive softmax: frequent-word head + tail clusters at d/4, d/16 (frequency-ordered vocabulary)."""
-    return spec.replace(output="adaptive_softmax")
-
-
-@register_variant("adaptive_softmax_no_projection", slot="output", paper="Grave et al. 2017, arXiv 1609.04309",
-                  requires=("vocab",))
-def adaptive_softmax_no_projection(spec: ModelSpec) -> ModelSpec:
-    """Adaptive softmax with every tail cluster at the full dimension (no down-projection)."""
-    return spec.replace(output="adaptive_softmax_no_projection")
-
-
-@register_variant("mixture_of_softmaxes", slot="output", paper="Yang et al. 2018, arXiv 1711.03953",
-                  requires=("vocab",))
-def mixture_of_softmaxes(spec: ModelSpec) -> ModelSpec:
-    """Mixture of K softmaxes (K = 15 at d_model >= 512, d_model/32 below, at least 2)."""
-    return spec.replace(output="mixture_of_softmaxes", n_softmaxes=default_n_softmaxes(spec))
+selector("adaptive_softmax", slot="output", paper="Grave et al. 2017, arXiv 1609.04309", requires=("vocab",),
+         output="adaptive_softmax",
+         description="Adaptive softmax: frequent-word head + tail clusters at d/4, d/16 (frequency-ordered vocabulary).")
+selector("adaptive_softmax_no_projection", slot="output", paper="Grave et al. 2017, arXiv 1609.04309",
+         requires=("vocab",), output="adaptive_softmax_no_projection",
+         description="Adaptive softmax with every tail cluster at the full dimension (no down-projection).")
+selector("mixture_of_softmaxes", slot="output", paper="Yang et al. 2018, arXiv 1711.03953", requires=("vocab",),
+         output="mixture_of_softmaxes", n_softmaxes=default_n_softmaxes,
+         description="Mixture of K softmaxes (K = 15 at d_model >= 512, d_model/32 below, at least 2).")

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from modtransfer.core.components import register_component
 from modtransfer.core.errors import UserError
 from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import register_variant, selector
 from modtransfer.variants.baseline.position import PositionBase
 
 
@@ -186,28 +186,14 @@ class ALiBi(PositionBase):
 
 
 # -- variants --------------------------------------------------------------------------
-@register_variant("sinusoidal", slot="position", paper="Vaswani et al. 2017, arXiv 1706.03762")
-def sinusoidal(spec: ModelSpec) -> ModelSpec:
-    """Fixed sinusoidal absolute positions added to the embeddings."""
-    return spec.replace(position="sinusoidal")
-
-
-@register_variant("learned", slot="position", paper="Gehring et al. 2017, arXiv 1705.03122")
-def learned(spec: ModelSpec) -> ModelSpec:
-    """Learned absolute position embeddings added to the input."""
-    return spec.replace(position="learned")
-
-
-@register_variant("no_position", slot="position", paper="Haviv et al. 2022, arXiv 2203.16634")
-def no_position(spec: ModelSpec) -> ModelSpec:
-    """No position information at all."""
-    return spec.replace(position="none")
-
-
-@register_variant("rope", slot="position", paper="Su et al. 2021, arXiv 2104.09864")
-def rope(spec: ModelSpec) -> ModelSpec:
-    """Rotary position embedding on the queries and keys of every self-attention head."""
-    return spec.replace(position="rope")
+selector("sinusoidal", slot="position", paper="Vaswani et al. 2017, arXiv 1706.03762", position="sinusoidal",
+         description="Fixed sinusoidal absolute positions added to the embeddings.")
+selector("learned", slot="position", paper="Gehring et al. 2017, arXiv 1705.03122", position="learned",
+         description="Learned absolute position embeddings added to the input.")
+selector("no_position", slot="position", paper="Haviv et al. 2022, arXiv 2203.16634", position="none",
+         description="No position information at all.")
+selector("rope", slot="position", paper="Su et al. 2021, arXiv 2104.09864", position="rope",
+         description="Rotary position embedding on the queries and keys of every self-attention head.")
 
 
 @register_variant("relative_bias", slot="position", paper="Raffel et al. 2020, arXiv 1910.10683")
@@ -221,7 +207,5 @@ def relative_bias(spec: ModelSpec, buckets: int | None = None, max_distance: int
     return spec.replace(**changes)
 
 
-@register_variant("alibi", slot="position", paper="Press et al. 2022, arXiv 2108.12409")
-def alibi(spec: ModelSpec) -> ModelSpec:
-    """ALiBi: a fixed per-head linear penalty on the distance between query and key."""
-    return spec.replace(position="alibi")
+selector("alibi", slot="position", paper="Press et al. 2022, arXiv 2108.12409", position="alibi",
+         description="ALiBi: a fixed per-head linear penalty on the distance between query and key.")

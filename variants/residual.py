@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from modtransfer.core.components import register_component
 from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 from modtransfer.variants.baseline.residual import NormFactory, PreNorm, ResidualBase, branch_weights, output_layers
 
 
@@ -210,43 +210,19 @@ class DeepNorm(ResidualBase):
 
 
 # -- variants --------------------------------------------------------------------------
-@register_variant("post_ln", slot="residual", paper="Vaswani et al. 2017, arXiv 1706.03762")
-def post_ln(spec: ModelSpec) -> ModelSpec:
-    """Post-LN, as in the original Transformer: norm(x + F(x)), no final norm."""
-    return spec.replace(residual="post")
-
-
-@register_variant("rezero", slot="residual", paper="Bachlechner et al. 2020, arXiv 2003.04887")
-def rezero(spec: ModelSpec) -> ModelSpec:
-    """ReZero: x + alpha F(x), alpha initialised to 0, no normalisation at all."""
-    return spec.replace(residual="rezero", norm="none")
-
-
-@register_variant("rezero_layernorm", slot="residual", paper="Bachlechner et al. 2020, arXiv 2003.04887")
-def rezero_layernorm(spec: ModelSpec) -> ModelSpec:
-    """ReZero with a LayerNorm on the branch input: x + alpha F(LN(x))."""
-    return spec.replace(residual="rezero", norm="layernorm")
-
-
-@register_variant("rezero_rmsnorm", slot="residual", paper="Bachlechner et al. 2020, arXiv 2003.04887")
-def rezero_rmsnorm(spec: ModelSpec) -> ModelSpec:
-    """ReZero with an RMSNorm on the branch input: x + alpha F(RMSNorm(x))."""
-    return spec.replace(residual="rezero", norm="rmsnorm")
-
-
-@register_variant("fixup", slot="residual", paper="Zhang et al. 2019, arXiv 1901.09321")
-def fixup(spec: ModelSpec) -> ModelSpec:
-    """Fixup: no normalisation; zero-initialised last layers, rescaled branches, scalar biases."""
-    return spec.replace(residual="fixup", norm="none")
-
-
-@register_variant("sandwich_ln", slot="residual", paper="Ding et al. 2021, arXiv 2105.13290")
-def sandwich_ln(spec: ModelSpec) -> ModelSpec:
-    """Sandwich-LN: x + LN(F(LN(x))), a second norm closing every branch."""
-    return spec.replace(residual="sandwich")
-
-
-@register_variant("deepnorm", slot="residual", paper="Wang et al. 2022, arXiv 2203.00555")
-def deepnorm(spec: ModelSpec) -> ModelSpec:
-    """DeepNorm: LN(alpha x + F(x)) with beta-scaled Xavier init of the branches."""
-    return spec.replace(residual="deepnorm")
+selector("post_ln", slot="residual", paper="Vaswani et al. 2017, arXiv 1706.03762", residual="post",
+         description="Post-LN, as in the original Transformer: norm(x + F(x)), no final norm.")
+selector("rezero", slot="residual", paper="Bachlechner et al. 2020, arXiv 2003.04887", residual="rezero", norm="none",
+         description="ReZero: x + alpha F(x), alpha initialised to 0, no normalisation at all.")
+selector("rezero_layernorm", slot="residual", paper="Bachlechner et al. 2020, arXiv 2003.04887", residual="rezero",
+         norm="layernorm",
+         description="ReZero with a LayerNorm on the branch input: x + alpha F(LN(x)).")
+selector("rezero_rmsnorm", slot="residual", paper="Bachlechner et al. 2020, arXiv 2003.04887", residual="rezero",
+         norm="rmsnorm",
+         description="ReZero with an RMSNorm on the branch input: x + alpha F(RMSNorm(x)).")
+selector("fixup", slot="residual", paper="Zhang et al. 2019, arXiv 1901.09321", residual="fixup", norm="none",
+         description="Fixup: no normalisation; zero-initialised last layers, rescaled branches, scalar biases.")
+selector("sandwich_ln", slot="residual", paper="Ding et al. 2021, arXiv 2105.13290", residual="sandwich",
+         description="Sandwich-LN: x + LN(F(LN(x))), a second norm closing every branch.")
+selector("deepnorm", slot="residual", paper="Wang et al. 2022, arXiv 2203.00555", residual="deepnorm",
+         description="DeepNorm: LN(alpha x + F(x)) with beta-scaled Xavier init of the branches.")

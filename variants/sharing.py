@@ -13,8 +13,7 @@ encoder / decoder: only the encoder (or the decoder) shares.
 from __future__ import annotations
 
 from modtransfer.core.components import register_component
-from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 
 _ALBERT = "Lan et al. 2020, arXiv 1909.11942"
 
@@ -36,19 +35,9 @@ def share_decoder(stack: str) -> bool:
     return stack == "decoder"
 
 
-@register_variant("block_sharing", slot="sharing", paper=_ALBERT)
-def block_sharing(spec: ModelSpec) -> ModelSpec:
-    """Every stack applies one shared block n_layers times (ALBERT cross-layer sharing)."""
-    return spec.replace(sharing="all")
-
-
-@register_variant("encoder_block_sharing", slot="sharing", paper=_ALBERT, requires=("encoder_decoder",))
-def encoder_block_sharing(spec: ModelSpec) -> ModelSpec:
-    """Only the encoder of an encoder-decoder shares one block across its layers."""
-    return spec.replace(sharing="encoder")
-
-
-@register_variant("decoder_block_sharing", slot="sharing", paper=_ALBERT, requires=("encoder_decoder",))
-def decoder_block_sharing(spec: ModelSpec) -> ModelSpec:
-    """Only the decoder of an encoder-decoder shares one block across its layers."""
-    return spec.replace(sharing="decoder")
+selector("block_sharing", slot="sharing", paper=_ALBERT, sharing="all",
+         description="Every stack applies one shared block n_layers times (ALBERT cross-layer sharing).")
+selector("encoder_block_sharing", slot="sharing", paper=_ALBERT, requires=("encoder_decoder",), sharing="encoder",
+         description="Only the encoder of an encoder-decoder shares one block across its layers.")
+selector("decoder_block_sharing", slot="sharing", paper=_ALBERT, requires=("encoder_decoder",), sharing="decoder",
+         description="Only the decoder of an encoder-decoder shares one block across its layers.")

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from modtransfer.core.model import STACKS, Stack
 from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 
 _DEHGHANI = "Dehghani et al. 2019, arXiv 1807.03819"
 _DAI = "Dai et al. 2020, arXiv 2006.03236"
@@ -150,13 +150,7 @@ STACKS.register("universal", UniversalStack)
 STACKS.register("funnel", FunnelStack)
 
 
-@register_variant("universal_transformer", slot="sharing", paper=_DEHGHANI)
-def universal_transformer(spec: ModelSpec) -> ModelSpec:
-    """Universal Transformer: one shared block per stack, looped with a step signal and ACT halting."""
-    return spec.replace(sharing="all").with_options(stack="universal")
-
-
-@register_variant("funnel", slot="shape", paper=_DAI, requires_any=("encoder", "encoder_decoder"))
-def funnel(spec: ModelSpec) -> ModelSpec:
-    """Funnel Transformer: the encoder pools the sequence between groups of layers, then restores it."""
-    return spec.with_options(stack="funnel")
+selector("universal_transformer", slot="sharing", paper=_DEHGHANI, sharing="all", options={"stack": "universal"},
+         description="Universal Transformer: one shared block per stack, looped with a step signal and ACT halting.")
+selector("funnel", slot="shape", paper=_DAI, requires_any=("encoder", "encoder_decoder"), options={"stack": "funnel"},
+         description="Funnel Transformer: the encoder pools the sequence between groups of layers, then restores it.")

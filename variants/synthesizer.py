@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from modtransfer.core.components import register_component
 from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 from modtransfer.variants.baseline.attention import AttentionBase, MultiHeadAttention, additive_mask
 
 _TAY = "Tay et al. 2020, arXiv 2005.00743"
@@ -163,18 +163,9 @@ def synthesizer_params(spec: ModelSpec, mode: str) -> int:
     return projections + own + int(alpha)
 
 
-def _variant(mode: str) -> None:
-    label = mode.replace("_", " ")
-
-    def patch(spec: ModelSpec) -> ModelSpec:
-        return spec.replace(attention=f"synthesizer_{mode}")
-
-    patch.__name__ = patch.__qualname__ = f"synthesizer_{mode}"
-    patch.__doc__ = f"Synthesizer ({label}): self-attention logits synthesised, not q.k (Tay et al. 2020)."
-    register_variant(f"synthesizer_{mode}", slot="attention", paper=_TAY)(patch)
-
-
 for _mode in MODES:
-    _variant(_mode)
+    selector(f"synthesizer_{_mode}", slot="attention", paper=_TAY, attention=f"synthesizer_{_mode}",
+             description=f"Synthesizer ({_mode.replace('_', ' ')}): self-attention logits synthesised, not q.k "
+                         "(Tay et al. 2020).")
 
 __all__ = ["FACTORIZED_RANK", "MODES", "SYNTHESIZERS", "SynthesizerAttention", "synthesizer_params"]

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from modtransfer.core.layered import LayeredMemory, layers_of
 from modtransfer.core.model import STACKS, Stack
 from modtransfer.core.spec import ModelSpec
-from modtransfer.core.variant import register_variant
+from modtransfer.core.variant import selector
 
 _BAPNA = "Bapna et al. 2018, arXiv 1808.07561"
 
@@ -75,10 +75,9 @@ class TransparentStack(Stack):
 STACKS.register("transparent", TransparentStack)
 
 
-@register_variant("transparent_attention", slot="attention", paper=_BAPNA, requires=("encoder_decoder",))
-def transparent_attention(spec: ModelSpec) -> ModelSpec:
-    """Transparent attention: each decoder layer attends to its own learned mix of every encoder layer."""
-    return spec.with_options(stack="transparent")
+selector("transparent_attention", slot="attention", paper=_BAPNA, requires=("encoder_decoder",),
+         options={"stack": "transparent"},
+         description="Transparent attention: each decoder layer attends to its own learned mix of every encoder layer.")
 
 
 def transparent_params(spec: ModelSpec) -> int:
