@@ -21,8 +21,8 @@ from modtransfer.core import peak, precision
 from modtransfer.core.errors import UserError
 from modtransfer.core.model import build
 from modtransfer.core.task import TASKS
-from modtransfer.run.cell import make_datamodule, make_module, make_trainer
 from modtransfer.run.plan import load_plan
+from modtransfer.run.training import make_datamodule, make_module, make_trainer
 
 NATIVE_BF16 = precision.cpu_bf16_flag() is not None
 needs_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (avx512_bf16 / amx_bf16)")

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from modtransfer.builtins import load_builtins
-from modtransfer.run.cell import _CellRun
+from modtransfer.run.cell import CellRun
 from modtransfer.run.plan import load_plan
 
 load_builtins()
@@ -119,7 +119,7 @@ def study_cell(**hparams: Any) -> Any:
 
 def prepared(cell: Any) -> tuple[Any, Any, nn.Module]:
     """The cell's task, spec and model, exactly as a run prepares them."""
-    task, spec, model, _ = _CellRun(cell, Path("."), {"mode": "disabled"}, None, "cpu").prepare()
+    task, spec, model, _ = CellRun(cell, Path("."), {"mode": "disabled"}, None, "cpu").prepare()
     return task, spec, model
 
 
@@ -179,7 +179,7 @@ def harness_steps(cell: Any, steps: int) -> tuple[StudyModel, Any, list[float]]:
     optimiser, schedule, data module, diagnostics and Trainer; the budget's schedule over its full length),
     masks drawn as the study draws them; returns the study model holding the cell's initial weights,
     the recorded batches and RNG states, and the training loss of every step."""
-    from modtransfer.run.cell import _fit
+    from modtransfer.run.cell import fit_cell
     from modtransfer.run.diagnostics import CellDiagnostics
     from modtransfer.run.training import make_datamodule, make_module, make_trainer
 
@@ -192,7 +192,7 @@ def harness_steps(cell: Any, steps: int) -> tuple[StudyModel, Any, list[float]]:
     module = make_module(model, task, cell, task.val_batches(cell.seed, budget.batch_size, 1), 1, time.perf_counter())
     record, diag = _Record(), CellDiagnostics(model, budget)
     trainer = make_trainer(budget.replace(steps=steps), "cpu", None, 1, callbacks=[record, *diag.callbacks])
-    _fit(trainer, module, make_datamodule(task, cell.seed, budget.batch_size))
+    fit_cell(trainer, module, make_datamodule(task, cell.seed, budget.batch_size))
     return study, record, [c["train_loss"] for c in module.curve if c.get("train_loss") is not None]
 
 

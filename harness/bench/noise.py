@@ -71,12 +71,12 @@ def train_member(cell: Any, task: Any, member: Member, accel: str = "cpu") -> An
     import torch
 
     from modtransfer.core.model import build
-    from modtransfer.run.training import _lightning, make_datamodule, make_module, make_trainer
+    from modtransfer.run.training import lightning_api, make_datamodule, make_module, make_trainer
 
     budget = cell.budget.replace(eval_every=0)
     cell = dataclasses.replace(cell, budget=budget)
     spec = task.configure_spec(cell.spec)
-    _lightning().seed_everything(member.init, workers=False, verbose=False)
+    lightning_api().seed_everything(member.init, workers=False, verbose=False)
     model = build(spec, task.topology, seed=member.init)  # as run_cell: draws by place (core.draws)
     if member.dropout != member.init:
         torch.manual_seed(DROPOUT_STREAM + member.dropout)
@@ -84,7 +84,7 @@ def train_member(cell: Any, task: Any, member: Member, accel: str = "cpu") -> An
     module = make_module(model, task, cell, [], log_every, time.perf_counter())
     trainer = make_trainer(budget, accel, None, log_every, callbacks=[], precision=cell.precision)
     trainer.fit(module, datamodule=make_datamodule(task, member.data, budget.batch_size))
-    module._flush(trainer.global_step, final=True)
+    module.flush(trainer.global_step, final=True)
     return module
 
 

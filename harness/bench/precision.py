@@ -40,9 +40,9 @@ def fit(cell: Any, task: Any, device: str) -> dict[str, Any]:
     """Train ``cell`` as ``run_cell`` does (no logger, no row): status, metrics, train-loss curve, tokens/s."""
     from modtransfer.core.model import build
     from modtransfer.run.cell import LOG_EVERY
-    from modtransfer.run.training import _lightning, make_datamodule, make_module, make_trainer
+    from modtransfer.run.training import lightning_api, make_datamodule, make_module, make_trainer
 
-    L = _lightning()
+    L = lightning_api()
     spec = task.configure_spec(cell.spec)
     L.seed_everything(cell.seed, workers=False, verbose=False)
     model = build(spec, task.topology)
@@ -54,7 +54,7 @@ def fit(cell: Any, task: Any, device: str) -> dict[str, Any]:
     trainer.fit(module, datamodule=make_datamodule(task, cell.seed, cell.budget.batch_size))
     train_s = time.perf_counter() - (module.first_step_at or t_start)
     steps = trainer.global_step
-    module._flush(steps, final=True)
+    module.flush(steps, final=True)
     metrics = module.evaluate(steps) if module.status == "done" else {}
     return {"status": module.status, "primary": metrics.get(task.primary_metric), "metrics": metrics,
             "curve": {c["step"]: c["train_loss"] for c in module.curve if c.get("train_loss") is not None},

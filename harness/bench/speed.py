@@ -83,11 +83,11 @@ def memory_probe(args: argparse.Namespace) -> int:
     """(In a fresh process) run one short cell and print its peak memory growth as JSON."""
     from modtransfer.run.cell import run_cell
     from modtransfer.run.envinfo import environment
-    from modtransfer.run.training import _lightning
+    from modtransfer.run.training import lightning_api
 
     device = resolve_device(args.device)
     environment(device.type)  # the imports a first cell pays (Lightning, W&B versions) before the reading
-    _lightning()
+    lightning_api()
     import modtransfer.core.model  # noqa: F401
     import modtransfer.tasks  # noqa: F401
 

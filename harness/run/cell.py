@@ -24,20 +24,8 @@ from typing import Any
 import torch
 
 from modtransfer.run.cells import Cell
-from modtransfer.run.divergence import (
-    DIVERGE_PATIENCE,
-    DivergenceMonitor,
-    diverge_factor_for,
-    diverge_patience_for,
-    divergence_limit,
-)
-from modtransfer.run.row import Row
-from modtransfer.run.row import sanitise_row
-from modtransfer.run.training import CellModule, _lightning, make_datamodule, make_module, make_trainer
-
-__all__ = ["DIVERGE_PATIENCE", "LOG_EVERY", "DivergenceMonitor", "_lightning", "diverge_factor_for",
-           "diverge_patience_for", "divergence_limit", "make_datamodule", "make_module", "make_trainer",
-           "matmul_peak", "run_cell"]
+from modtransfer.run.row import Row, sanitise_row
+from modtransfer.run.training import CellModule, lightning_api, make_datamodule, make_module, make_trainer
 
 LOG_EVERY = 25
 
@@ -51,7 +39,7 @@ def matmul_peak(device: str, precision: str = "auto") -> float:
     return float(machine_peak(device, precision)["flops"])
 
 
-class _CellRun:
+class CellRun:
     """The state of one cell while it trains: its row, its W&B logger, its start time."""
 
     def __init__(self, cell: Cell, run_dir: Path, wandb_cfg: dict[str, Any], cache_dir: Path | None,
@@ -80,7 +68,7 @@ class _CellRun:
             task.prepare()
         spec = task.configure_spec(cell.spec)
         row.spec = spec.to_dict()
-        _lightning().seed_everything(cell.seed, workers=False, verbose=False)
+        lightning_api().seed_everything(cell.seed, workers=False, verbose=False)
         model = build(spec, task.topology, seed=cell.seed)  # common random numbers: draws by place (core.draws)
         row.params = count_params(model)
         seq = task.config.get("seq_len") or task.config.get("max_len") or spec.max_len
@@ -103,10 +91,10 @@ class _CellRun:
         diag = CellDiagnostics(model, cell.budget)  # gradient norms, attention entropy, ... every diag_every steps
         trainer = make_trainer(cell.budget, accel, self.logger, log_every, callbacks=diag.callbacks,
                                precision=cell.precision)
-        _fit(trainer, module, make_datamodule(task, cell.seed, cell.budget.batch_size))
+        fit_cell(trainer, module, make_datamodule(task, cell.seed, cell.budget.batch_size))
         t_end = time.perf_counter()
         steps = trainer.global_step
-        module._flush(steps, final=True)
+        module.flush(steps, final=True)
         self.row.update(status=module.status, failed_step=module.failed_step, error=module.reason, steps=steps,
                         curve=module.curve)
         self._costs(module, t_end, accel)
@@ -153,7 +141,7 @@ class _CellRun:
             row.primary_value = value
 
 
-def _fit(trainer: Any, module: CellModule, datamodule: Any) -> None:
+def fit_cell(trainer: Any, module: CellModule, datamodule: Any) -> None:
     """``trainer.fit``, with Ctrl-C raised as KeyboardInterrupt (Lightning turns it into ``sys.exit(1)``)."""
     sigint = signal.getsignal(signal.SIGINT)
     try:
@@ -171,7 +159,7 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
              device: str = "auto") -> dict[str, Any]:
     """Train and evaluate one cell; always returns a row (status failed with a traceback on errors)."""
     wandb_cfg = {"mode": "offline", "project": "modtransfer", "entity": None, **(wandb_cfg or {})}
-    run = _CellRun(cell, run_dir, wandb_cfg, cache_dir, device)
+    run = CellRun(cell, run_dir, wandb_cfg, cache_dir, device)
     try:
         run.train()
     except KeyboardInterrupt:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from modtransfer.run import cell as _cell
-from modtransfer.run.cell import _CellRun, _fit, make_trainer, run_cell
+from modtransfer.run.cell import CellRun, fit_cell, run_cell
 from modtransfer.run.cells import Cell
 from modtransfer.run.row import sanitise_row
+from modtransfer.run.training import make_trainer
 
 
 class _Fallback(Exception):
@@ -60,7 +61,7 @@ class _StackedGroup:
     def __init__(self, cells: list[Cell], run_dir: Path, wandb_cfg: dict[str, Any], cache_dir: Path | None,
                  device: str) -> None:
         self.cells, self.run_dir, self.wandb_cfg, self.device = cells, run_dir, wandb_cfg, device
-        self.runs = [_CellRun(c, run_dir, wandb_cfg, cache_dir, device) for c in cells]
+        self.runs = [CellRun(c, run_dir, wandb_cfg, cache_dir, device) for c in cells]
         self.t_start = time.perf_counter()
 
     def _build(self) -> tuple[Any, Any, Any, str]:
@@ -85,8 +86,8 @@ class _StackedGroup:
 
         task, spec, module, accel = self._build()
         budget = self.cells[0].budget
-        trainer = make_trainer(budget, accel, None, module._log_every, precision=self.cells[0].precision)
-        _fit(trainer, module, StackedDataModule(task, [c.seed for c in self.cells], budget.batch_size))
+        trainer = make_trainer(budget, accel, None, module.log_every, precision=self.cells[0].precision)
+        fit_cell(trainer, module, StackedDataModule(task, [c.seed for c in self.cells], budget.batch_size))
         t_end = time.perf_counter()
         module.flush(trainer.global_step, final=True)
         group_wall = t_end - self.t_start
@@ -101,7 +102,7 @@ class _StackedGroup:
             rows.append(sanitise_row(run.row.to_dict()))
         return rows
 
-    def _finish_member(self, run: _CellRun, module: Any, k: int, steps: int, t_end: float, accel: str,
+    def _finish_member(self, run: CellRun, module: Any, k: int, steps: int, t_end: float, accel: str,
                        task: Any) -> None:
         """Member ``k``'s outcome, costs, final metrics and curve-based events, into its row."""
         from modtransfer.run.diagnostics import plateau_level
@@ -122,7 +123,7 @@ class _StackedGroup:
             events = []
         run.row.update(diagnostics=[], events=events)
 
-    def _replay_wandb(self, run: _CellRun, spec: Any, task: Any) -> None:
+    def _replay_wandb(self, run: CellRun, spec: Any, task: Any) -> None:
         """The member's W&B run, written after the group trained: its curve on ``trainer/global_step``."""
         from modtransfer.run.wandb_cell import close_wandb, wandb_logger
 

@@ -141,7 +141,7 @@ class StackedCellModule(L.LightningModule):
         super().__init__()
         self.model = template
         self.state = StackedState(models)
-        self._task, self._budget, self._log_every = task, budget, log_every
+        self._task, self._budget, self.log_every = task, budget, log_every
         self._loss = _LossOf(template, task)
         self._factor = diverge_factor_for(task, budget)
         self._patience = diverge_patience_for(task, budget)
@@ -209,7 +209,7 @@ class StackedCellModule(L.LightningModule):
             for k, m in enumerate(self.members):
                 m.initial_loss = float(self._loss_sum[k])
                 self.divergence[k].limit = divergence_limit(m.initial_loss, self._factor)
-        if step % self._log_every == 0 or step >= self._budget.steps:
+        if step % self.log_every == 0 or step >= self._budget.steps:
             self.flush(step, final=step >= self._budget.steps)
         if not any(m.active for m in self.members):
             self.trainer.should_stop = True

@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from modtransfer.core.optim import adamw, build_optimizer, fused_adamw_supported, owns_schedule, set_mode
+from modtransfer.core.optim import adamw, build_optimizer, owns_schedule, set_mode
 from modtransfer.core.recipe import AUX_LOSSES, Recipe
 from modtransfer.core.schedule import lr_lambda
 from modtransfer.run.cells import Cell
@@ -38,7 +38,7 @@ from modtransfer.run.divergence import (
 )
 
 
-def _lightning() -> Any:
+def lightning_api() -> Any:
     """Lightning, with its start-up chatter silenced (called before each use: pytest resets warning filters)."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -47,10 +47,6 @@ def _lightning() -> Any:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     return L
-
-
-__all__ = ["CellModule", "adamw_with_schedule", "fused_adamw_supported", "make_datamodule", "make_module",
-           "make_trainer", "recipe_with_schedule"]
 
 
 def _with_schedule(opt: torch.optim.Optimizer, budget: Any, constant: bool = False) -> dict[str, Any]:
@@ -84,7 +80,7 @@ class CellModule(L.LightningModule):
         # each auxiliary loss of the recipe: (weight, term(batch) -> scalar), attached to the model once
         self._aux_terms = [(w, AUX_LOSSES.get(name)(model)) for name, w in self.recipe.aux_losses]
         self._optimizer: Any = None
-        self._task, self._budget, self._val, self._log_every, self._t_start = task, budget, val_batches, log_every, t_start
+        self._task, self._budget, self._val, self.log_every, self._t_start = task, budget, val_batches, log_every, t_start
         self._factor = diverge_factor_for(task, budget)
         self._patience = diverge_patience_for(task, budget)
         self.curve: list[dict[str, Any]] = []
@@ -138,8 +134,8 @@ class CellModule(L.LightningModule):
         if self.initial_loss is None:  # the loss of step 0 (the only one summed so far)
             self.initial_loss = float(self._loss_sum)
             self.divergence.limit = divergence_limit(self.initial_loss, self._factor)
-        if step % self._log_every == 0 or step >= budget.steps:
-            self._flush(step, final=step >= budget.steps)
+        if step % self.log_every == 0 or step >= budget.steps:
+            self.flush(step, final=step >= budget.steps)
         if self.status != "done":
             return
         if budget.max_seconds and time.perf_counter() - self._t_start > budget.max_seconds:
@@ -148,7 +144,7 @@ class CellModule(L.LightningModule):
         if budget.eval_every and step % budget.eval_every == 0 and step < budget.steps:
             self.evaluate(step)
 
-    def _flush(self, step: int, final: bool = False) -> None:
+    def flush(self, step: int, final: bool = False) -> None:
         if self._loss_n:
             mean = float(self._loss_sum) / self._loss_n
             self.curve.append({"step": step, "train_loss": mean if math.isfinite(mean) else None})
@@ -194,7 +190,7 @@ class CellModule(L.LightningModule):
 def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list[Any], log_every: int,
                 t_start: float) -> CellModule:
     """The LightningModule of a cell."""
-    _lightning()
+    lightning_api()
     return CellModule(model, task, cell.budget, val_batches, log_every, t_start, recipe=cell.spec.recipe)
 
 
@@ -220,7 +216,7 @@ class TaskDataModule(L.LightningDataModule):
 
 
 def make_datamodule(task: Any, seed: int, batch_size: int) -> TaskDataModule:
-    _lightning()
+    lightning_api()
     return TaskDataModule(task, seed, batch_size)
 
 
@@ -231,7 +227,7 @@ def make_trainer(budget: Any, accel: str, logger: Any, log_every: int, callbacks
     (:mod:`modtransfer.core.precision`: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere)."""
     from modtransfer.core.precision import lightning_precision, resolve_precision
 
-    _lightning()
+    lightning_api()
     return L.Trainer(
         accelerator=accel, devices=1, max_steps=budget.steps, max_epochs=-1, logger=logger or False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
