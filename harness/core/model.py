@@ -19,6 +19,8 @@ has a causal decoder stack: ``decoder`` and ``encoder_decoder`` tasks).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -226,7 +228,8 @@ class Transformer(nn.Module):
                 apply_special_inits(self)  # components' own inits (Fixup, ReZero, DeepNorm, ...) win over the scheme
                 if spec.clone_layers:
                     clone_blocks(self)
-        self._aux = [m for m in self.modules() if hasattr(m, "aux_loss")]
+        #: modules that record an ``aux_loss`` (and may carry an ``aux_weight``): attributes nn.Module does not type
+        self._aux: list[Any] = [m for m in self.modules() if hasattr(m, "aux_loss")]
 
     def _build_parts(self, spec: ModelSpec, topology: str, draws: Draws) -> None:
         """Inputs, outputs and stacks, each component reseeded for its place (a no-op for global draws)."""
@@ -324,6 +327,7 @@ class Transformer(nn.Module):
         total = self.spec.aux_loss_weight * torch.stack(losses).sum() if losses else None
         if own:  # terms with their own weight (z-loss, multi-token heads), not spec.aux_loss_weight
             total = torch.stack(own).sum() if total is None else total + torch.stack(own).sum()
+        assert total is not None  # losses or own is not empty here
         return total
 
     def _device(self) -> torch.device:

@@ -11,12 +11,15 @@ parameters outside its scope train with that same baseline AdamW, and the two ru
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from modtransfer.core.recipe import OPTIMIZERS, Recipe
+
+if TYPE_CHECKING:
+    from modtransfer.core.task import Budget
 
 
 def fused_adamw_supported(device: torch.device) -> bool:
@@ -31,19 +34,20 @@ def fused_adamw_supported(device: torch.device) -> bool:
 def decay_groups(params: Iterable[tuple[torch.Tensor, int]], weight_decay: float) -> list[dict[str, Any]]:
     """``(tensor, its dims in one model)`` pairs as parameter groups: ``weight_decay`` on matrices, none on
     vectors and scalars (empty groups left out)."""
-    decay, no_decay = [], []
+    decay: list[torch.Tensor] = []
+    no_decay: list[torch.Tensor] = []
     for p, ndim in params:
         (decay if ndim >= 2 and weight_decay > 0 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
-def adamw(params: Iterable[tuple[torch.Tensor, int]], budget: Any, device: torch.device) -> torch.optim.AdamW:
+def adamw(params: Iterable[tuple[torch.Tensor, int]], budget: Budget, device: torch.device) -> torch.optim.AdamW:
     """The baseline's AdamW over ``(tensor, its dims in one model)`` pairs."""
     return adamw_on_groups(decay_groups(params, budget.weight_decay), budget, device)
 
 
-def adamw_on_groups(groups: list[dict[str, Any]], budget: Any, device: torch.device) -> torch.optim.AdamW:
+def adamw_on_groups(groups: list[dict[str, Any]], budget: Budget, device: torch.device) -> torch.optim.AdamW:
     """AdamW over parameter groups, with the budget's learning rate and betas (fused where supported)."""
     return torch.optim.AdamW(groups, lr=budget.lr, betas=budget.betas,
                              fused=True if fused_adamw_supported(device) else None)
@@ -75,13 +79,15 @@ class Chained(torch.optim.Optimizer):
     def train(self) -> None:
         """Train mode of the optimisers that keep one (schedule-free methods)."""
         for opt in self.optimizers:
-            if callable(getattr(opt, "train", None)):
-                opt.train()
+            train = getattr(opt, "train", None)
+            if callable(train):
+                train()
 
     def eval(self) -> None:
         for opt in self.optimizers:
-            if callable(getattr(opt, "eval", None)):
-                opt.eval()
+            evaluate = getattr(opt, "eval", None)
+            if callable(evaluate):
+                evaluate()
 
 
 def hidden_parameters(model: nn.Module) -> set[int]:
@@ -108,7 +114,7 @@ def split_scope(model: nn.Module, scope: str) -> tuple[list[nn.Parameter], list[
     return [p for p in params if id(p) in hidden], [p for p in params if id(p) not in hidden]
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe, budget: Any, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, recipe: Recipe, budget: Budget, device: torch.device) -> torch.optim.Optimizer:
     """The recipe's optimiser over ``model``: the baseline AdamW for the baseline recipe (exactly as
     before recipes existed), else the recipe's optimiser on its scope, chained with AdamW on the rest."""
     if recipe.optimizer == "adamw" and not recipe.options:

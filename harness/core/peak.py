@@ -52,7 +52,8 @@ def measure_peak(device: torch.device | str = "cpu", precision: str = "auto", si
     device = torch.device(device)
     resolved = resolve_precision(precision, device.type)
     dtype = torch.bfloat16 if resolved == "bf16" else torch.float32
-    by_size = {n: matmul_flops(n, dtype, device, repeats) for n in sizes or PEAK_SIZES.get(device.type, (1024,))}
+    chosen: tuple[int, ...] = sizes if sizes else PEAK_SIZES.get(device.type, (1024,))
+    by_size = {n: matmul_flops(n, dtype, device, repeats) for n in chosen}
     n = max(by_size, key=by_size.__getitem__)
     return {"flops": by_size[n], "n": n, "dtype": str(dtype).replace("torch.", ""), "precision": resolved,
             "by_size": {str(k): v for k, v in by_size.items()}, "repeats": repeats}

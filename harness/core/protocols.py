@@ -42,9 +42,12 @@ Base classes that implement most of them are :class:`~modtransfer.variants.basel
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from modtransfer.core.spec import ModelSpec
 
 
 @runtime_checkable
@@ -64,7 +67,7 @@ class FFNFactory(Protocol):
     whose parameters are used only for some tokens sets ``conditional_grad = True``.
     """
 
-    def __call__(self, spec: Any, activation: Callable[[Tensor], Tensor], layer_index: int = 0, /) -> nn.Module: ...
+    def __call__(self, spec: ModelSpec, activation: Callable[[Tensor], Tensor], layer_index: int = 0, /) -> nn.Module: ...
 
 
 class NormFactory(Protocol):
@@ -84,7 +87,7 @@ class ResidualComponent(Protocol):
 
     final_norm: ClassVar[bool]
 
-    def __call__(self, spec: Any, sublayer: nn.Module, norm: NormFactory, index: int = 0,
+    def __call__(self, spec: ModelSpec, sublayer: nn.Module, norm: NormFactory, index: int = 0,
                  n_sublayers: int = 1, /) -> nn.Module: ...
 
 
@@ -94,7 +97,7 @@ class PositionComponent(Protocol):
     Tensor[H, q_len, k_len] | None`` (added to attention logits; set ``adds_bias = True``) and
     ``rotate(q, k) -> (q, k)`` (used when ``rotates = True``)."""
 
-    def __call__(self, spec: Any, causal: bool = False, /) -> nn.Module: ...
+    def __call__(self, spec: ModelSpec, causal: bool = False, /) -> nn.Module: ...
 
 
 class AttentionComponent(Protocol):
@@ -106,21 +109,21 @@ class AttentionComponent(Protocol):
     module must never let query i see keys after i, in training as in evaluation.
     """
 
-    def __call__(self, spec: Any, causal: bool = False, cross: bool = False, /) -> nn.Module: ...
+    def __call__(self, spec: ModelSpec, causal: bool = False, cross: bool = False, /) -> nn.Module: ...
 
 
 class EmbeddingComponent(Protocol):
     """``embedding``: token embeddings (``embed(tokens, stack) -> x``), the tied output weight
     (``output_weight() -> Tensor[V, d_out] | None``), ``to_output(h)`` and ``output_dim``."""
 
-    def __call__(self, spec: Any, topology: str, /) -> nn.Module: ...
+    def __call__(self, spec: ModelSpec, topology: str, /) -> nn.Module: ...
 
 
 class OutputComponent(Protocol):
     """``output``: ``log_probs(h, weight) -> Tensor[B, T, V]`` (normalised) and
     ``token_nll(h, targets, weight) -> Tensor[B, T]`` (0 where ``targets == -100``)."""
 
-    def __call__(self, spec: Any, in_dim: int, tied: bool, /) -> nn.Module: ...
+    def __call__(self, spec: ModelSpec, in_dim: int, tied: bool, /) -> nn.Module: ...
 
 
 @runtime_checkable
@@ -135,7 +138,7 @@ class InitFn(Protocol):
     """``init``: initialises a built model in place, once; ``finishes = True`` when it applies
     the components' special inits and ``clone_layers`` itself."""
 
-    def __call__(self, model: nn.Module, spec: Any, /) -> None: ...
+    def __call__(self, model: nn.Module, spec: ModelSpec, /) -> None: ...
 
 
 #: The interface each slot's components implement.

@@ -15,12 +15,14 @@ with a built-in name is reported against the plugin).
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
 import inspect
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Generic, TypeVar
 
 from modtransfer.core.errors import ConflictError, UnknownNameError, did_you_mean
@@ -75,7 +77,7 @@ _HELPERS = frozenset({"modtransfer.core.registry", "modtransfer.core.components"
 
 def _caller_module() -> str:
     """The module that asked for the registration (the first frame outside the decorators)."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__") in _HELPERS:
         frame = frame.f_back
     return frame.f_globals.get("__name__", "") if frame is not None else ""
@@ -201,10 +203,10 @@ class Registry(Generic[T]):
             return list(self._entries)
         return [n for n in self._entries if fnmatch.fnmatchcase(n, pattern)]
 
-    def list(self, pattern: str | None = None) -> list[Entry[T]]:
+    def list(self, pattern: str | None = None) -> builtins.list[Entry[T]]:
         return [self._entries[n] for n in self.names(pattern)]
 
-    def select(self, patterns: str | list[str]) -> list[str]:
+    def select(self, patterns: str | builtins.list[str]) -> builtins.list[str]:
         """Expand a comma-separated list of names and globs; an unmatched item is an error."""
         items = patterns.split(",") if isinstance(patterns, str) else list(patterns)
         out: list[str] = []

@@ -4,30 +4,34 @@ A task declares its topology, data, loss, metrics (torchmetrics), primary metric
 direction, and a default budget. The harness never looks inside a batch: it asks the task
 for batches, for a loss and for an evaluation. Tasks register with :func:`register_task`.
 
-Model API a task may use (see :mod:`modtransfer.core.model`):
-``model.encode(x, pad_mask)``, ``model.decode(y, pad_mask, memory, memory_pad_mask)``,
-``model.token_nll(h, targets)``, ``model.log_probs(h)``, ``model.project(h)``.
+A task is handed a :class:`~modtransfer.core.model.Transformer`; it calls encode, decode, token_nll, log_probs, project.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from modtransfer.core.errors import UserError, did_you_mean
 from modtransfer.core.registry import Registry
 from modtransfer.core.task_card import SPLIT_KEYS, TaskCard
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from modtransfer.core.model import Transformer
+    from modtransfer.core.spec import ModelSpec
 
 TASKS: Registry[type[Task]] = Registry("task")
 TOPOLOGIES = ("decoder", "encoder", "encoder_decoder")
 SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant")
 
 Batch = dict[str, Any]
-
 
 #: The task option (``task_config``; a plan's ``decide_on:`` sets it) naming the metric a task decides on.
 DECIDE_ON = "decide_on"
@@ -156,8 +160,6 @@ class Budget:
             raise UserError(f"budget.warmup is a fraction of steps and must be < 1, got {self.warmup}")
 
     def replace(self, **changes: Any) -> Budget:
-        import dataclasses
-
         names = {f.name for f in fields(self)}
         for k in changes:
             if k not in names:
@@ -356,7 +358,7 @@ class Task:
         Raises :class:`UserError` with the exact command to run when data cannot be fetched.
         """
 
-    def configure_spec(self, spec: Any) -> Any:
+    def configure_spec(self, spec: ModelSpec) -> ModelSpec:
         """Fill in ``vocab_size`` / ``in_features`` / ``out_features`` / ``max_len``."""
         raise NotImplementedError
 
@@ -368,18 +370,18 @@ class Task:
         """A fixed held-out set (at most ``limit`` batches), the same for every variant."""
         raise NotImplementedError
 
-
     def test_batches(self, seed: int, batch_size: int, limit: int) -> list[Batch] | None:
         """``limit`` batches of the task's test split, which selection never reads (None: no test split).
 
         A task with a test split sets ``has_test_split`` and says in its docstring how the split is drawn.
         """
         return None
-    def loss(self, model: Any, batch: Batch) -> Any:
+
+    def loss(self, model: Transformer, batch: Batch) -> Tensor:
         """Scalar training loss (without auxiliary losses, which the harness adds)."""
         raise NotImplementedError
 
-    def evaluate(self, model: Any, batches: list[Batch]) -> dict[str, float]:
+    def evaluate(self, model: Transformer, batches: list[Batch]) -> dict[str, float]:
         """Metrics over held-out batches; must include ``primary_metric`` and ``val_loss``."""
         raise NotImplementedError
 
