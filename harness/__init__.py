@@ -26,7 +26,7 @@ from modtransfer.core.implementations import (
 from modtransfer.core.registry import set_builtin_loader
 from modtransfer.core.spec import SLOTS, ModelSpec
 from modtransfer.core.task import TASKS, Budget, Task, register_task
-from modtransfer.core.variant import CAPABILITIES, VARIANTS, register_variant
+from modtransfer.core.variant import CAPABILITIES, VARIANTS, register_variant, selector
 
 #: Names served lazily (their modules import torch): name -> module that defines it.
 _LAZY = {
@@ -44,7 +44,7 @@ _LAZY = {
 __all__ = [
     "CAPABILITIES", "COMPONENTS", "IMPLEMENTATIONS", "SLOTS", "TASKS", "VARIANTS", "Budget", "ModelSpec", "Task",
     "UserError", "apply_implementation", "code_digest", "implementation_conflict", "register_component",
-    "register_implementation", "register_task", "register_variant", *_LAZY,
+    "register_implementation", "register_task", "register_variant", "selector", *_LAZY,
 ]
 
 

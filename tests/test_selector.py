@@ -158,17 +158,7 @@ def test_builtin_selectors_belong_to_their_modules() -> None:
 
 
 # -- the helper -------------------------------------------------------------------------------------
-@pytest.fixture
-def scratch() -> Any:
-    """Names registered by a test are unregistered after it."""
-    load_builtins()
-    before = set(VARIANTS.names())
-    yield
-    for name in set(VARIANTS.names()) - before:
-        VARIANTS.unregister(name)
-
-
-def test_selector_sets_constant_and_derived_fields(scratch: Any) -> None:
+def test_selector_sets_constant_and_derived_fields(temporary_plugin: Any) -> None:
     fn = selector("t_sel.half-ffn", slot="ffn", description="Half the FFN, RMSNorm, a marker option.",
                   paper="nobody 2024", norm="rmsnorm", d_ff=lambda spec: spec.d_ff // 2,
                   options={"t_sel_from": lambda spec: spec.norm, "t_sel_k": 3})
@@ -185,7 +175,7 @@ def test_selector_sets_constant_and_derived_fields(scratch: Any) -> None:
     assert code_digest("t_sel.half-ffn") != ""  # not built in: the cell id carries a code digest
 
 
-def test_selector_is_a_variant_like_the_others(scratch: Any) -> None:
+def test_selector_is_a_variant_like_the_others(temporary_plugin: Any) -> None:
     with pytest.raises(UserError, match=r"gelu\(k=1\)"):
         resolve("gelu(k=1)", ModelSpec())  # a selector takes no parameters
     with pytest.raises(ConflictError, match="'gelu'.*'swish'.*activation"):
@@ -206,13 +196,32 @@ def test_selector_is_a_variant_like_the_others(scratch: Any) -> None:
     ({"extra": {"a": 1}}, "options="),
     ({}, "at least one field"),
 ])
-def test_selector_refuses_what_it_cannot_set(scratch: Any, fields: dict[str, Any], problem: str) -> None:
+def test_selector_refuses_what_it_cannot_set(temporary_plugin: Any, fields: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         selector("t_sel_bad", slot="activation", description="bad", **fields)
     assert "t_sel_bad" not in VARIANTS
 
 
-def test_selector_needs_a_description(scratch: Any) -> None:
+def test_a_plugin_file_writes_selectors_too(tmp_path: Path, temporary_plugin: Any) -> None:
+    path = tmp_path / "t_sel_plugin.py"
+    path.write_text(
+        "from modtransfer import register_component, selector\n\n"
+        "register_component('activation', 't_sel_cube')(lambda x: x * x * x)\n"
+        "selector('t_sel_cube', slot='activation', description='FFN activation x^3.', activation='t_sel_cube')\n"
+    )
+    module = temporary_plugin(path)
+    assert module is not None
+    entry = VARIANTS.entry("t_sel_cube")
+    assert not entry.builtin and entry.obj.__module__ == module
+    assert resolve("t_sel_cube", ModelSpec()).spec.activation == "t_sel_cube"
+    assert code_digest("t_sel_cube") != ""
+    first = entry.obj
+    sys.modules.pop(module)
+    assert temporary_plugin(path) == module  # imported again: the same definitions, no conflict
+    assert VARIANTS.get("t_sel_cube") is not first
+
+
+def test_selector_needs_a_description(temporary_plugin: Any) -> None:
     with pytest.raises(ValueError, match="description"):
         selector("t_sel_bad", slot="activation", description=" ", activation="gelu")
 
