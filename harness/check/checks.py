@@ -9,7 +9,7 @@ import io
 import math
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,7 @@ from modtransfer.check.pair import (
     replace_where,
     run_stack,
 )
-from modtransfer.core.model import IGNORE_INDEX
+from modtransfer.core.model import IGNORE_INDEX, Transformer
 from modtransfer.core.spec import ModelSpec
 
 Status = Literal["passed", "failed", "skipped"]
@@ -37,7 +37,7 @@ MATCH_TOLERANCE = 0.02
 
 
 
-def check_forward(pair: Pair, model: Any) -> Outcome:
+def check_forward(pair: Pair, model: Transformer) -> Outcome:
     spec, inp = pair.spec, pair.inputs
     model.eval()
     with torch.no_grad():
@@ -48,7 +48,8 @@ def check_forward(pair: Pair, model: Any) -> Outcome:
             return "failed", f"hidden states have shape {tuple(h.shape)}, expected {(b, length, spec.d_model)}"
         if memory is not None and tuple(memory.shape) != (b, inp.x.shape[1], spec.d_model):
             return "failed", f"encoder memory has shape {tuple(memory.shape)}, expected {(b, inp.x.shape[1], spec.d_model)}"
-        real = ~(inp.y_pad if inp.y is not None else inp.x_pad) if pair.padded else torch.ones(b, length, dtype=torch.bool)
+        pad = inp.y_pad if inp.y is not None else inp.x_pad
+        real = ~pad if pair.padded and pad is not None else torch.ones(b, length, dtype=torch.bool)
         if not bool(torch.isfinite(h[real]).all()):
             raise NonFinite("hidden states are not finite at real positions")
         if model.has_vocab:
@@ -85,7 +86,7 @@ def check_forward(pair: Pair, model: Any) -> Outcome:
     return "passed", f"hidden {tuple(h.shape)}, {head}"
 
 
-def check_gradients(pair: Pair, model: Any, loss: Tensor) -> Outcome:
+def check_gradients(pair: Pair, model: Transformer, loss: Tensor) -> Outcome:
     model.train()
     model.zero_grad(set_to_none=True)
     loss.backward()
@@ -136,13 +137,13 @@ def _conditional(model: nn.Module, param_name: str) -> bool:
     return False
 
 
-def _decode_head(model: Any, tokens: Tensor, memory: Tensor | None, memory_pad: Tensor | None,
+def _decode_head(model: Transformer, tokens: Tensor, memory: Tensor | None, memory_pad: Tensor | None,
                  pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
     h = model.decode(tokens, pad, memory, memory_pad)
     return h, output_head(model, h)
 
 
-def check_causality(pair: Pair, model: Any) -> Outcome:
+def check_causality(pair: Pair, model: Transformer) -> Outcome:
     if pair.topology == "encoder":
         return "skipped", "no decoder in an encoder task"
     spec, inp = pair.spec, pair.inputs
@@ -178,7 +179,7 @@ def check_causality(pair: Pair, model: Any) -> Outcome:
     return "passed", f"positions <= t unchanged for t in {cuts} of {n}, in evaluation and training mode"
 
 
-def check_padding(pair: Pair, model: Any) -> Outcome:
+def check_padding(pair: Pair, model: Transformer) -> Outcome:
     if not pair.padded:
         return "skipped", "the task has no padding"
     for train in (False, True):
@@ -190,7 +191,7 @@ def check_padding(pair: Pair, model: Any) -> Outcome:
     return "passed", f"real positions ignore padded tokens ({', '.join(checked)}; evaluation and training mode)"
 
 
-def _padding_pass(pair: Pair, model: Any, train: bool) -> Outcome | None:
+def _padding_pass(pair: Pair, model: Transformer, train: bool) -> Outcome | None:
     """A failure of the padding check in one mode, or None."""
     spec, inp = pair.spec, pair.inputs
     gen = torch.Generator().manual_seed(pair.seed + 11)
@@ -219,16 +220,17 @@ def _padding_pass(pair: Pair, model: Any, train: bool) -> Outcome | None:
             if bad := differs(what, a, b, real_x, "at real positions depend on padded tokens"):
                 return bad
         return None
-    assert inp.y is not None and inp.y_pad is not None
-    real_y = ~inp.y_pad
-    y2 = replace_where(inp.y, inp.y_pad, spec, gen)
+    y, y_pad = inp.y, inp.y_pad
+    assert y is not None and y_pad is not None
+    real_y = ~y_pad
+    y2 = replace_where(y, y_pad, spec, gen)
 
-    def seq2seq(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def seq2seq(x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         memory = model.encode(x, inp.x_pad)
-        return (memory, *_decode_head(model, y, memory, inp.x_pad, inp.y_pad))
+        return (memory, *_decode_head(model, target, memory, inp.x_pad, y_pad))
 
-    m1, h1, o1 = mode_pass(model, train, lambda: seq2seq(inp.x, inp.y))
-    m2, h2, o2 = mode_pass(model, train, lambda: seq2seq(x2, inp.y))
+    m1, h1, o1 = mode_pass(model, train, lambda: seq2seq(inp.x, y))
+    m2, h2, o2 = mode_pass(model, train, lambda: seq2seq(x2, y))
     if bad := differs("encoder states", m1, m2, real_x, "at real positions depend on padded tokens"):
         return bad
     for what, a, b in (("decoder states", h1, h2), ("decoder log-probs", o1, o2)):
@@ -241,7 +243,7 @@ def _padding_pass(pair: Pair, model: Any, train: bool) -> Outcome | None:
     return None
 
 
-def _encode_head(model: Any, x: Tensor, pad: Tensor | None) -> tuple[Tensor, Tensor]:
+def _encode_head(model: Transformer, x: Tensor, pad: Tensor | None) -> tuple[Tensor, Tensor]:
     m = model.encode(x, pad)
     return m, output_head(model, m)
 
@@ -264,7 +266,7 @@ def check_determinism(loss_a: Tensor, loss_b: Tensor) -> Outcome:
     return "failed", f"the same seed gave losses {a!r} and {b!r}"
 
 
-def check_state_dict(pair: Pair, model: Any) -> Outcome:
+def check_state_dict(pair: Pair, model: Transformer) -> Outcome:
     fresh = pair.build(pair.seed + 1)
     own = model.state_dict()
     other = fresh.state_dict()

@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -62,6 +62,10 @@ from modtransfer.check.pair import BATCH, GRAD_RETRY_BATCH, Pair
 from modtransfer.check.plugin_errors import error_line, plugin_frame
 from modtransfer.core.errors import ConflictError, UserError
 from modtransfer.core.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from modtransfer.core.model import Transformer
+    from modtransfer.core.task import Task
 
 __all__ = ["CHECKS", "CONTRACT_SPEC", "FALLBACK_VOCAB", "GRAD_RETRY_BATCH", "CheckResult", "failures",
            "format_results", "plugin_frame", "run_contract", "summary"]
@@ -89,7 +93,7 @@ class CheckResult:
 
 
 # -- task data ----------------------------------------------------------------------------------
-def _data_ready(task: Any) -> tuple[bool, str]:
+def _data_ready(task: Task) -> tuple[bool, str]:
     """Whether the task's data can be used without fetching anything (preparing it if so)."""
     from modtransfer.core.task import Task
 
@@ -98,7 +102,7 @@ def _data_ready(task: Any) -> tuple[bool, str]:
     if callable(probe):
         ready = bool(probe())
     elif cache is not None:
-        path = task.cache_file
+        path = getattr(task, "cache_file", None)
         ready = isinstance(path, Path) and path.exists()
     else:
         ready = True  # no cache to look at: the task's prepare() is tried, a UserError falls back
@@ -112,13 +116,13 @@ def _data_ready(task: Any) -> tuple[bool, str]:
     return True, ""
 
 
-def _fallback_spec(task: Any, spec: ModelSpec) -> ModelSpec:
+def _fallback_spec(task: Task, spec: ModelSpec) -> ModelSpec:
     if task.has_vocab:
         return spec.replace(vocab_size=FALLBACK_VOCAB, in_features=0, out_features=0)
     return spec.replace(vocab_size=0, in_features=FALLBACK_FEATURES[0], out_features=FALLBACK_FEATURES[1])
 
 
-def _configurer(task: Any, ready: bool) -> tuple[Callable[[ModelSpec], ModelSpec], str]:
+def _configurer(task: Task, ready: bool) -> tuple[Callable[[ModelSpec], ModelSpec], str]:
     """A function filling a spec's task fields, and a note when it is not the task's own."""
     if ready:
         try:
@@ -194,7 +198,7 @@ def _run_pair(expr: str, task_name: str, *, seed: int, cache_dir: str | Path | N
     return [CheckResult(expr, task_name, check, *outcome) for check, outcome in _run_in_order(checks)]
 
 
-def _set_up(expr: str, task_name: str, task: Any, seed: int,
+def _set_up(expr: str, task_name: str, task: Task, seed: int,
             use_data: bool) -> tuple[Pair, Callable[[ModelSpec], ModelSpec], str] | CheckResult:
     """The pair under test (real batches when the task's data is ready), its spec filler and note."""
     from modtransfer.core.variant import resolve
@@ -217,7 +221,7 @@ def _set_up(expr: str, task_name: str, task: Any, seed: int,
     return Pair(expr, task, resolved.spec, resolved, seed, None, data_note), configure, spec_note
 
 
-def _checks(pair: Pair, model: Any, loss_a: Any, configure: Callable[[ModelSpec], ModelSpec],
+def _checks(pair: Pair, model: Transformer, loss_a: torch.Tensor, configure: Callable[[ModelSpec], ModelSpec],
             spec_note: str, task_name: str) -> dict[str, Callable[[], Outcome]]:
     """Each check of :data:`CHECKS` as a thunk over the built model and its first loss."""
     source = (f"task.loss on a real '{task_name}' batch" if pair.real_batch is not None

@@ -58,8 +58,8 @@ def _key(expr: str, task: str, digest: str, fingerprint: str, data_dir: Path | N
 def plugin_args(expr: str) -> str:
     """`` --plugin FILE`` for each ``--plugin`` file the expression's code comes from (for the hint;
     entry points load by themselves)."""
-    loaded = {Path(m.__file__).resolve() for name, m in list(sys.modules.items())
-              if name.startswith("modtransfer_plugin_") and getattr(m, "__file__", None)}
+    loaded = {Path(file).resolve() for name, m in list(sys.modules.items())
+              if name.startswith("modtransfer_plugin_") and (file := getattr(m, "__file__", None))}
     spec = resolve(expr, CONTRACT_SPEC).spec
     used = {("variant", p.name) for p in parse_variant(expr)} | {(slot, getattr(spec, slot)) for slot in SLOTS}
     files = sorted({f for kind, name, obj in plugin_entries() if (kind, name) in used

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from modtransfer.core.model import IGNORE_INDEX
+from modtransfer.core.model import IGNORE_INDEX, Transformer
 from modtransfer.core.spec import ModelSpec
+from modtransfer.core.task import Task
 
 BATCH = 4
 SRC_LEN = 12
@@ -82,21 +83,22 @@ def replace_where(t: Tensor, where: Tensor, spec: ModelSpec, gen: torch.Generato
 
 
 # -- running a model ----------------------------------------------------------------------------
-def run_stack(model: Any, topology: str, inp: Inputs) -> tuple[Tensor, Tensor | None]:
+def run_stack(model: Transformer, topology: str, inp: Inputs) -> tuple[Tensor, Tensor | None]:
     """(hidden states of the output stack, encoder memory or None)."""
     if topology == "encoder":
         return model.encode(inp.x, inp.x_pad), None
     if topology == "decoder":
         return model.decode(inp.x, inp.x_pad), None
+    assert inp.y is not None, "an encoder-decoder's inputs have targets"
     memory = model.encode(inp.x, inp.x_pad)
     return model.decode(inp.y, inp.y_pad, memory, inp.x_pad), memory
 
 
-def output_head(model: Any, h: Tensor) -> Tensor:
+def output_head(model: Transformer, h: Tensor) -> Tensor:
     return model.log_probs(h) if model.has_vocab else model.project(h)
 
 
-def _synthetic_loss(model: Any, topology: str, inp: Inputs) -> Tensor:
+def _synthetic_loss(model: Transformer, topology: str, inp: Inputs) -> Tensor:
     h, _ = run_stack(model, topology, inp)
     if model.has_vocab:
         nll = model.token_nll(h, inp.targets)
@@ -104,7 +106,7 @@ def _synthetic_loss(model: Any, topology: str, inp: Inputs) -> Tensor:
     return 0.5 * torch.nn.functional.mse_loss(model.project(h), inp.targets)
 
 
-def _total(loss: Tensor, model: Any) -> Tensor:
+def _total(loss: Tensor, model: Transformer) -> Tensor:
     aux = model.aux_loss()
     return loss + aux
 
@@ -135,7 +137,7 @@ def finite(t: Tensor, what: str) -> None:
         raise NonFinite(f"{what} are not finite")
 
 
-def mode_pass(model: Any, train: bool, fn: Callable[[], Any]) -> Any:
+def mode_pass(model: Transformer, train: bool, fn: Callable[[], Any]) -> Any:
     """``fn()`` without gradients, in training or evaluation mode; in training mode from the same
     random state every time (the caller's state is restored afterwards)."""
     model.train(train)
@@ -151,7 +153,7 @@ def mode_pass(model: Any, train: bool, fn: Callable[[], Any]) -> Any:
 class Pair:
     """One (variant, task): the spec, the data source, and the model built from the seed."""
 
-    def __init__(self, expr: str, task: Any, spec: ModelSpec, resolved: Any, seed: int,
+    def __init__(self, expr: str, task: Task, spec: ModelSpec, resolved: Any, seed: int,
                  real_batches: Iterator[Any] | None, data_note: str) -> None:
         self.expr, self.task, self.spec, self.resolved, self.seed = expr, task, spec, resolved, seed
         self.topology: str = task.topology
@@ -161,13 +163,13 @@ class Pair:
         self.data_note = data_note
         self.inputs = synthetic(spec, self.topology, self.padded, seed + 1)
 
-    def build(self, seed: int) -> nn.Module:
+    def build(self, seed: int) -> Transformer:
         from modtransfer.core.model import build
 
         torch.manual_seed(seed)
         return build(self.spec, self.topology)
 
-    def loss(self, model: Any, batch: Any = None) -> Tensor:
+    def loss(self, model: Transformer, batch: Any = None) -> Tensor:
         """Task loss (real batch) or synthetic loss, plus the auxiliary loss."""
         if self.real_batch is not None:
             base = self.task.loss(model, batch if batch is not None else self.real_batch)
