@@ -21,9 +21,10 @@ import yaml
 
 import modtransfer.cli.commands as cli
 from modtransfer.core.errors import UserError
+from modtransfer.run.executors import EXECUTORS
 from modtransfer.run.layout import LARGE_STEP_FLOPS, POOL_MIN_SECONDS, Layout, cell_cost, choose_layout
 from modtransfer.run.plan import load_plan
-from modtransfer.run.runner import EXECUTORS, execute, resolve_layout
+from modtransfer.run.runner import RUNNERS, execute, resolve_layout
 from modtransfer.run.store import Store
 from modtransfer.run.workers import death_words
 
@@ -126,6 +127,7 @@ def test_plan_fields_and_the_one_executor_registry() -> None:
         load_plan(plan_dict(executor="proceses"))
     assert all(name in str(err.value) for name in EXECUTORS) and "did you mean 'processes'" in str(err.value)
     parser = cli._parser()
+    assert list(RUNNERS) == list(EXECUTORS), "every registered executor has a runner, and no other"
     for name in EXECUTORS:  # the command line accepts exactly the registry's names
         assert parser.parse_args(["run", "p.yaml", "--executor", name]).executor == name
     with contextlib.redirect_stderr(io.StringIO()), pytest.raises(SystemExit):

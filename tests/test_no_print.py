@@ -21,14 +21,8 @@ SOURCES = ("harness", "variants", "tasks", "reports")
 ALLOWED = (ROOT / "harness" / "cli", ROOT / "harness" / "bench")
 #: stand-alone scripts, not installed with the package (no package lists them); their output is their job
 SCRIPTS = (ROOT / "reports" / "examples",)
-#: Known exceptions, with what is left to do (issue 25). Remove a file from here once it no longer prints.
-KNOWN = {
-    # TODO(issue 25): the progress line of each finished cell and the final summary table (also its rich
-    # Console.print) belong to the CLI: return them, or log them, and let cli/run_command print.
-    "harness/run/runner.py",
-    # TODO(issue 25): a plugin that fails to import is a warning printed on a stream; log it instead.
-    "harness/core/plugins.py",
-}
+#: Known exceptions, with what is left to do. Remove a file from here once it no longer prints.
+KNOWN: set[str] = set()
 
 
 def _prints(path: Path) -> list[int]:

@@ -64,7 +64,7 @@ def _plugin_option(parser: argparse.ArgumentParser) -> None:
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     from modtransfer.run.envinfo import WANDB_MODES
-    from modtransfer.run.runner import EXECUTORS, executor_help
+    from modtransfer.run.executors import EXECUTORS, executor_help
 
     run = sub.add_parser("run", help="run a benchmark plan")
     run.add_argument("plan", help="plan YAML, e.g. configs/bench/smoke.yaml")

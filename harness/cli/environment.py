@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from modtransfer.core.errors import UserError
@@ -16,13 +17,14 @@ WANDB_CHECK_SECONDS = 8.0
 def load_plugins(args: argparse.Namespace, *, strict: bool = False) -> list[str]:
     """Load entry points and ``--plugin`` files; ``strict``: a failed ``--plugin`` file is exit 2."""
     from modtransfer.core.plugins import load_plugins as load
-    from modtransfer.core.plugins import raise_problems, report_problems
+    from modtransfer.core.plugins import problem_warnings, raise_problems
 
     files = list(dict.fromkeys(getattr(args, "plugin", []) or []))
     load(files)
     if strict:
         raise_problems(files)
-    report_problems(files)
+    for line in problem_warnings(files):
+        print(line, file=sys.stderr)
     return files
 
 

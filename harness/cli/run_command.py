@@ -183,7 +183,9 @@ def layout_line(executor: str, layout: Layout) -> str:
 def _train(args: argparse.Namespace, plan: Plan, store: Store, run_dir: Path, todo: list, task_info: dict,
            plugins: list[str], executor: str, layout: Layout, cache: str | None) -> int:
     """Record the plan and its task declarations, train the cells (in rounds with adaptive seeds), report."""
-    from modtransfer.run.runner import Progress, execute, print_table, results_table
+    from modtransfer.cli.progress import Progress
+    from modtransfer.cli.run_table import print_table, results_table
+    from modtransfer.run.runner import execute
 
     _store_plan(store, {**plan.to_dict(), "source": portable_path(args.plan),
                         "selection": {"variants": args.variants, "tasks": args.tasks, "seeds": args.seeds},

@@ -136,12 +136,11 @@ def load_plugins(files: list[str] | None = None, *, entry_points_too: bool = Tru
         load_plugin_file(f)
 
 
-def report_problems(files: list[str] | None = None, stream=None) -> None:
-    """Warn about entry points that failed and about those of ``files`` that failed (not older calls' files)."""
-    stream = stream or sys.stderr
-    for problem in PROBLEMS:
-        if not problem.explicit or files is None or problem.name in files:
-            print(f"warning: {problem.line()}", file=stream)
+def problem_warnings(files: list[str] | None = None) -> list[str]:
+    """One warning line per entry point that failed and per failed file of ``files`` (not older calls'
+    files); the command line prints them."""
+    return [f"warning: {problem.line()}" for problem in PROBLEMS
+            if not problem.explicit or files is None or problem.name in files]
 
 
 def raise_problems(files: list[str]) -> None:
