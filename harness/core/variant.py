@@ -186,8 +186,8 @@ def parse_variant(expr: str) -> list[VariantPart]:
                 call = ast.parse(f"f({arglist})", mode="eval").body
                 assert isinstance(call, ast.Call) and not call.args
                 # a bare word is a string: scope=all is scope="all"
-                params = [(kw.arg, kw.value.id if isinstance(kw.value, ast.Name) else ast.literal_eval(kw.value))
-                          for kw in call.keywords]  # type: ignore[misc]
+                params = [(kw.arg, kw.value.id if isinstance(kw.value, ast.Name) else ast.literal_eval(kw.value))  # type: ignore[misc]
+                          for kw in call.keywords]
             except (SyntaxError, ValueError, AssertionError):
                 raise UserError(
                     f"cannot parse the parameters of variant {raw.strip()!r}; write name(key=value, ...) with literal values"
