@@ -44,7 +44,7 @@ def test_published_plan_is_rows_of_the_study() -> None:
              for c in full.all_cells}
     for c in narrow.all_cells:   # each cell is one of the study's (model, budget, task), scored on 100 batches
         assert (c.spec, c.budget, json.dumps(c.task_config, sort_keys=True)) in study, c.hparams
-    assert len({json.dumps(c.hparams, sort_keys=True) for c in narrow.all_cells}) >= 5
+    assert len({json.dumps(c.hparams, sort_keys=True) for c in narrow.all_cells}) >= 3
 
 
 def test_wilson_interval() -> None:
