@@ -47,7 +47,7 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
     W&B and its URL logged when online and ``wandb-workspaces`` is installed). ``out_dir``: where
     to write it (default ``run_dir/report``), for a run folder that is read-only.
     """
-    from modtransfer.run.envinfo import WANDB_MODES
+    from modtransfer.run.wandb_folders import WANDB_MODES
     from modtransfer.run.wandb_pairs import fill_paired_improvements
 
     from . import render_html, render_md

@@ -25,7 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from modtransfer.run.envinfo import RUN_UID_KEY, portable_path, remove_local_runs, wandb_env_for, wandb_group
+from modtransfer.run.envinfo import portable_path
+from modtransfer.run.wandb_folders import RUN_UID_KEY, remove_local_runs, wandb_env_for, wandb_group
 
 from .cards import SIGN_CONVENTION, metric_key, unit
 from .figures import Figures

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from modtransfer.run.envinfo import RUN_UID_KEY, remove_local_runs, run_folder_id, wandb_group
 from modtransfer.run.store import Store
+from modtransfer.run.wandb_folders import RUN_UID_KEY, remove_local_runs, run_folder_id, wandb_group
 
 NAME = "smoke"
 STEPS, EVAL_EVERY = 12, 4

@@ -63,8 +63,8 @@ def _plugin_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    from modtransfer.run.envinfo import WANDB_MODES
     from modtransfer.run.executors import EXECUTORS, executor_help
+    from modtransfer.run.wandb_folders import WANDB_MODES
 
     run = sub.add_parser("run", help="run a benchmark plan")
     run.add_argument("plan", help="plan YAML, e.g. configs/bench/smoke.yaml")
@@ -92,7 +92,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _add_readers(sub: argparse._SubParsersAction) -> None:
     """``check``, ``status``, ``report``, ``compare`` and ``store``."""
-    from modtransfer.run.envinfo import WANDB_MODES
+    from modtransfer.run.wandb_folders import WANDB_MODES
 
     check = sub.add_parser("check", help="run the contract suite on a variant")
     check.add_argument("variant")

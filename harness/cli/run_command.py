@@ -57,7 +57,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     task_info = _task_info(plan, cache)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from modtransfer.run.envinfo import clean_stale_tmp, run_tmp
+    from modtransfer.run.tmp_folders import clean_stale_tmp, run_tmp
 
     clean_stale_tmp(run_dir)  # temporary files left by killed runs of this folder
     with run_tmp(run_dir):    # before anything imports W&B, which makes temporary folders at import

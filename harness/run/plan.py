@@ -28,7 +28,6 @@ from modtransfer.core.task import TASKS, Budget
 from modtransfer.core.validate import check_components
 from modtransfer.core.variant import BASELINE, VARIANTS, canonical
 from modtransfer.run.cells import Cell, Plan, seed_major
-from modtransfer.run.envinfo import WANDB_MODES
 from modtransfer.run.executors import EXECUTORS
 from modtransfer.run.expand import expand_cells
 from modtransfer.run.hparams import INIT_AXIS, TASK_SET_FIELDS, hparam_rows
@@ -41,6 +40,7 @@ from modtransfer.run.plan_file import (
     check_type,
     read_plan_file,
 )
+from modtransfer.run.wandb_folders import WANDB_MODES
 
 __all__ = ["INIT_AXIS", "PLAN_KEYS", "TASK_SET_FIELDS", "Cell", "Plan", "check_name", "hparam_rows", "load_plan",
            "look_schedule", "read_plan_file", "seed_major"]

@@ -1,6 +1,6 @@
 """W&B for one cell: its run (id = cell id, offline by default, folders inside ``RUN_DIR/wandb``), its
 name, tags and config, and the summary written when the cell ends. Where W&B's folders go is
-:mod:`modtransfer.run.envinfo`'s (one place for cells and reports alike).
+:mod:`modtransfer.run.wandb_folders`' (one place for cells and reports alike).
 
 Every metric is logged under a key of its task that carries its unit (``lm/val_loss_nats_per_char``,
 ``mt/bleu``: :meth:`~modtransfer.core.task.Task.metric_key`), so no chart or summary column mixes
@@ -78,7 +78,7 @@ def wandb_logger(cell: Cell, spec: Any, task: Any, run_dir: Path, wandb_cfg: dic
     whose ``wandb.init`` call passes the ``anonymous`` argument W&B deprecated (a warning per cell).
     """
     from modtransfer.core.variant import VARIANTS
-    from modtransfer.run.envinfo import apply_wandb_env, remove_local_runs, run_folder_id, wandb_group
+    from modtransfer.run.wandb_folders import apply_wandb_env, remove_local_runs, run_folder_id, wandb_group
 
     apply_wandb_env(run_dir, wandb_cfg["mode"])
     remove_local_runs(run_dir, cell.cell_id)

@@ -16,9 +16,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from modtransfer.run.envinfo import apply_wandb_env, process_tmp, remove_local_runs
 from modtransfer.run.store import Store
+from modtransfer.run.tmp_folders import process_tmp
 from modtransfer.run.wandb_cell import BASELINE, SIDECAR, open_run, paired_summary, same_seed_baseline
+from modtransfer.run.wandb_folders import apply_wandb_env, remove_local_runs
 
 
 def fill_paired_improvements(run_dir: Path) -> int:
