@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 
 def _timed_recorder(log: list[tuple[bool, float, float]]) -> Any:
@@ -44,14 +45,10 @@ def measure(task: str, steps: int) -> tuple[float, float, float]:
     from modtransfer.run.plan import load_plan
 
     log: list[tuple[bool, float, float]] = []
-    original = diagnostics.Recorder
-    diagnostics.Recorder = _timed_recorder(log)
-    try:
+    with patch.object(diagnostics, "Recorder", _timed_recorder(log)):
         plan = load_plan({"name": "bench-diag", "size": "tiny", "seeds": [0], "variants": [], "tasks": [task],
                           "task_budget": {task: {"steps": steps, "diag_every": 2}}, "wandb": {"mode": "disabled"}})
         row = run_cell(plan.cells[0], Path(tempfile.mkdtemp()), wandb_cfg={"mode": "disabled"}, device="cpu")
-    finally:
-        diagnostics.Recorder = original
     if row["status"] != "done":
         raise RuntimeError(f"{task}: the cell ended {row['status']}: {row['error']}")
     log = log[10:]

@@ -203,7 +203,7 @@ def components(bench: Bench) -> dict[str, dict[str, Any]]:
     """Source -> ``{"sd", "n", "note"}``: the SD of the primary metric with that source alone varying."""
     n = len(bench.seeds)
     r = bench.ref
-    out = {"initialisation": {"sd": _sd(bench.values("baseline", bench.group("init"))), "n": n,
+    out: dict[str, dict[str, Any]] = {"initialisation": {"sd": _sd(bench.values("baseline", bench.group("init"))), "n": n,
                               "note": f"init seed varies; data, dropout, evaluation at seed {r}"},
            "data order": {"sd": _sd(bench.values("baseline", bench.group("data"))), "n": n,
                           "note": f"training-batch seed varies; init, dropout, evaluation at seed {r}"}}

@@ -77,7 +77,8 @@ def compare(task: Any, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     curve_gap = statistics.mean(abs(b["curve"][s] - a["curve"][s]) for a, b in zip(fp32, bf16, strict=True)
                                 for s in steps) if steps else None
     sds = [_sd([a["curve"][s] for a in fp32]) for s in steps]
-    curve_sd = statistics.mean(sds) if sds and None not in sds else None
+    known = [s for s in sds if s is not None]
+    curve_sd = statistics.mean(known) if sds and len(known) == len(sds) else None
     out = {
         "task": task.name, "metric": task.primary_metric, "seeds": len(fp32), "pairs": len(pairs),
         "failed": [r["status"] for r in fp32 + bf16 if r["status"] != "done"],

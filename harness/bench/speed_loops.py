@@ -11,13 +11,19 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modtransfer.core.model import Transformer
 from modtransfer.core.precision import autocast, resolve_precision
+
+if TYPE_CHECKING:
+    from modtransfer.core.spec import ModelSpec
+    from modtransfer.core.task import Task
+    from modtransfer.run.cells import Cell
 
 Batch = dict[str, Any]
 
@@ -89,10 +95,11 @@ class PlainLoop:
         return [self.clock.seconds(s, e) for s, e in self.marks]
 
 
-def cell_loss(task: Any) -> Callable[[nn.Module, Batch], Tensor]:
+def cell_loss(task: Task) -> Callable[[nn.Module, Batch], Tensor]:
     """The loss a cell's ``training_step`` optimises: the task loss plus the model's auxiliary loss."""
 
     def loss_fn(model: nn.Module, batch: Batch) -> Tensor:
+        assert isinstance(model, Transformer), "a cell loss runs on a harness model"
         loss = task.loss(model, batch)
         aux = model.aux_loss()
         return loss + aux
@@ -119,7 +126,7 @@ def xtransformers_version() -> str | None:
         return "unknown"
 
 
-def build_xtransformers(spec: Any, flash: bool) -> nn.Module:
+def build_xtransformers(spec: ModelSpec, flash: bool) -> nn.Module:
     """x-transformers' decoder LM at the spec's shape (the baseline's components, nothing extra)."""
     from x_transformers import Decoder, TransformerWrapper
 
@@ -150,14 +157,14 @@ class FitTimes:
     tokens: list[int]
 
 
-def plain_loops(cell: Any, task: Any, spec: Any, device: torch.device, clock: Clock, *, xtf: list[str],
-                compile_model: bool, precision: str, log_every: int) -> list[PlainLoop]:
+def plain_loops(cell: Cell, task: Task, spec: ModelSpec, device: torch.device, clock: Clock, *, xtf: list[str],
+                compile_model: bool, precision: str) -> list[PlainLoop]:
     """The plain loops of a lockstep fit: ours (``plain``), x-transformers' (``xtf`` names) in
     ``precision``, and ours in fp32 (``plain fp32``) when ``precision`` is bf16."""
     import lightning as L
 
     from modtransfer.core.model import build
-    from modtransfer.run.training import make_module
+    from modtransfer.run.training import recipe_with_schedule
 
     def ours() -> nn.Module:
         L.seed_everything(cell.seed, workers=False, verbose=False)  # as run_cell: same initial weights
@@ -178,14 +185,15 @@ def plain_loops(cell: Any, task: Any, spec: Any, device: torch.device, clock: Cl
         elif compile_model:
             model.compile()
         # the cell's own configure_optimizers (AdamW groups, fused kernel where supported, LR schedule)
-        config = make_module(model, task, cell, [], log_every, time.perf_counter()).to(device).configure_optimizers()
-        loops.append(PlainLoop(name, model, loss_fn, config["optimizer"], config["lr_scheduler"]["scheduler"],
+        config = recipe_with_schedule(model, cell.spec.recipe, cell.budget, device)
+        sched = config["lr_scheduler"]
+        loops.append(PlainLoop(name, model, loss_fn, config["optimizer"], sched["scheduler"] if isinstance(sched, dict) else sched,
                                task.train_batches(cell.seed, cell.budget.batch_size), cell.budget.grad_clip, device,
                                clock, task.count_tokens, prec))
     return loops
 
 
-def lockstep_fit(cell: Any, task: Any, device: torch.device, *, iterations: int, xtf: list[str],
+def lockstep_fit(cell: Cell, task: Task, device: torch.device, *, iterations: int, xtf: list[str],
                  compile_model: bool, clock: Clock, precision: str = "auto") -> FitTimes:
     """One Lightning fit of ``cell`` in ``precision`` with the plain loops run between its steps."""
     import lightning as L
@@ -199,8 +207,7 @@ def lockstep_fit(cell: Any, task: Any, device: torch.device, *, iterations: int,
     cell = dataclasses.replace(cell, budget=budget)
     spec = task.configure_spec(cell.spec)
     log_every = max(1, min(LOG_EVERY, budget.steps // 10 or 1))
-    loops = plain_loops(cell, task, spec, device, clock, xtf=xtf, compile_model=compile_model, precision=resolved,
-                        log_every=log_every)
+    loops = plain_loops(cell, task, spec, device, clock, xtf=xtf, compile_model=compile_model, precision=resolved)
     L.seed_everything(cell.seed, workers=False, verbose=False)
     model = build(spec, task.topology)
     if compile_model:

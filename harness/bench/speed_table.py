@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from modtransfer.bench.speed_loops import FitTimes
@@ -13,9 +13,9 @@ from modtransfer.bench.speed_loops import FitTimes
 TARGETS = {"harness/plain": 0.97, "ours/x-tf": 1.15, "mfu": 0.60, "ls_s": 1.0, "startup_s": 1.0}
 
 
-def median_of(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
+def median_of(xs: Sequence[float | None]) -> float | None:
+    known = [x for x in xs if x is not None]
+    return statistics.median(known) if known else None
 
 
 
@@ -139,11 +139,11 @@ def targets_line(res: dict[str, Any]) -> str:
 
 
 def _min(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return min(xs) if xs else None
+    known = [x for x in xs if x is not None]
+    return min(known) if known else None
 
 
 def _max(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return max(xs) if xs else None
+    known = [x for x in xs if x is not None]
+    return max(known) if known else None
 

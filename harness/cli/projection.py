@@ -99,9 +99,9 @@ def store_noise(cells: list[Cell], rows: list[dict[str, Any]]) -> tuple[float, s
             ns.append(len(seeds))
     where = "measured in this store at the plan's budget"
     if sds:
-        seeds = f"{min(ns)}" if min(ns) == max(ns) else f"{min(ns)}-{max(ns)}"
+        seed_range = f"{min(ns)}" if min(ns) == max(ns) else f"{min(ns)}-{max(ns)}"
         return statistics.median(sds), (f"{where}: median over {len(sds)} variant(s) of the SD of paired "
-                                        f"differences, {seeds} seeds; baseline seed SD "
+                                        f"differences, {seed_range} seeds; baseline seed SD "
                                         f"{seed_sd:.3g} over {len(base)} seeds")
     return math.sqrt(2.0) * seed_sd, (f"{where}: sqrt(2) x the baseline's seed SD {seed_sd:.3g} over {len(base)} "
                                       f"seeds (no variant has {MIN_PAIRS} paired seeds yet)")

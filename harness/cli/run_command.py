@@ -251,7 +251,8 @@ def _store_plan(store: Store, plan: dict) -> None:
     import json
 
     meta = store.meta()
-    plans = meta.get("plans") if isinstance(meta.get("plans"), list) else []
+    kept = meta.get("plans")
+    plans: list[Any] = kept if isinstance(kept, list) else []
     if not plans and isinstance(meta.get("plan"), dict):
         plans = [meta["plan"]]
     same = [p for p in plans if json.dumps(p, sort_keys=True, default=str) == json.dumps(plan, sort_keys=True, default=str)]

@@ -18,14 +18,16 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from modtransfer.core.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: CPU flags (``/proc/cpuinfo``) of native bf16 arithmetic
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-LIGHTNING = {"fp32": "32-true", "bf16": "bf16-mixed"}
+#: what Lightning's ``Trainer(precision=...)`` is given, by resolved precision
+LightningPrecision = Literal["32-true", "bf16-mixed"]
+LIGHTNING: dict[str, LightningPrecision] = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
 def check_precision(value: Any, where: str = "plan.precision") -> str:
@@ -82,7 +84,7 @@ def resolve_precision(precision: str, accel: str) -> str:
     return precision
 
 
-def lightning_precision(resolved: str) -> str:
+def lightning_precision(resolved: str) -> LightningPrecision:
     """Lightning's ``Trainer(precision=...)`` for a resolved precision."""
     return LIGHTNING[resolved]
 
