@@ -17,12 +17,8 @@ from modtransfer.core import __version__  # noqa: F401  (the package version)
 from modtransfer.core.components import COMPONENTS, register_component
 from modtransfer.core.digest import code_digest
 from modtransfer.core.errors import UserError
-from modtransfer.core.implementations import (
-    IMPLEMENTATIONS,
-    apply_implementation,
-    implementation_conflict,
-    register_implementation,
-)
+from modtransfer.core.implementations import apply_implementation, implementation_conflict
+from modtransfer.core.profiles import IMPLEMENTATIONS, register_implementation
 from modtransfer.core.registry import set_builtin_loader
 from modtransfer.core.spec import SLOTS, ModelSpec
 from modtransfer.core.task import TASKS, Budget, Task, register_task

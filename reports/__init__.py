@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .analysis import Settings
+    from .records import Settings
 
 __all__ = ["build_report"]
 
@@ -26,7 +26,7 @@ def build_report(run_dir: Path, *, wandb_mode: str = "offline", wandb_report: bo
 
 def __getattr__(name: str) -> Any:
     if name == "Settings":
-        from .analysis import Settings
+        from .records import Settings
 
         return Settings
     raise AttributeError(name)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import stats
-from .analysis import Comparison, Settings
+from .records import Comparison, Settings
 
 #: fewest distinct bootstrap resamples of each task's seeds for an interval to be shown
 MIN_DISTINCT_RESAMPLES = 100

@@ -30,10 +30,9 @@ import numpy as np
 from modtransfer.core.task import OBSERVERS
 
 from . import stats
-from .records import (  # noqa: F401  (re-exported: the analysis API)
+from .records import (
     BASELINE,
     NOISY_THROUGHPUT_CV,
-    UNSTABLE_STATUSES,
     Comparison,
     Condition,
     Gate,

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 from modtransfer.core.errors import UserError
 
-from .analysis import Settings
 from .exports import run_dir_from, write_cells_csv, write_readme, write_results_json
 from .folders import replace_folder
+from .records import Settings
 from .summary import Analysis, analyse_run, transfer_table
 from .table import MainTable, as_tables, bool_text, latex, main_table
 from .table import write_csv as write_table_csv

@@ -13,9 +13,7 @@ import functools
 import json
 from typing import Any
 
-from modtransfer.core.task_card import SIGN_CONVENTION
-
-__all__ = ["SIGN_CONVENTION", "card", "metric_key", "unit"]
+__all__ = ["card", "metric_key", "unit"]
 
 
 @functools.lru_cache(maxsize=64)

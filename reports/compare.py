@@ -27,10 +27,10 @@ from typing import Any
 
 from modtransfer.core.errors import UserError
 
-from .analysis import Comparison
 from .doc import Bullets, Document, Para, Section, Table, TableCell
 from .folders import replace_folder
 from .marks import call_cell, ci_text
+from .records import Comparison
 from .summary import Analysis, analyse_run, fmt
 
 #: Files a comparison folder holds; a folder with other content is never replaced.

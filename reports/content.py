@@ -9,11 +9,11 @@ from collections import Counter
 from typing import Any
 
 from .agreement import MIN_DISTINCT_RESAMPLES, distinct_resamples, fewest_seeds_for_interval
-from .analysis import BASELINE
 from .doc import Bullets, Image, Para, Pre, Section, Table, TableCell
 from .figures import Figures
 from .intervals import excludes_zero_uncalled, interval_note, shown_interval
-from .marks import SYMBOLS, call_cell, ci_text, last_error_line, ratio  # noqa: F401  (SYMBOLS re-exported)
+from .marks import call_cell, ci_text, last_error_line, ratio
+from .records import BASELINE
 from .summary import Analysis, fmt
 from .table import mean_of
 from .verdicts import VERDICT_RULE, call_rule

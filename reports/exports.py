@@ -17,11 +17,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .analysis import BASELINE, axis_keys, cond_key, conditions
-from .cards import SIGN_CONVENTION, card
+from modtransfer.core.task_card import SIGN_CONVENTION
+
+from .analysis import axis_keys, cond_key, conditions
+from .cards import card
 from .intervals import interval_note
 from .marks import last_error_line
 from .power import task_designs
+from .records import BASELINE
 from .summary import Analysis, transfer_table
 
 FORMAT_VERSION = 1

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from . import curve_plots, plots
-from .analysis import BASELINE, Condition, axis_keys, cond_key, conditions, usable
+from .analysis import axis_keys, cond_key, conditions
 from .intervals import excludes_zero_uncalled, shown_interval
 from .names import display_name
 from .plateau import grid
+from .records import BASELINE, Condition, usable
 from .summary import Analysis, unit
 
 MARKS = {"better": "*", "worse": "*", "unstable": "✗", "missing": "", "no change": "=", "unclear": "",

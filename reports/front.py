@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
+from .analysis import axis_keys, cond_key, conditions
 from .doc import Block, Image, Para, Section, Table, TableCell
 from .figures import Figures
 from .headline import HEADLINE_RULE, Headline
 from .power import POWER, headline_design, task_designs
+from .records import BASELINE, usable
 from .summary import Analysis, fmt, unit
 from .table import MainTable, as_tables, mean_sd
 

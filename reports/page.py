@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .analysis import BASELINE
 from .content import (
     agreement_section,
     cost_section,
@@ -29,6 +28,7 @@ from .front import caveats, front_blocks, headline, main_section, sweep_section
 from .happened import happened_section
 from .heldout import heldout_section
 from .lrcurves import lr_section
+from .records import BASELINE
 from .studies import implementations_section, plateau_section, reference_section, sensitivity_section
 from .summary import Analysis
 from .table import MainTable, main_table

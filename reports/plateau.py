@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import BASELINE
+from .records import BASELINE
 
 
 @dataclass

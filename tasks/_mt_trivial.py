@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
+from modtransfer.core.model import IGNORE_INDEX
 from modtransfer.core.task import Batch
 
-from ._mt_data import IGNORE_INDEX, PaddedSplit, corpus_bleu
+from ._mt_data import PaddedSplit, corpus_bleu
 
 #: Add-k smoothing constant of the count models (additive smoothing, Chen & Goodman 1999,
 #: "An Empirical Study of Smoothing Techniques for Language Modeling").

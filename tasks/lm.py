@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from modtransfer.core.errors import UserError
-from modtransfer.core.task import Batch, Budget, Decision, Task, TaskCard, register_task
+from modtransfer.core.task import Batch, Budget, Decision, Task, register_task
+from modtransfer.core.task_card import TaskCard
 
 from ._cards import LM_CARD
 from ._shakespeare import CREDIT as SHAKESPEARE_CREDIT

@@ -31,7 +31,9 @@ import torch
 from torch import Tensor
 
 from modtransfer.core.errors import UserError
-from modtransfer.core.task import Batch, Budget, Decision, Task, TaskCard, register_task
+from modtransfer.core.model import IGNORE_INDEX
+from modtransfer.core.task import Batch, Budget, Decision, Task, register_task
+from modtransfer.core.task_card import TaskCard
 
 from ._bible import CREDIT as BIBLE_CREDIT
 from ._cards import MT_CARD
@@ -40,7 +42,6 @@ from ._mt_data import (
     BOS,
     CACHE_VERSION,
     EOS,
-    IGNORE_INDEX,
     PAD,
     PaddedSplit,
     bleu_signature,

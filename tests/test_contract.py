@@ -23,11 +23,11 @@ from modtransfer.builtins import load_builtins
 from modtransfer.check.contract import (
     CHECKS,
     FALLBACK_VOCAB,
-    GRAD_RETRY_BATCH,
     CheckResult,
     format_results,
     run_contract,
 )
+from modtransfer.check.pair import GRAD_RETRY_BATCH
 from modtransfer.core.errors import ConflictError, UserError
 from modtransfer.core.plugins import PROBLEMS
 from modtransfer.core.task import TASKS, Task, register_task

@@ -17,13 +17,14 @@ import torch
 import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
 from modtransfer.core.task import TASKS, Budget, register_task
 from modtransfer.run.cell import run_cell
+from modtransfer.run.cells import Cell
 from modtransfer.run.divergence import (
     DivergenceMonitor,
     diverge_factor_for,
     diverge_patience_for,
     divergence_limit,
 )
-from modtransfer.run.plan import Cell, load_plan
+from modtransfer.run.plan import load_plan
 from modtransfer.run.store import Store
 
 STEPS = 40

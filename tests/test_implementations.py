@@ -13,15 +13,9 @@ from modtransfer.builtins import load_builtins
 from modtransfer.cli.listing import list_implementations
 from modtransfer.core.components import COMPONENTS, register_component
 from modtransfer.core.errors import UnknownNameError, UserError
-from modtransfer.core.implementations import (
-    IMPLEMENTATIONS,
-    PROFILE_FIELDS,
-    apply_implementation,
-    implementation_conflict,
-    register_implementation,
-    resolve_on,
-)
+from modtransfer.core.implementations import apply_implementation, implementation_conflict, resolve_on
 from modtransfer.core.model import Transformer, build, count_params
+from modtransfer.core.profiles import IMPLEMENTATIONS, PROFILE_FIELDS, register_implementation
 from modtransfer.core.spec import LATE_FIELDS, ModelSpec
 from modtransfer.core.validate import check_components
 from modtransfer.core.variant import VARIANTS, register_variant, resolve

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from modtransfer import CAPABILITIES, ModelSpec, register_component, register_variant
-from modtransfer.check.contract import CHECKS, CheckResult, plugin_frame, run_contract
+from modtransfer.check.contract import CHECKS, CheckResult, run_contract
+from modtransfer.check.plugin_errors import plugin_frame
 from modtransfer.core.digest import code_digest
 from modtransfer.core.errors import ConflictError
 from modtransfer.core.model import build

@@ -49,7 +49,7 @@ from modtransfer.core.errors import UserError
 from modtransfer.core.model import apply_special_inits, clone_blocks, reset_specials
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.variant import register_variant
-from modtransfer.variants.residual import branch_weights  # (importing residual here keeps the variants' order)
+from modtransfer.variants.baseline.residual import branch_weights
 
 WeightInit = Callable[[Tensor], object]
 

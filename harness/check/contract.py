@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from modtransfer.check.checks import (
-    NonFinite,
     Outcome,
     Status,
     check_causality,
@@ -58,17 +57,14 @@ from modtransfer.check.checks import (
     check_padding,
     check_state_dict,
 )
-from modtransfer.check.pair import BATCH, GRAD_RETRY_BATCH, Pair
-from modtransfer.check.plugin_errors import error_line, plugin_frame
+from modtransfer.check.pair import BATCH, NonFinite, Pair
+from modtransfer.check.plugin_errors import error_line
 from modtransfer.core.errors import ConflictError, UserError
 from modtransfer.core.spec import ModelSpec
 
 if TYPE_CHECKING:
     from modtransfer.core.model import Transformer
     from modtransfer.core.task import Task
-
-__all__ = ["CHECKS", "CONTRACT_SPEC", "FALLBACK_VOCAB", "GRAD_RETRY_BATCH", "CheckResult", "failures",
-           "format_results", "plugin_frame", "run_contract", "summary"]
 
 #: Checks in the order they are reported.
 CHECKS = ("forward", "meta", "loss", "gradients", "causality", "padding", "determinism", "state_dict", "matching")

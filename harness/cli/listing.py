@@ -161,7 +161,8 @@ def list_tasks(pattern: str | None = None, *, markdown: bool = False) -> str:
 
 def list_implementations(pattern: str | None = None, *, markdown: bool = False) -> str:
     """One row per implementation profile: description, source, and each default with its source."""
-    from modtransfer.core.implementations import IMPLEMENTATIONS, profile_defaults
+    from modtransfer.core.implementations import profile_defaults
+    from modtransfer.core.profiles import IMPLEMENTATIONS
 
     load_builtins()
     header = ["implementation", "description", "source", "defaults"]

@@ -16,8 +16,8 @@ from modtransfer.core.errors import UserError
 from modtransfer.run.envinfo import portable_path
 
 if TYPE_CHECKING:
+    from modtransfer.run.cells import Plan
     from modtransfer.run.layout import Layout
-    from modtransfer.run.plan import Plan
     from modtransfer.run.store import Store
 
 
@@ -317,7 +317,8 @@ def _power(plan: Plan, store: Store) -> list[str]:
 
 def _undecided(plan: Plan, store: Store, look: int) -> set[tuple[str, str, str]]:
     """(variant, task, hparams JSON) pairs whose call is still undecided after ``look`` seeds."""
-    from modtransfer.reports.analysis import Settings, compare
+    from modtransfer.reports.analysis import compare
+    from modtransfer.reports.records import Settings
     from modtransfer.reports.verdicts import undecided
 
     keep = set(plan.seeds[:look])

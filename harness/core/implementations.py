@@ -26,7 +26,6 @@ from modtransfer.core.profiles import (
     IMPLEMENTATIONS,
     PROFILE_FIELDS,
     SHAPE_FIELDS,
-    register_implementation,
 )
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.validate import check_components
@@ -204,7 +203,3 @@ def resolve_on(
     return rv, implementation_conflict(impl_name, rv, base=base)
 
 
-__all__ = [
-    "DEFAULT_IMPLEMENTATION", "IMPLEMENTATIONS", "PROFILE_FIELDS", "SHAPE_FIELDS", "apply_implementation",
-    "implementation_conflict", "profile_defaults", "register_implementation", "resolve_on",
-]

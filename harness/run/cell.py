@@ -165,7 +165,7 @@ def run_cell(cell: Cell, run_dir: Path, *, wandb_cfg: dict[str, Any] | None = No
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        from modtransfer.check.contract import plugin_frame
+        from modtransfer.check.plugin_errors import plugin_frame
 
         where = plugin_frame(exc)  # a plugin's file, line and function, when the error came from one
         run.row.update(status="failed", error=f"{type(exc).__name__}: {exc}" + (f" [{where}]" if where else "")

@@ -140,7 +140,7 @@ class _StackedGroup:
 
     def failed_rows(self, exc: Exception) -> list[dict[str, Any]]:
         """Every member failed with the group's error (a plugin's frame named where it is one)."""
-        from modtransfer.check.contract import plugin_frame
+        from modtransfer.check.plugin_errors import plugin_frame
 
         where = plugin_frame(exc)
         error = f"{type(exc).__name__}: {exc}" + (f" [{where}]" if where else "") + f"\n{traceback.format_exc()}"

@@ -27,10 +27,10 @@ from modtransfer.core.spec import ModelSpec
 from modtransfer.core.task import TASKS, Budget
 from modtransfer.core.validate import check_components
 from modtransfer.core.variant import BASELINE, VARIANTS, canonical
-from modtransfer.run.cells import Cell, Plan, seed_major
+from modtransfer.run.cells import Plan
 from modtransfer.run.executors import EXECUTORS
 from modtransfer.run.expand import expand_cells
-from modtransfer.run.hparams import INIT_AXIS, TASK_SET_FIELDS, hparam_rows
+from modtransfer.run.hparams import hparam_rows
 from modtransfer.run.plan_file import (
     HARD_MAX_CELLS,
     MAX_CELLS,
@@ -41,9 +41,6 @@ from modtransfer.run.plan_file import (
     read_plan_file,
 )
 from modtransfer.run.wandb_folders import WANDB_MODES
-
-__all__ = ["INIT_AXIS", "PLAN_KEYS", "TASK_SET_FIELDS", "Cell", "Plan", "check_name", "hparam_rows", "load_plan",
-           "look_schedule", "read_plan_file", "seed_major"]
 
 PLAN_KEYS = {
     "name": str, "description": str, "size": str, "sizes": list, "seeds": (int, list, dict), "variants": list, "tasks": list,
@@ -351,7 +348,7 @@ def _precision(value: Any) -> str:
 
 def _implementations(raw: dict[str, Any]) -> list[str]:
     """``implementation: NAME`` or ``implementations: [a, b]`` (an axis); default ``modtransfer``."""
-    from modtransfer.core.implementations import IMPLEMENTATIONS
+    from modtransfer.core.profiles import IMPLEMENTATIONS
 
     if "implementation" in raw and "implementations" in raw:
         raise UserError("plan sets both implementation and implementations; use implementations: [a, b] for an "
