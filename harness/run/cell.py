@@ -19,13 +19,18 @@ import signal
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from modtransfer.run.cells import Cell
 from modtransfer.run.row import Row, sanitise_row
 from modtransfer.run.training import CellModule, lightning_api, make_datamodule, make_module, make_trainer
+
+if TYPE_CHECKING:
+    from modtransfer.core.model import Transformer
+    from modtransfer.core.spec import ModelSpec
+    from modtransfer.core.task import Task
 
 LOG_EVERY = 25
 
@@ -49,7 +54,7 @@ class CellRun:
         self.row = Row.for_cell(cell)
         self.logger: Any = None
 
-    def prepare(self, task: Any = None) -> tuple[Any, Any, torch.nn.Module, str]:
+    def prepare(self, task: Task | None = None) -> tuple[Task, ModelSpec, Transformer, str]:
         """The task (data prepared; ``task``: one already prepared for a cell of the same task
         options), its spec, the model (seeded) and the accelerator; fills the row's sizes."""
         from modtransfer.core.model import build, count_flops, count_params
@@ -59,7 +64,8 @@ class CellRun:
 
         cell, row = self.cell, self.row
         fresh = task is None
-        task = TASKS.get(cell.task)(cell.task_config, self.cache_dir) if fresh else task
+        if task is None:
+            task = TASKS.get(cell.task)(cell.task_config, self.cache_dir)
         row.update(primary_metric=task.primary_metric, higher_is_better=int(task.higher_is_better))
         accel = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
         row.env = {**environment(accel), "contract_gate": cell.gate,
@@ -115,7 +121,7 @@ class CellRun:
         if row.flops_per_token:
             row.mfu = 3.0 * row.flops_per_token * row.tokens_per_s / matmul_peak(accel, self.cell.precision)
 
-    def _test_evaluation(self, score: Any, task: Any) -> None:
+    def _test_evaluation(self, score: Any, task: Task) -> None:
         """With ``budget.test_batches``, the final model's metrics on the task's test split, as ``test_<metric>``."""
         n = self.cell.budget.test_batches
         if not n or self.row.status not in ("done", "timeout"):

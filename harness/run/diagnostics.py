@@ -33,11 +33,16 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from modtransfer.core.task import Budget, Task
+    from modtransfer.variants.baseline.attention import AttentionBase
 
 #: steps of per-layer gradient norms kept on the device (covers a divergence's patience + one flush)
 WATCH_STEPS = 64
@@ -80,13 +85,13 @@ def collapse_stats(h: Tensor, sample: int = COLLAPSE_SAMPLE) -> tuple[float, flo
 
 
 @torch.no_grad()
-def attention_entropy(module: nn.Module, x: Tensor, kv: Tensor | None, pad_mask: Tensor | None,
-                      bias: Tensor | None, position: nn.Module | None) -> Tensor:
+def attention_entropy(module: AttentionBase, x: Tensor, kv: Tensor | None, pad_mask: Tensor | None,
+                      bias: Tensor | None, position: Any) -> Tensor:
     """Mean normalised entropy (0 one-hot .. 1 uniform) of an ``AttentionBase`` module's weights.
 
     Recomputed from ``module.project``/``module.scores`` with the same masks and position rotation
-    as its forward, on the first :data:`ENTROPY_SAMPLE` examples; queries that may see a single
-    key are left out (their entropy is 0 by force).
+    as its forward (``position``: the stack's position module, read for ``rotates``/``rotate``), on the first
+    :data:`ENTROPY_SAMPLE` examples; queries that may see a single key are left out (their entropy is 0 by force).
     """
     from modtransfer.variants.baseline.attention import additive_mask
 
@@ -192,7 +197,7 @@ class Recorder:
         return self._collect(step)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _layer_norms(self, tensors: list[Tensor | None]) -> Tensor:
+    def _layer_norms(self, tensors: Sequence[Tensor | None]) -> Tensor:
         """Per layer, the L2 norm of ``tensors`` (one per parameter; None counts as zero)."""
         device = self.params[0].device if self.params else torch.device("cpu")
         if self._group.device != device:
@@ -285,7 +290,7 @@ class Recorder:
         def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> None:
             x = args[0] if args else kwargs["x"]
             kv = args[1] if len(args) > 1 else kwargs.get("kv")
-            value = attention_entropy(mod, x, kv, kwargs.get("pad_mask"), kwargs.get("bias"), kwargs.get("position"))
+            value = attention_entropy(module, x, kv, kwargs.get("pad_mask"), kwargs.get("bias"), kwargs.get("position"))
             self._pending.append((name, layer, value))
         self._add(module, hook, with_kwargs=True)
 
@@ -300,10 +305,11 @@ class Recorder:
             zero, dead = zero_stats(a.detach())
             self._pending += [("ffn_zero_frac", layer, zero), ("ffn_dead_frac", layer, dead)]
 
-        if act is not None and isinstance(getattr(ffn, "w1", None), nn.Linear):
-            self._add(ffn.w1, lambda m, a, out: record(act(out.detach())))
-        elif act is not None and isinstance(getattr(ffn, "w_in", None), nn.Linear) and hasattr(ffn, "d_ff"):
-            self._add(ffn.w_in, lambda m, a, out: record(act(out.detach()[..., : ffn.d_ff])))
+        w1, w_in = getattr(ffn, "w1", None), getattr(ffn, "w_in", None)
+        if act is not None and isinstance(w1, nn.Linear):
+            self._add(w1, lambda m, a, out: record(act(out.detach())))
+        elif act is not None and isinstance(w_in, nn.Linear) and (d_ff := getattr(ffn, "d_ff", None)) is not None:
+            self._add(w_in, lambda m, a, out: record(act(out.detach()[..., :d_ff])))
         else:
             from modtransfer.variants.baseline.residual import output_layers
 
@@ -312,7 +318,7 @@ class Recorder:
 
 
 # -- the cell's side: Lightning callback, W&B, the row ---------------------------------------------
-def plateau_level(task: Any, metrics: dict[str, Any]) -> tuple[float, float] | None:
+def plateau_level(task: Task, metrics: dict[str, Any]) -> tuple[float, float] | None:
     """(the trivial score in training-loss units, the task's ``plateau_fraction``), or None.
 
     Only for a task that declares a plateau. Its ``trivial_loss()`` when it defines one; else
@@ -339,12 +345,12 @@ class CellDiagnostics:
     """What :func:`modtransfer.run.cell.run_cell` attaches to a cell: ``callbacks`` for the Trainer,
     and :meth:`result`, the ``diagnostics`` and ``events`` keys of the cell's row."""
 
-    def __init__(self, model: nn.Module, budget: Any) -> None:
+    def __init__(self, model: nn.Module, budget: Budget) -> None:
         self.recorder = Recorder(model, int(getattr(budget, "diag_every", 0) or 0))
         self.logger: Any = None
         self.callbacks = [_callback(self)] if self.recorder.every > 0 else []
 
-    def result(self, row: dict[str, Any], task: Any) -> dict[str, Any]:
+    def result(self, row: dict[str, Any], task: Task) -> dict[str, Any]:
         """The row's ``diagnostics`` and ``events`` (also in the W&B summary). Nothing here can fail
         the cell: a problem becomes a ``diagnostics_error`` event."""
         from modtransfer.run.events import detect, event, summary

@@ -9,15 +9,18 @@ a diverged cell is a failure, counted as a rate, never averaged into a mean.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from modtransfer.core.task import Budget, Task
 
 #: steps in a row the loss must stay above ``diverge_factor`` x its initial value (at most)
 DIVERGE_PATIENCE = 20
 
 
-def diverge_factor_for(task: Any, budget: Any) -> float:
+def diverge_factor_for(task: Task, budget: Budget) -> float:
     """The divergence factor a cell uses: its budget's, or the task's own default.
 
     A task may declare ``diverge_factor`` (a class attribute) when the harness default does
@@ -33,7 +36,7 @@ def diverge_factor_for(task: Any, budget: Any) -> float:
     return float(budget.diverge_factor)
 
 
-def diverge_patience_for(task: Any, budget: Any) -> int:
+def diverge_patience_for(task: Task, budget: Budget) -> int:
     """Steps in a row above the limit that make a cell diverged: the task's ``diverge_patience``
     if it declares one, else :data:`DIVERGE_PATIENCE` capped at a tenth of the budget's steps."""
     own = getattr(task, "diverge_patience", None)

@@ -223,7 +223,7 @@ def detect(row: dict[str, Any], records: list[dict[str, Any]],
     diverged = divergence_event(row, records)
     if diverged is not None:
         records = [r for r in records if r["step"] < diverged["step"]]
-    found = spike_events(curve, until=diverged["step"] if diverged else None)
+    found: list[dict[str, Any] | None] = list(spike_events(curve, until=diverged["step"] if diverged else None))
     if plateau is not None and diverged is None:
         found.append(plateau_event(curve, plateau[0], plateau[1], int(row.get("steps") or 0)))
     found += [diverged, collapse_event(records), *attention_events(records), *unit_events(records)]

@@ -15,13 +15,17 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modtransfer.run import cell as _cell
 from modtransfer.run.cell import CellRun, fit_cell, run_cell
 from modtransfer.run.cells import Cell
 from modtransfer.run.row import sanitise_row
 from modtransfer.run.training import make_trainer
+
+if TYPE_CHECKING:
+    from modtransfer.core.spec import ModelSpec
+    from modtransfer.core.task import Task
 
 
 class _Fallback(Exception):
@@ -67,11 +71,12 @@ class _StackedGroup:
     def _build(self) -> tuple[Any, Any, Any, str]:
         from modtransfer.run.stacked import StackedCellModule, probe
 
-        task = None
+        task: Task | None = None
         models = []
         for run in self.runs:
             task, spec, model, accel = run.prepare(task)
             models.append(model)
+        assert task is not None, "a group has at least one member"
         budget = self.cells[0].budget
         vals = [task.val_batches(c.seed, budget.batch_size, budget.eval_batches) for c in self.cells]
         log_every = max(1, min(_cell.LOG_EVERY, budget.steps // 10 or 1))
@@ -103,7 +108,7 @@ class _StackedGroup:
         return rows
 
     def _finish_member(self, run: CellRun, module: Any, k: int, steps: int, t_end: float, accel: str,
-                       task: Any) -> None:
+                       task: Task) -> None:
         """Member ``k``'s outcome, costs, final metrics and curve-based events, into its row."""
         from modtransfer.run.diagnostics import plateau_level
         from modtransfer.run.events import detect
@@ -123,7 +128,7 @@ class _StackedGroup:
             events = []
         run.row.update(diagnostics=[], events=events)
 
-    def _replay_wandb(self, run: CellRun, spec: Any, task: Any) -> None:
+    def _replay_wandb(self, run: CellRun, spec: ModelSpec, task: Task) -> None:
         """The member's W&B run, written after the group trained: its curve on ``trainer/global_step``."""
         from modtransfer.run.wandb_cell import close_wandb, wandb_logger
 

@@ -16,6 +16,7 @@ Ray is imported inside the functions: ``import modtransfer.run.ray_executor`` st
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -53,12 +54,12 @@ def _start_ray(address: str | None) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level="warning")
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         import torch
 
         ray.init(num_cpus=os.cpu_count() or 1, num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                 log_to_driver=False, logging_level="warning", configure_logging=True)
+                 log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     return True
 
 
@@ -109,8 +110,9 @@ def execute_ray(
                 ref = remote.options(num_cpus=cpus, num_gpus=gpus, name=name).remote(
                     group, str(run_dir), dict(plan.wandb), cache, device, plugin_files, cpus)
                 pending[ref] = group
-                for cell in group if start else []:
-                    start(cell)
+                if start is not None:
+                    for cell in group:
+                        start(cell)
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 for summary in _results(ray, ref, pending.pop(ref)):

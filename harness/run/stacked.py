@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -37,6 +38,12 @@ from modtransfer.run.divergence import (
 )
 from modtransfer.run.training import adamw_with_schedule
 
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+
+    from modtransfer.core.model import Transformer
+    from modtransfer.core.task import Budget, Task
+
 Batch = dict[str, Any]
 
 
@@ -44,7 +51,7 @@ def _safe(name: str) -> str:
     return name.replace(".", "__")
 
 
-def stack_batches(task: Any, batches: list[Batch]) -> Batch:
+def stack_batches(task: Task, batches: list[Batch]) -> Batch:
     """One batch with a leading member axis: each tensor key stacked, padded to the longest member
     along every axis with the task's ``stack_pad`` value for that key (non-tensor keys dropped)."""
     pads = getattr(task, "stack_pad", {}) or {}
@@ -75,7 +82,7 @@ class _LossOf(nn.Module):
     """The task's training loss (plus the model's auxiliary losses) as a module's forward, so that
     :func:`torch.func.functional_call` can run it with one member's parameters."""
 
-    def __init__(self, model: nn.Module, task: Any) -> None:
+    def __init__(self, model: Transformer, task: Task) -> None:
         super().__init__()
         self.m = model
         self._task = task
@@ -87,7 +94,7 @@ class _LossOf(nn.Module):
 class StackedState(nn.Module):
     """The members' parameters and buffers, stacked on a leading axis, under safe attribute names."""
 
-    def __init__(self, models: list[nn.Module]) -> None:
+    def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__()
         first = models[0]
         self.param_names = [n for n, _ in first.named_parameters()]
@@ -122,7 +129,9 @@ class Member:
     def __init__(self, val_batches: list[Batch]) -> None:
         self.val = val_batches
         self.curve: list[dict[str, Any]] = []
-        self.status, self.failed_step, self.reason = "done", None, None
+        self.status = "done"
+        self.failed_step: int | None = None
+        self.reason: str | None = None
         self.stopped_at: int | None = None
         self.tokens = 0
         self.initial_loss: float | None = None
@@ -136,7 +145,7 @@ class Member:
 class StackedCellModule(L.LightningModule):
     """K members of one cell: stacked parameters, a vmapped loss, per-member clipping and stops."""
 
-    def __init__(self, template: nn.Module, models: list[nn.Module], task: Any, budget: Any,
+    def __init__(self, template: Transformer, models: list[Transformer], task: Task, budget: Budget,
                  val_batches: list[list[Batch]], log_every: int) -> None:
         super().__init__()
         self.model = template
@@ -164,7 +173,7 @@ class StackedCellModule(L.LightningModule):
         params, buffers = self.state.as_dicts()
         return self._vloss(params, buffers, batch)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         # a member's tensor has one axis less than the stacked one
         params = ((p, p.ndim - 1) for p in self.state.params.values() if p.requires_grad)
         return adamw_with_schedule(params, self._budget, self.device)
@@ -263,7 +272,7 @@ class StackedCellModule(L.LightningModule):
 class _StackedStream(torch.utils.data.IterableDataset):
     """The members' training batches, step by step: each member's own seed's stream."""
 
-    def __init__(self, task: Any, seeds: list[int], batch_size: int) -> None:
+    def __init__(self, task: Task, seeds: list[int], batch_size: int) -> None:
         self.task, self.seeds, self.batch_size = task, seeds, batch_size
 
     def __iter__(self):
@@ -273,7 +282,7 @@ class _StackedStream(torch.utils.data.IterableDataset):
 
 
 class StackedDataModule(L.LightningDataModule):
-    def __init__(self, task: Any, seeds: list[int], batch_size: int) -> None:
+    def __init__(self, task: Task, seeds: list[int], batch_size: int) -> None:
         super().__init__()
         self._stream = _StackedStream(task, seeds, batch_size)
 
@@ -281,7 +290,7 @@ class StackedDataModule(L.LightningDataModule):
         return torch.utils.data.DataLoader(self._stream, batch_size=None, num_workers=0)
 
 
-def probe(module: StackedCellModule, task: Any, seeds: list[int], batch_size: int) -> str | None:
+def probe(module: StackedCellModule, task: Task, seeds: list[int], batch_size: int) -> str | None:
     """One stacked forward and backward on each member's first batch (fresh streams, so the
     members' data is untouched); the error in one line when the model cannot run stacked.
 

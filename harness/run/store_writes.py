@@ -100,7 +100,7 @@ class StoreWrites(StoreConnection):
 
 def _insert_side(con: sqlite3.Connection, cell_id: str, side: dict[str, list[dict[str, Any]]]) -> None:
     """A row's diagnostics and events into their tables (inside the row's transaction)."""
-    values = {
+    values: dict[str, list[tuple[Any, ...]]] = {
         "diagnostics": [(cell_id, int(d["step"]), str(d["name"]), str(d.get("layer") or ""), finite_or_none(d.get("value")))
                         for d in side["diagnostics"]],
         "events": [(cell_id, i, str(e["kind"]), e.get("step"), e.get("layer"), str(e.get("detail") or ""))

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -37,6 +37,12 @@ from modtransfer.run.divergence import (
     divergence_limit,
 )
 
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+
+    from modtransfer.core.model import Transformer
+    from modtransfer.core.task import Budget, Task
+
 
 def lightning_api() -> Any:
     """Lightning, with its start-up chatter silenced (called before each use: pytest resets warning filters)."""
@@ -49,7 +55,7 @@ def lightning_api() -> Any:
     return L
 
 
-def _with_schedule(opt: torch.optim.Optimizer, budget: Any, constant: bool = False) -> dict[str, Any]:
+def _with_schedule(opt: torch.optim.Optimizer, budget: Budget, constant: bool = False) -> OptimizerLRSchedulerConfig:
     """``opt`` with the budget's warm-up and schedule (or a constant multiplier) stepped every
     optimiser step, in Lightning's format."""
     fn = (lambda step: 1.0) if constant else lr_lambda(budget.schedule, budget.steps, budget.warmup)
@@ -57,13 +63,14 @@ def _with_schedule(opt: torch.optim.Optimizer, budget: Any, constant: bool = Fal
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def adamw_with_schedule(params: Any, budget: Any, device: torch.device) -> dict[str, Any]:
+def adamw_with_schedule(params: Any, budget: Budget, device: torch.device) -> OptimizerLRSchedulerConfig:
     """AdamW over ``params`` ((tensor, its dims in one model) pairs), weight decay on matrices only,
     with the budget's warm-up and schedule stepped every optimiser step (Lightning's format)."""
     return _with_schedule(adamw(params, budget, device), budget)
 
 
-def recipe_with_schedule(model: torch.nn.Module, recipe: Recipe, budget: Any, device: torch.device) -> dict[str, Any]:
+def recipe_with_schedule(model: torch.nn.Module, recipe: Recipe, budget: Budget,
+                         device: torch.device) -> OptimizerLRSchedulerConfig:
     """The recipe's optimiser over ``model`` with the budget's schedule (none for an optimiser that
     schedules itself); the baseline recipe gives exactly :func:`adamw_with_schedule` over the model."""
     return _with_schedule(build_optimizer(model, recipe, budget, device), budget, constant=owns_schedule(recipe))
@@ -72,7 +79,7 @@ def recipe_with_schedule(model: torch.nn.Module, recipe: Recipe, budget: Any, de
 class CellModule(L.LightningModule):
     """One cell's model, loss and evaluation; ``status`` ends ``done``, ``diverged`` or ``timeout``."""
 
-    def __init__(self, model: torch.nn.Module, task: Any, budget: Any, val_batches: list[Any], log_every: int,
+    def __init__(self, model: Transformer, task: Task, budget: Budget, val_batches: list[Any], log_every: int,
                  t_start: float, recipe: Recipe | None = None) -> None:
         super().__init__()
         self.model = model
@@ -95,7 +102,7 @@ class CellModule(L.LightningModule):
         self.divergence = DivergenceMonitor(self._patience)
         self.final_metrics: dict[str, float] = {}
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         config = recipe_with_schedule(self.model, self.recipe, self._budget, self.device)
         self._optimizer = config["optimizer"]
         return config
@@ -187,7 +194,7 @@ class CellModule(L.LightningModule):
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list[Any], log_every: int,
+def make_module(model: Transformer, task: Task, cell: Cell, val_batches: list[Any], log_every: int,
                 t_start: float) -> CellModule:
     """The LightningModule of a cell."""
     lightning_api()
@@ -197,7 +204,7 @@ def make_module(model: torch.nn.Module, task: Any, cell: Cell, val_batches: list
 class _Stream(torch.utils.data.IterableDataset):
     """The task's training batches for one seed, as Lightning's data loader reads them."""
 
-    def __init__(self, task: Any, seed: int, batch_size: int) -> None:
+    def __init__(self, task: Task, seed: int, batch_size: int) -> None:
         self.task, self.seed, self.batch_size = task, seed, batch_size
 
     def __iter__(self):
@@ -207,7 +214,7 @@ class _Stream(torch.utils.data.IterableDataset):
 class TaskDataModule(L.LightningDataModule):
     """One cell's training data: the task's own batches, no worker processes."""
 
-    def __init__(self, task: Any, seed: int, batch_size: int) -> None:
+    def __init__(self, task: Task, seed: int, batch_size: int) -> None:
         super().__init__()
         self._stream = _Stream(task, seed, batch_size)
 
@@ -215,12 +222,12 @@ class TaskDataModule(L.LightningDataModule):
         return torch.utils.data.DataLoader(self._stream, batch_size=None, num_workers=0)
 
 
-def make_datamodule(task: Any, seed: int, batch_size: int) -> TaskDataModule:
+def make_datamodule(task: Task, seed: int, batch_size: int) -> TaskDataModule:
     lightning_api()
     return TaskDataModule(task, seed, batch_size)
 
 
-def make_trainer(budget: Any, accel: str, logger: Any, log_every: int, callbacks: list[Any] | None = None,
+def make_trainer(budget: Budget, accel: str, logger: Any, log_every: int, callbacks: list[Any] | None = None,
                  precision: str = "auto") -> L.Trainer:
     """The Lightning Trainer of a cell: ``budget.steps`` optimiser steps, no checkpoints, no sanity
     or Lightning validation (the cell evaluates itself), in the cell's ``precision``

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modtransfer.core.task_card import SIGN_CONVENTION, improvement
 from modtransfer.run.cells import Cell
 from modtransfer.run.row import Row
+
+if TYPE_CHECKING:
+    from modtransfer.core.spec import ModelSpec
+    from modtransfer.core.task import Task
 
 #: the x axis of every W&B chart of a cell: the trainer's optimiser step, not W&B's own row counter
 WANDB_STEP = "trainer/global_step"
@@ -41,7 +46,7 @@ def wandb_job_type(task: str, variant: str) -> str:
     return f"{task}/{variant}"[:64]
 
 
-def wandb_tags(cell: Cell, spec: Any) -> list[str]:
+def wandb_tags(cell: Cell, spec: ModelSpec) -> list[str]:
     """Tags to filter cells by in W&B: ``slot:<slot>`` per changed slot, ``impl:<implementation>``, the size."""
     slots = [s for s in cell.slots if s != "baseline"]
     tags = [f"slot:{s}" for s in slots] or ["baseline"]
@@ -49,13 +54,15 @@ def wandb_tags(cell: Cell, spec: Any) -> list[str]:
     return sorted({t[:64] for t in tags})
 
 
-def _unit_logger(run: Any, task: Any) -> Any:
+def _unit_logger(run: Any, task: Task) -> Any:
     """Lightning's W&B logger, logging each metric under its task's key with its unit (``val_loss`` ->
     ``lm/val_loss_nats_per_char``); the step and anything the task does not know keep their names."""
     from lightning.pytorch.loggers import WandbLogger
 
     class UnitLogger(WandbLogger):
-        def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        task: Task
+
+        def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
             super().log_metrics({metric_key(task, k): v for k, v in metrics.items()}, step=step)
 
     logger = UnitLogger(experiment=run)
@@ -63,12 +70,12 @@ def _unit_logger(run: Any, task: Any) -> Any:
     return logger
 
 
-def metric_key(task: Any, name: str) -> str:
+def metric_key(task: Task, name: str) -> str:
     """``name``'s W&B key for ``task``: the task's key with its unit for a ``train_*`` / ``val_*`` metric."""
     return task.metric_key(name) if name.startswith(("train_", "val_")) else name
 
 
-def wandb_logger(cell: Cell, spec: Any, task: Any, run_dir: Path, wandb_cfg: dict[str, Any]):
+def wandb_logger(cell: Cell, spec: ModelSpec, task: Task, run_dir: Path, wandb_cfg: dict[str, Any]):
     """The cell's W&B run, wrapped for Lightning (offline by default, every folder inside ``run_dir/wandb``).
 
     Run id = cell id: a cell trained again (killed, failed, ``--retry-failed``) logs to the same
@@ -111,7 +118,7 @@ def open_run(init: dict[str, Any], run_dir: Path) -> Any:
     return run
 
 
-def wandb_summary(row: dict[str, Any], task: Any, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+def wandb_summary(row: dict[str, Any], task: Task, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
     """A cell's W&B summary: its status and costs (as in the results store; ``mfu``: model-FLOP
     utilisation), every final metric under its task's key with its unit, which of them it decides
     on, and, given the same-seed ``baseline`` row, the paired improvement (:func:`paired_summary`)."""
