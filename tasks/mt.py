@@ -54,9 +54,6 @@ from ._mt_data import (
 from ._mt_trivial import target_count_losses, trivial_bleu
 from ._splits import TestSplitFromVal
 
-__all__ = ["BLEU_SETTINGS", "BOS", "EOS", "IGNORE_INDEX", "PAD", "Translation", "bleu_signature", "corpus_bleu",
-           "decode_limit", "greedy_decode"]
-
 SOURCES = ("bible", "hf")
 _TRIVIAL: dict[Any, dict[str, float]] = {}
 
