@@ -43,9 +43,14 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modtransfer.core.errors import UserError
+
+if TYPE_CHECKING:
+    from modtransfer.core.model import Transformer
+    from modtransfer.core.task import Task
+    from modtransfer.run.cells import Cell
 
 #: offset of the dropout streams' seeds, away from the seeds that build models
 DROPOUT_STREAM = 7_919_000
@@ -66,7 +71,7 @@ class Member:
         return f"init={self.init} data={self.data} dropout={self.dropout} eval={self.eval}"
 
 
-def train_member(cell: Any, task: Any, member: Member, accel: str = "cpu") -> Any:
+def train_member(cell: Cell, task: Task, member: Member, accel: str = "cpu") -> Any:
     """Train ``cell`` with ``member``'s seeds; returns the fitted :class:`~modtransfer.run.training.CellModule`."""
     import torch
 
@@ -88,7 +93,7 @@ def train_member(cell: Any, task: Any, member: Member, accel: str = "cpu") -> An
     return module
 
 
-def score(task: Any, model: Any, batches: list[Any]) -> float:
+def score(task: Task, model: Transformer, batches: list[Any]) -> float:
     """The primary metric of ``model`` on ``batches`` (eval mode, no gradients); NaN when not finite."""
     import torch
 
@@ -123,7 +128,7 @@ def _same(a: list[Any], b: list[Any]) -> bool:
 class Bench:
     """The runs of one measurement, each trained once (the reference run serves every source)."""
 
-    def __init__(self, cells: dict[str, Any], task: Any, seeds: list[int], accel: str) -> None:
+    def __init__(self, cells: dict[str, Any], task: Task, seeds: list[int], accel: str) -> None:
         self.cells, self.task, self.seeds, self.accel = cells, task, seeds, accel
         self.ref = seeds[0]
         budget = cells["baseline"].budget

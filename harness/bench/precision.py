@@ -27,16 +27,20 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from modtransfer.core.precision import cpu_bf16_flag, resolve_precision
 
+if TYPE_CHECKING:
+    from modtransfer.core.task import Task
+    from modtransfer.run.cells import Cell
+
 PRECISIONS = ("fp32", "bf16")
 
 
-def fit(cell: Any, task: Any, device: str) -> dict[str, Any]:
+def fit(cell: Cell, task: Task, device: str) -> dict[str, Any]:
     """Train ``cell`` as ``run_cell`` does (no logger, no row): status, metrics, train-loss curve, tokens/s."""
     from modtransfer.core.model import build
     from modtransfer.run.cell import LOG_EVERY
@@ -65,7 +69,7 @@ def _sd(xs: list[float]) -> float | None:
     return statistics.stdev(xs) if len(xs) > 1 else None
 
 
-def compare(task: Any, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def compare(task: Task, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Paired statistics of one task's fp32 and bf16 runs (lists in seed order)."""
     fp32, bf16 = runs["fp32"], runs["bf16"]
     pairs = [(a, b) for a, b in zip(fp32, bf16, strict=True) if a["primary"] is not None and b["primary"] is not None]

@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -54,6 +54,10 @@ from modtransfer.bench.speed_loops import Clock, build_xtransformers, lockstep_f
 from modtransfer.bench.speed_table import aggregate, format_table, median_of, summarise_fit
 from modtransfer.core.peak import machine_peak
 from modtransfer.core.precision import resolve_precision
+
+if TYPE_CHECKING:
+    from modtransfer.core.spec import ModelSpec
+    from modtransfer.core.task import Task
 
 DEFAULT_VARIANTS = "baseline,swiglu,rope,adaptive_softmax,switch"
 MIB = 2**20
@@ -262,7 +266,7 @@ def run_benchmark(args: argparse.Namespace, device: torch.device, variants: list
     }
 
 
-def _xtf_paths(args: argparse.Namespace, task: Any, baseline_spec: Any) -> tuple[list[str], str]:
+def _xtf_paths(args: argparse.Namespace, task: Task, baseline_spec: ModelSpec) -> tuple[list[str], str]:
     """The x-transformers paths of the baseline row (none when not installed or not a decoder LM), and a note."""
     if not (task.topology == "decoder" and task.has_vocab):
         return [], f"x-transformers columns only for a decoder LM task, not {args.task!r}"
@@ -274,7 +278,7 @@ def _xtf_paths(args: argparse.Namespace, task: Any, baseline_spec: Any) -> tuple
     return ["x-tf", "x-tf flash"], f"x-transformers {version} ({n_params / 1e6:.2f}M params at the baseline's shape)"
 
 
-def _count_rows(task: Any, cells: dict[str, Any], variants: list[str], seq: int) -> dict[str, dict[str, Any]]:
+def _count_rows(task: Task, cells: dict[str, Any], variants: list[str], seq: int) -> dict[str, dict[str, Any]]:
     """Each variant's row, started with its parameters and forward FLOPs per token."""
     from modtransfer.core.model import count_flops, count_params
 
@@ -286,7 +290,7 @@ def _count_rows(task: Any, cells: dict[str, Any], variants: list[str], seq: int)
     return rows
 
 
-def _measure(args: argparse.Namespace, device: torch.device, task: Any, cells: dict[str, Any], variants: list[str],
+def _measure(args: argparse.Namespace, device: torch.device, task: Task, cells: dict[str, Any], variants: list[str],
              rows: dict[str, dict[str, Any]], xtf_paths: list[str], peak_flops: float) -> float | None:
     """The lockstep fits (variant order alternating between repeats), appended to ``rows``; returns the
     cold start-up seconds of the first cell of this process."""

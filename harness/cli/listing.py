@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modtransfer.builtins import load_builtins
 from modtransfer.core.components import COMPONENTS
 from modtransfer.core.spec import SLOTS
 from modtransfer.core.variant import VARIANTS, resolve
+
+if TYPE_CHECKING:
+    from modtransfer.core.spec import ModelSpec
 
 NOMINAL_VOCAB = 256
 NOMINAL_SEQ = 128
@@ -63,7 +66,7 @@ class _CountCache:
         except (OSError, ValueError, KeyError):
             pass
 
-    def counts(self, spec: Any, topology: str, seq: int) -> tuple[int, float]:
+    def counts(self, spec: ModelSpec, topology: str, seq: int) -> tuple[int, float]:
         key = f"{spec.digest()}:{topology}:{seq}"
         if key not in self.data:
             from modtransfer.core.model import count_flops, count_params

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from modtransfer.core.task import Task
     from modtransfer.run.cells import Cell, Plan
     from modtransfer.run.layout import Layout
     from modtransfer.run.store import Store
@@ -119,7 +120,7 @@ def record_noise(record: dict[str, Any]) -> tuple[float, str] | None:
     return None
 
 
-def declared_noise(cell: Cell | None, task: Any, plan_source: str = "") -> tuple[float, str] | None:
+def declared_noise(cell: Cell | None, task: Task, plan_source: str = "") -> tuple[float, str] | None:
     """(sqrt(2) x the seed SD ``task`` (an instance: the metric it decides on) declares, where from,
     naming what the plan changes)."""
     cls = type(task)
