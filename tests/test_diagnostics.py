@@ -26,10 +26,10 @@ from modtransfer.core.model import build
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.task import TASKS, Budget, register_task
 from modtransfer.run.cell import run_cell
-from modtransfer.run.cells import Cell
 from modtransfer.run.diagnostics import Recorder, collapse_stats
 from modtransfer.run.events import blowups, collapse_event, detect, plateau_event, series
 from modtransfer.run.plan import load_plan
+from modtransfer.run.plan_types import Cell
 from modtransfer.run.status import summarise
 from modtransfer.run.store import Store
 

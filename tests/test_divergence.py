@@ -17,7 +17,6 @@ import torch
 import modtransfer.tasks  # noqa: F401  (registers the built-in tasks)
 from modtransfer.core.task import TASKS, Budget, register_task
 from modtransfer.run.cell import run_cell
-from modtransfer.run.cells import Cell
 from modtransfer.run.divergence import (
     DivergenceMonitor,
     diverge_factor_for,
@@ -25,6 +24,7 @@ from modtransfer.run.divergence import (
     divergence_limit,
 )
 from modtransfer.run.plan import load_plan
+from modtransfer.run.plan_types import Cell
 from modtransfer.run.store import Store
 
 STEPS = 40

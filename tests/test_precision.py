@@ -16,7 +16,7 @@ import torch
 import yaml
 
 import modtransfer.cli.commands as cli
-from modtransfer.bench import precision as bench_precision
+from modtransfer.bench import bf16 as bench_precision
 from modtransfer.core import peak, precision
 from modtransfer.core.errors import UserError
 from modtransfer.core.model import build

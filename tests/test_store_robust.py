@@ -390,7 +390,7 @@ def test_cells_table_is_the_row_dataclass(tmp_path: Path) -> None:
     """One schema: the table's columns are Row's fields in order, and a Row for a cell records as is."""
     from modtransfer.core.spec import ModelSpec
     from modtransfer.core.task import Budget
-    from modtransfer.run.cells import Cell
+    from modtransfer.run.plan_types import Cell
     from modtransfer.run.row import COLUMNS, Row
 
     store = Store(tmp_path / "results.sqlite")

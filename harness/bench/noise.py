@@ -50,7 +50,7 @@ from modtransfer.core.errors import UserError
 if TYPE_CHECKING:
     from modtransfer.core.model import Transformer
     from modtransfer.core.task import Task
-    from modtransfer.run.cells import Cell
+    from modtransfer.run.plan_types import Cell
 
 #: offset of the dropout streams' seeds, away from the seeds that build models
 DROPOUT_STREAM = 7_919_000

@@ -23,7 +23,7 @@ from modtransfer.core.precision import autocast, resolve_precision
 if TYPE_CHECKING:
     from modtransfer.core.spec import ModelSpec
     from modtransfer.core.task import Task
-    from modtransfer.run.cells import Cell
+    from modtransfer.run.plan_types import Cell
 
 Batch = dict[str, Any]
 

@@ -27,8 +27,8 @@ from modtransfer.cli.run_command import run_command
 from modtransfer.core.errors import UserError
 
 #: ``modtransfer bench NAME``: benchmark name -> the module whose ``main(argv)`` runs it.
-BENCHMARKS = {"speed": "modtransfer.bench.speed", "runner": "modtransfer.bench.runner",
-              "precision": "modtransfer.bench.precision", "diagnostics": "modtransfer.bench.diagnostics",
+BENCHMARKS = {"speed": "modtransfer.bench.speed", "runner": "modtransfer.bench.layouts",
+              "precision": "modtransfer.bench.bf16", "diagnostics": "modtransfer.bench.diag_cost",
               "noise": "modtransfer.bench.noise", "seeds": "modtransfer.bench.seeds"}
 
 

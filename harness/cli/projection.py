@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from modtransfer.core.task import Task
-    from modtransfer.run.cells import Cell, Plan
     from modtransfer.run.layout import Layout
+    from modtransfer.run.plan_types import Cell, Plan
     from modtransfer.run.store import Store
 
 ALPHA = 0.05

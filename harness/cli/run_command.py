@@ -16,8 +16,8 @@ from modtransfer.core.errors import UserError
 from modtransfer.run.envinfo import portable_path
 
 if TYPE_CHECKING:
-    from modtransfer.run.cells import Plan
     from modtransfer.run.layout import Layout
+    from modtransfer.run.plan_types import Plan
     from modtransfer.run.store import Store
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from modtransfer.run.cells import Plan
+    from modtransfer.run.plan_types import Plan
     from modtransfer.run.store import Store
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from modtransfer.run.cells import Cell
+from modtransfer.run.plan_types import Cell
 from modtransfer.run.row import Row, sanitise_row
 from modtransfer.run.training import CellModule, lightning_api, make_datamodule, make_module, make_trainer
 

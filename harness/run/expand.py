@@ -3,7 +3,7 @@
 Each variant is resolved on the baseline of each implementation and size (cached per setting),
 a variant that needs a capability the task lacks, or that an implementation cannot carry, is
 recorded in ``plan.skipped`` with the reason, and the cells are put seed-major
-(:func:`modtransfer.run.cells.seed_major`).
+(:func:`modtransfer.run.plan_types.seed_major`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from modtransfer.core.sizes import size_preset
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.task import TASKS, Budget, Task
 from modtransfer.core.variant import resolve
-from modtransfer.run.cells import Cell, Plan, seed_major
 from modtransfer.run.hparams import EXTRA_SPEC_AXES, INIT_AXIS, hparam_rows, init_expr
+from modtransfer.run.plan_types import Cell, Plan, seed_major
 
 SPEC_FIELDS = frozenset(ModelSpec().to_dict()) | frozenset(EXTRA_SPEC_AXES)
 BUDGET_FIELDS = frozenset(Budget().to_dict())

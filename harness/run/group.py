@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from modtransfer.run import cell as _cell
 from modtransfer.run.cell import CellRun, fit_cell, run_cell
-from modtransfer.run.cells import Cell
+from modtransfer.run.plan_types import Cell
 from modtransfer.run.row import sanitise_row
 from modtransfer.run.training import make_trainer
 

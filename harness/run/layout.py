@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from modtransfer.core.task import TASKS
 
 if TYPE_CHECKING:
-    from modtransfer.run.cells import Cell
+    from modtransfer.run.plan_types import Cell
 
 #: training FLOPs per optimiser step from which a cell counts as large (the ``small`` preset's lm
 #: cell is about 4e10, the ``tiny`` one 1.6e9)

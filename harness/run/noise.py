@@ -6,7 +6,7 @@ configuration (with the task's defaults filled in), the budget's identity
 resolved baseline spec and the precision. The SHA-256 of those is the record's key, and the
 record lives at ``<cache>/noise/<task>-<key>.json`` (``<cache>`` is ``$MODTRANSFER_CACHE`` or
 ``~/.cache/modtransfer``). A plan's baseline cell and ``bench noise`` compute the key from the
-same :class:`~modtransfer.run.cells.Cell` fields (:func:`cell_noise_key`), so a dry run finds a
+same :class:`~modtransfer.run.plan_types.Cell` fields (:func:`cell_noise_key`), so a dry run finds a
 record exactly when it was measured at the plan's own budget and model; a record measured at
 another budget has another key and is never used for it.
 
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from modtransfer.core.task import TASKS, default_cache_dir
 
 if TYPE_CHECKING:
-    from modtransfer.run.cells import Cell, Plan
+    from modtransfer.run.plan_types import Cell, Plan
 
 VERSION = 1
 FOLDER = "noise"

@@ -9,7 +9,7 @@ seed-major with the variants interleaved (rotated each seed), so a drift in mach
 spread over every variant instead of falling on whichever ran last. Everything is checked before anything trains;
 each problem is one line naming it and the fix (:class:`UserError`, exit code 2).
 
-The plan's data (:class:`Cell`, :class:`Plan`) lives in :mod:`modtransfer.run.cells`, the file
+The plan's data (:class:`Cell`, :class:`Plan`) lives in :mod:`modtransfer.run.plan_types`, the file
 reading in :mod:`modtransfer.run.plan_file`, the expansion into cells in :mod:`modtransfer.run.expand`.
 """
 
@@ -27,7 +27,6 @@ from modtransfer.core.spec import ModelSpec
 from modtransfer.core.task import TASKS, Budget
 from modtransfer.core.validate import check_components
 from modtransfer.core.variant import BASELINE, VARIANTS, canonical
-from modtransfer.run.cells import Plan
 from modtransfer.run.executors import EXECUTORS
 from modtransfer.run.expand import expand_cells
 from modtransfer.run.hparams import hparam_rows
@@ -40,6 +39,7 @@ from modtransfer.run.plan_file import (
     check_type,
     read_plan_file,
 )
+from modtransfer.run.plan_types import Plan
 from modtransfer.run.wandb_folders import WANDB_MODES
 
 PLAN_KEYS = {

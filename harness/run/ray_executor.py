@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from modtransfer.run.cells import Cell, Plan
+    from modtransfer.run.plan_types import Cell, Plan
 
 #: How often Ray may retry a task whose worker process died (not a cell that raised:
 #: ``train_and_record`` records exceptions as ``failed`` rows and returns normally).

@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from modtransfer.run.cells import Cell
+from modtransfer.run.plan_types import Cell
 
 STATUSES = ("done", "diverged", "failed", "timeout")
 #: statuses whose row may carry a primary value (a diverged or failed cell never does)

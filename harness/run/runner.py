@@ -20,7 +20,7 @@ from modtransfer.run.stacking import group_cells, group_cost
 from modtransfer.run.workers import WorkerPool, train_and_record_group
 
 if TYPE_CHECKING:
-    from modtransfer.run.cells import Cell, Plan
+    from modtransfer.run.plan_types import Cell, Plan
 
 class ProgressSink(Protocol):
     """What :func:`execute` tells as cells start and finish (the command line's display)."""

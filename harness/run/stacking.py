@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from modtransfer.run.cells import Cell
+    from modtransfer.run.plan_types import Cell
 
 #: A group never holds more members than this (memory grows with the members; past it the
 #: step's tensors leave the CPU's caches and a member step gets slower, measured by ``bench seeds``).

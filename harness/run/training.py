@@ -29,13 +29,13 @@ import torch
 from modtransfer.core.optim import adamw, build_optimizer, owns_schedule, set_mode
 from modtransfer.core.recipe import AUX_LOSSES, Recipe
 from modtransfer.core.schedule import lr_lambda
-from modtransfer.run.cells import Cell
 from modtransfer.run.divergence import (
     DivergenceMonitor,
     diverge_factor_for,
     diverge_patience_for,
     divergence_limit,
 )
+from modtransfer.run.plan_types import Cell
 
 if TYPE_CHECKING:
     from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig

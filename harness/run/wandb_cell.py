@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modtransfer.core.task_card import SIGN_CONVENTION, improvement
-from modtransfer.run.cells import Cell
+from modtransfer.run.plan_types import Cell
 from modtransfer.run.row import Row
 
 if TYPE_CHECKING:

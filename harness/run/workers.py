@@ -24,7 +24,7 @@ from modtransfer.run.row import Row
 from modtransfer.run.store import Store
 
 if TYPE_CHECKING:
-    from modtransfer.run.cells import Cell
+    from modtransfer.run.plan_types import Cell
 
 #: workers that die before they are ready, in a row, after which the run stops (a broken
 #: environment or plugin, not a cell's fault)

@@ -35,7 +35,7 @@ from modtransfer.core.precision import cpu_bf16_flag, resolve_precision
 
 if TYPE_CHECKING:
     from modtransfer.core.task import Task
-    from modtransfer.run.cells import Cell
+    from modtransfer.run.plan_types import Cell
 
 PRECISIONS = ("fp32", "bf16")
 
