@@ -260,7 +260,7 @@ def test_workers_that_cannot_start_stop_the_run(tmp_path: Path) -> None:
 
 # -- bench runner: the sameness rule --------------------------------------------------------------
 def test_bench_runner_calls_results_the_same_only_within_a_percent_of_seed_noise() -> None:
-    from modtransfer.bench.layouts import main, same_results
+    from modtransfer.bench.layout_speed import main, same_results
 
     def run(*cells: tuple[str, str, str, float | None]) -> dict[str, Any]:
         return {"rows": [{"cell_id": cid, "task": task, "status": status, "primary_value": value}

@@ -27,7 +27,7 @@ from modtransfer.cli.run_command import run_command
 from modtransfer.core.errors import UserError
 
 #: ``modtransfer bench NAME``: benchmark name -> the module whose ``main(argv)`` runs it.
-BENCHMARKS = {"speed": "modtransfer.bench.speed", "runner": "modtransfer.bench.layouts",
+BENCHMARKS = {"speed": "modtransfer.bench.speed", "runner": "modtransfer.bench.layout_speed",
               "precision": "modtransfer.bench.bf16", "diagnostics": "modtransfer.bench.diag_cost",
               "noise": "modtransfer.bench.noise", "seeds": "modtransfer.bench.seeds"}
 
