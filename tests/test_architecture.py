@@ -8,6 +8,7 @@ are the README's Architecture diagram.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,84 @@ def test_every_module_has_a_layer_and_imports_only_downwards() -> None:
 def test_module_size(name: str) -> None:
     lines = len(_modules()[name].read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{name}: {lines} lines (split it; the limit is {MAX_LINES})"
+
+
+def _defined(tree: ast.Module) -> set[str]:
+    """Names a module binds itself at its top level (functions, classes, assignments, also under if/try)."""
+    out: set[str] = set()
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            out.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.If | ast.Try | ast.ExceptHandler | ast.With):
+            stack.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def second_addresses() -> tuple[list[str], list[str]]:
+    """Imports of a name through a module that does not define it (the package's own ``__init__``, the
+    public API, excepted), and ``_private`` names imported from another module."""
+    mods = _modules()
+    trees = {m: ast.parse(p.read_text(encoding="utf-8")) for m, p in mods.items()}
+    defined = {m: _defined(t) for m, t in trees.items()}
+    through, private = [], []
+    for mod, tree in trees.items():
+        is_pkg = mods[mod].name == "__init__.py"
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = _resolve(mod, is_pkg, node)
+            if base not in mods:
+                continue
+            for a in node.names:
+                if f"{base}.{a.name}" in mods:  # a submodule, not a name
+                    continue
+                where = f"{mod} line {node.lineno}: {a.name} from {base}"
+                if a.name.startswith("_") and not a.name.startswith("__") and base != mod:
+                    private.append(where)
+                if base != "modtransfer" and a.name not in defined[base]:
+                    through.append(where)
+    return through, private
+
+
+def test_the_address_finder_sees_a_reexport_and_a_private_name() -> None:
+    tree = ast.parse("from x import A\nB = 1\nif True:\n    def c(): pass\ntry:\n    D = 2\nexcept E:\n    pass\n")
+    assert _defined(tree) == {"B", "c", "D"}
+
+
+def test_every_name_has_one_address() -> None:
+    through, private = second_addresses()
+    assert not through, ("import each name from the module that defines it, not through another one:\n"
+                         + "\n".join(through))
+    assert not private, ("a _private name is its module's own: make it public or keep it there:\n"
+                         + "\n".join(private))
+
+
+#: a repository path in backticks or a link: starts at one of the project's top folders
+DOC_PATH = re.compile(r"(?<![\w./-])((?:harness|variants|tasks|reports|configs|tests)/[\w./-]*[\w/])")
+
+
+def named_paths(text: str) -> set[str]:
+    """The repository paths a document names (in code spans and links); globs and placeholders skipped."""
+    spans = re.findall(r"`([^`\n]+)`|\]\(([^)\s]+)\)", text)
+    found = set()
+    for span in (a or b for a, b in spans):
+        for path in DOC_PATH.findall(span):
+            if not any(c in path for c in "*<>{}") and " " not in path:
+                found.add(path.rstrip("."))
+    return found
+
+
+def test_the_path_finder_reads_code_spans_and_links() -> None:
+    text = "see `harness/run/store.py`, [x](reports/page.py) and `runs/<name>/x`, `tasks/*.py`, modtransfer.run"
+    assert named_paths(text) == {"harness/run/store.py", "reports/page.py"}
+
+
+@pytest.mark.parametrize("doc", ["README.md", "ARCHITECTURE.md"])
+def test_every_path_the_docs_name_exists(doc: str) -> None:
+    missing = sorted(p for p in named_paths((ROOT / doc).read_text(encoding="utf-8")) if not (ROOT / p).exists())
+    assert not missing, f"{doc} names paths that do not exist (moved or renamed?): {missing}"
