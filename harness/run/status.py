@@ -62,7 +62,8 @@ def summarise(run_dir: Path) -> str:
             for f in stored.get("plugins", []):
                 load_plugin_file(f, strict=False)
             try:  # rebuild the cells from each stored plan (as narrowed by --variants/--tasks/--seeds)
-                p = load_plan({k: v for k, v in stored.items() if k in PLAN_KEYS}, allow_large=True)
+                # a stored plan writes an absent axis as [] ("sizes": []), which a plan file may not say
+                p = load_plan({k: v for k, v in stored.items() if k in PLAN_KEYS and v != []}, allow_large=True)
                 wanted.update({c.cell_id: c for c in p.cells})
             except UserError as exc:
                 lines.append(f"(cannot rebuild the cells of plan {stored.get('name', '?')!r}: {exc})")
