@@ -44,17 +44,20 @@ def survival(main: str, other: str) -> str:
 
 
 def survival_rows(a: Analysis, held: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """One row per (variant, parent task with a decided call, held-out variant present in the run)."""
+    """One row per (variant, setting of a parent task with a decided call, held-out variant measured at the same
+    setting): a plan with a hyper-parameter axis compares the task and its variant setting by setting."""
     held = parents() if held is None else held
+    calls = {(c.variant, c.cond.task, c.cond.hparams_json): c for c in a.comps}
     rows = []
-    for variant, calls in a.task_calls.items():
-        for group, call in calls.items():
-            if call not in DECIDED:
-                continue
-            for child, parent in held.items():
-                if parent == group and child in calls:
-                    rows.append({"variant": variant, "task": group, "call": call, "held_out": child,
-                                 "held_out_call": calls[child], "survival": survival(call, calls[child])})
+    for (variant, task, hp), comp in sorted(calls.items()):
+        if comp.call not in DECIDED:
+            continue
+        for child, parent in held.items():
+            other = calls.get((variant, child, hp)) if parent == task else None
+            if other is not None:
+                rows.append({"variant": variant, "task": comp.cond.label, "call": comp.call,
+                             "held_out": other.cond.label, "held_out_call": other.call,
+                             "survival": survival(comp.call, other.call)})
     return rows
 
 
@@ -73,7 +76,7 @@ def transfer_column(rows: list[dict[str, Any]]) -> dict[str, str]:
 
 def heldout_section(a: Analysis) -> Section | None:
     held = parents()
-    present = {t for calls in a.task_calls.values() for t in calls}
+    present = {c.cond.task for c in a.comps}
     if not any(child in present and parent in present for child, parent in held.items()):
         return None
     rows = survival_rows(a, held)

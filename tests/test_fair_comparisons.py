@@ -106,3 +106,20 @@ def test_survival_outcomes():
     assert survival("better", "worse") == "reverses"
     assert survival("better", "no change") == "lost"
     assert survival("better", "unclear") == "untested"
+
+
+def test_survival_is_read_setting_by_setting():
+    from types import SimpleNamespace
+
+    from modtransfer.reports.heldout import survival_rows
+
+    def comp(variant, task, hp, call):
+        return SimpleNamespace(variant=variant, call=call,
+                               cond=SimpleNamespace(task=task, hparams_json=hp, label=f"{task} {hp}"))
+    a = SimpleNamespace(comps=[comp("v", "regression", '{"lr": 1}', "better"), comp("v", "regression", '{"lr": 2}', "worse"),
+                               comp("v", "regression_product", '{"lr": 1}', "better"),
+                               comp("v", "regression_product", '{"lr": 2}', "no change"),
+                               comp("v", "lm", "{}", "better")])
+    rows = survival_rows(a, {"regression_product": "regression", "lm_bpe": "lm"})
+    assert [(r["task"], r["survival"]) for r in rows] == [('regression {"lr": 1}', "survives"),
+                                                         ('regression {"lr": 2}', "lost")]
