@@ -29,6 +29,9 @@ from torch import Tensor
 
 from modtransfer.core.errors import UserError
 from modtransfer.core.task import Batch, Budget, Decision, Task, register_task
+from modtransfer.core.task_card import TaskCard
+
+from ._cards import REGRESSION_CARD
 
 #: Offset between the training and the held-out generator seeds.
 HELD_OUT_SEED_OFFSET = 10_000
@@ -80,6 +83,7 @@ class Regression(Task):
     topology: ClassVar[str] = "encoder"
     description: ClassVar[str] = "toy [a, b] -> (a+1)^2 + b; training sensitivity"
     credit: ClassVar[str] = "synthetic data (Gaussian inputs); no licence needed"
+    card: ClassVar[TaskCard | None] = REGRESSION_CARD
     primary_metric: ClassVar[str] = "val_mse"
     has_vocab: ClassVar[bool] = False
     has_padding: ClassVar[bool] = False
@@ -179,12 +183,18 @@ class Regression(Task):
         out = {"val_mse": value, "val_loss": 0.5 * value}
         n = self.config["train_mode_batches"]
         if n:
-            out["train_mode_mse"] = self.train_mode_mse(model, n, batches[0]["x"].shape[0])
-            out["train_mode_loss"] = 0.5 * out["train_mode_mse"]
+            per_batch = self.train_mode_batch_mse(model, n, batches[0]["x"].shape[0])
+            mse = float(per_batch.mean())
+            se = float(per_batch.std() / n ** 0.5) if n > 1 else float("nan")   # of the mean over n batches
+            out.update(train_mode_mse=mse, train_mode_loss=0.5 * mse, train_mode_loss_se=0.5 * se)
         return out
 
     def train_mode_mse(self, model: Any, n_batches: int, batch_size: int) -> float:
-        """MSE in train mode (dropout as in training) over ``n_batches`` fresh batches, without updating.
+        """MSE in train mode (dropout as in training) over ``n_batches`` fresh batches, without updating."""
+        return float(self.train_mode_batch_mse(model, n_batches, batch_size).mean())
+
+    def train_mode_batch_mse(self, model: Any, n_batches: int, batch_size: int) -> Tensor:
+        """The MSE in train mode of each of ``n_batches`` fresh batches (float64), without updating.
 
         The batches come from their own generator (seed 20000), never the training stream, and are
         the same for every cell of this configuration; the model's mode is restored afterwards.
@@ -192,17 +202,25 @@ class Regression(Task):
         gen = torch.Generator().manual_seed(2 * HELD_OUT_SEED_OFFSET)
         was_training = model.training
         model.train()
-        total, count = 0.0, 0
+        per_batch = []
         try:
             with torch.no_grad():
                 for _ in range(n_batches):
                     b = self._sample(gen, batch_size)
                     err = (self.predict(model, b["x"].to(_device(model))).float().cpu() - b["y"]) ** 2
-                    total += float(err.sum())
-                    count += err.numel()
+                    per_batch.append(err.double().mean())
         finally:
             model.train(was_training)
-        return total / max(count, 1)
+        return torch.stack(per_batch)
+
+    def gate_info(self) -> dict[str, Any]:
+        """The task's declarations; with ``train_mode_batches``, the training-sensitivity section judges the
+        plateau on ``train_mode_loss`` (0.5 x MSE in train mode over fresh batches, a study's own metric),
+        whose trivial level is half the trivial MSE."""
+        info = super().gate_info()
+        if self.config["train_mode_batches"]:
+            info.update(plateau_metric="train_mode_loss", plateau_trivial=0.5 * info["trivial"])
+        return info
 
     def count_tokens(self, batch: Batch) -> int:
         return int(batch["x"].shape[0] * batch["x"].shape[1])
