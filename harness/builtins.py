@@ -10,7 +10,16 @@ The imports sit inside the function so that ``import modtransfer`` stays light (
 
 from __future__ import annotations
 
+import importlib
+
 from modtransfer.core.registry import loading_builtins
+
+#: The modification modules, imported in this order: the registry lists their variants in it (``ls variants``,
+#: the README's zoo table; ``tests/data/variant_registry.json`` pins it), whatever imports one module makes of another.
+VARIANT_MODULES = ("activations", "attention", "branched", "convolution", "depth", "output", "embeddings", "evolved",
+                   "ffn", "residual", "init", "memory", "position", "modern_attention", "modern_blocks",
+                   "modern_output", "modern_stack", "moe", "norms", "optimizers", "sharing", "stacks", "synthesizer",
+                   "transparent")
 
 _loaded = False
 
@@ -24,29 +33,5 @@ def load_builtins() -> None:
     with loading_builtins():  # importing a module registers what it defines (the imports are the point)
         import modtransfer.tasks  # noqa: F401  (built-in tasks register with the rest)
         import modtransfer.variants.baseline  # noqa: F401  (the baseline's parts, before any modification)
-        from modtransfer.variants import (  # noqa: F401
-            activations,
-            attention,
-            branched,
-            convolution,
-            depth,
-            embeddings,
-            evolved,
-            ffn,
-            init,
-            memory,
-            modern_attention,
-            modern_blocks,
-            modern_output,
-            modern_stack,
-            moe,
-            norms,
-            optimizers,
-            output,
-            position,
-            residual,
-            sharing,
-            stacks,
-            synthesizer,
-            transparent,
-        )
+        for name in VARIANT_MODULES:
+            importlib.import_module(f"modtransfer.variants.{name}")

@@ -195,3 +195,13 @@ def test_state_dict_round_trip(tmp_path):
     other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     x = torch.randint(0, 50, (2, 7))
     assert torch.equal(model(x, x), other(x, x))
+
+
+def test_every_variant_module_is_loaded_in_the_registry_order():
+    from pathlib import Path
+
+    from modtransfer.builtins import VARIANT_MODULES
+
+    folder = Path(__file__).resolve().parent.parent / "variants"
+    files = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+    assert sorted(VARIANT_MODULES) == sorted(files) and len(set(VARIANT_MODULES)) == len(VARIANT_MODULES)
