@@ -107,14 +107,10 @@ def lr_curves(rows: list[dict[str, Any]]) -> dict[str, dict[str, LrCurve]]:
 
 
 def _draw(group: str, arms: dict[str, LrCurve], folder: Path, name: str) -> str:
-    import matplotlib
+    from .plots import new_figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .plots import save
-
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    fig = new_figure(6.0, 3.6)
+    ax = fig.add_subplot()
     for arm, c in sorted(arms.items(), key=lambda kv: (kv[0] != "baseline", kv[0])):
         lrs = [lr for lr in c.lrs if c.values.get(lr)]
         if not lrs:
@@ -134,9 +130,7 @@ def _draw(group: str, arms: dict[str, LrCurve], folder: Path, name: str) -> str:
     ax.set_ylabel(f"final {metric} ({'higher' if hib else 'lower'} is better)")
     ax.set_title(group, fontsize=9)
     ax.legend(fontsize=7)
-    path = save(fig, folder / name)
-    plt.close(fig)
-    return path.name
+    return save(fig, folder / name).name
 
 
 def lr_section(a: Analysis, folder: Path) -> Section | None:

@@ -65,14 +65,10 @@ def ratio_table(tcs: list[TargetCondition], order: list[str]) -> Table:
 
 
 def _draw_profile(prof: dict[str, Any], folder: Path, name: str) -> str:
-    import matplotlib
+    from .plots import new_figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .plots import save
-
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    fig = new_figure(6.0, 3.6)
+    ax = fig.add_subplot()
     for arm, data in sorted(prof["arms"].items(), key=lambda kv: (kv[0] != "baseline", kv[0])):
         style = {"color": "black", "lw": 2.2} if arm == "baseline" else {"lw": 1.3}
         ax.step(prof["taus"], data["rho"], where="post", label=f"{arm} ({data['score']:.2f})", **style)
@@ -81,9 +77,7 @@ def _draw_profile(prof: dict[str, Any], folder: Path, name: str) -> str:
     ax.set_xlim(1.0, TAU_MAX)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7, loc="lower right", title="arm (score)", title_fontsize=7)
-    path = save(fig, folder / name)
-    plt.close(fig)
-    return path.name
+    return save(fig, folder / name).name
 
 
 def target_section(a: Analysis, folder: Path) -> Section | None:
