@@ -26,15 +26,15 @@ from .doc import Document, Section
 from .figures import Figures
 from .front import caveats, front_blocks, headline, main_section, sweep_section
 from .happened import happened_section
-from .heldout import heldout_section
 from .lrcurves import lr_section
 from .records import BASELINE
+from .regimes import tuning_section
 from .studies import implementations_section, plateau_section, reference_section, sensitivity_section
 from .summary import Analysis
+from .survival import heldout_section
 from .table import MainTable, main_table
 from .target_section import target_section
 from .tasks_section import tasks_section
-from .tuning import tuning_section
 
 
 @dataclass

@@ -162,7 +162,7 @@ def tuning_trials(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[lis
         return rows, []
     from modtransfer.run.tuning import parse_tuning
 
-    from .tuning import split_rows
+    from .regimes import split_rows
 
     return split_rows(rows, parse_tuning(tuning).index())
 

@@ -13,7 +13,7 @@ import yaml
 
 from modtransfer.bench import noise
 from modtransfer.cli.commands import main
-from modtransfer.run.noise import baseline_cell, cell_noise_key, read_cell_noise
+from modtransfer.run.noise_records import baseline_cell, cell_noise_key, read_cell_noise
 from modtransfer.run.plan import load_plan
 from modtransfer.tasks.regression import Regression
 

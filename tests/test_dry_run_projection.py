@@ -14,7 +14,7 @@ import yaml
 
 from modtransfer.cli.commands import main
 from modtransfer.reports.stats import seeds_needed
-from modtransfer.run.noise import baseline_cell, cell_noise_key, write_noise
+from modtransfer.run.noise_records import baseline_cell, cell_noise_key, write_noise
 from modtransfer.run.plan import load_plan
 from modtransfer.run.row import Row
 from modtransfer.run.store import Store

@@ -10,8 +10,8 @@ import torch
 
 from modtransfer.builtins import load_builtins
 from modtransfer.core.task import TASKS
-from modtransfer.reports.heldout import parents, survival
 from modtransfer.reports.lrcurves import LrCurve
+from modtransfer.reports.survival import parents, survival
 from modtransfer.reports.target import ArmTimes, TargetCondition, profile, ratio_to_baseline, reach_step
 
 load_builtins()
@@ -111,7 +111,7 @@ def test_survival_outcomes():
 def test_survival_is_read_setting_by_setting():
     from types import SimpleNamespace
 
-    from modtransfer.reports.heldout import survival_rows
+    from modtransfer.reports.survival import survival_rows
 
     def comp(variant, task, hp, call):
         return SimpleNamespace(variant=variant, call=call,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from modtransfer.core.errors import UserError
-from modtransfer.reports.tuning import agreement, select, split_rows, tuned_effects
+from modtransfer.reports.regimes import agreement, select, split_rows, tuned_effects
 from modtransfer.run.tuning import parse_tuning
 
 SPACE = {"lr": {"log_uniform": [3.0e-4, 3.0e-2]}, "warmup": {"uniform": [0.0, 0.2]}}

@@ -28,7 +28,7 @@ run is the cell of seed ``s`` (a test checks the primary value against ``run_cel
 dropout seed other than the initialisation seed reseeds the global generator after building
 (``torch.manual_seed(DROPOUT_STREAM + seed)``).
 
-The result is written as a record (:mod:`modtransfer.run.noise`) under ``$MODTRANSFER_CACHE/noise``,
+The result is written as a record (:mod:`modtransfer.run.noise_records`) under ``$MODTRANSFER_CACHE/noise``,
 keyed by the task configuration, budget, size, implementation and spec, where ``run --dry-run``
 of a plan at the same budget finds it. ``--steps`` shortens the budget for a quick look: the
 record then matches only plans at that number of steps, and the output says which budget it measured.
@@ -333,7 +333,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_cells(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """(variant -> the cell it trains, at the first seed; the budget's description)."""
-    from modtransfer.run.noise import primary_cells
+    from modtransfer.run.noise_records import primary_cells
     from modtransfer.run.plan import load_plan
 
     source: Any = args.plan or {"name": "bench-noise", "size": args.size or "tiny", "wandb": {"mode": "disabled"},
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from modtransfer.core.task import TASKS
-    from modtransfer.run.noise import cell_noise_key, noise_identity, write_noise
+    from modtransfer.run.noise_records import cell_noise_key, noise_identity, write_noise
 
     args = _args(argv)
     cells, label = load_cells(args)

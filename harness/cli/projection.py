@@ -8,7 +8,7 @@ the first of:
    the plan's budget): the median over variants of the SD of paired differences (variants with
    at least :data:`MIN_PAIRS` seeds paired), else sqrt(2) x the baseline's seed SD (2 seeds or more);
 2. a ``modtransfer bench noise`` record measured at the plan's configuration
-   (:mod:`modtransfer.run.noise`: same task configuration, budget identity, size, implementation
+   (:mod:`modtransfer.run.noise_records`: same task configuration, budget identity, size, implementation
    and spec): its paired-difference SD, else sqrt(2) x its seed SD;
 3. the task's declared ``noise_sd`` x sqrt(2), which is for the task's default budget and
    configuration: the line says so, and names what the plan changes.
@@ -184,7 +184,7 @@ def project(plan: Plan, task: str, rows: list[dict[str, Any]], workers: int, sto
     """One task's projection (see the module docstring for the order of the sources)."""
     from modtransfer.core.task import TASKS
     from modtransfer.reports.stats import seeds_needed
-    from modtransfer.run.noise import baseline_cell, primary_cells, read_cell_noise
+    from modtransfer.run.noise_records import baseline_cell, primary_cells, read_cell_noise
 
     cells = primary_cells(plan, task)
     base = baseline_cell(plan, task)

@@ -21,7 +21,7 @@ seeded by the study number; :class:`scipy.stats.qmc.Halton`), mapped to each axi
 value is kept to 4 significant digits (the cell ids stay readable and reproducible). Every arm gets
 the same points, so two arms' trials differ only in the arm (common random numbers across arms).
 The drop-in cells (no hyper-parameter change) stay in the plan beside the trials: the report sets
-the two regimes side by side (:mod:`modtransfer.reports.tuning`). Every cell of a tuning plan is
+the two regimes side by side (:mod:`modtransfer.reports.regimes`). Every cell of a tuning plan is
 also scored on the task's test split (``budget.test_batches``), which selection never reads.
 """
 
