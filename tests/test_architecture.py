@@ -8,6 +8,7 @@ are the README's Architecture diagram.
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 from pathlib import Path
 
@@ -234,3 +235,36 @@ def test_the_path_finder_reads_code_spans_and_links() -> None:
 def test_every_path_the_docs_name_exists(doc: str) -> None:
     missing = sorted(p for p in named_paths((ROOT / doc).read_text(encoding="utf-8")) if not (ROOT / p).exists())
     assert not missing, f"{doc} names paths that do not exist (moved or renamed?): {missing}"
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b, strict=True)) == 1
+    short, long_ = sorted((a, b), key=len)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
+def test_module_names_say_what_they_hold() -> None:
+    """No two modules of one folder one letter apart (``cell.py`` / ``cells.py``), and a module name used in two
+    places means one thing: only a baseline component and the modifications of its slot share a name
+    (``variants/baseline/ffn.py`` and ``variants/ffn.py``)."""
+    names: dict[str, list[Path]] = {}
+    for path in _modules().values():
+        if path.stem != "__init__":
+            names.setdefault(path.stem, []).append(path)
+    close = [(p.relative_to(ROOT).as_posix(), q.relative_to(ROOT).as_posix())
+             for a, b in itertools.combinations(sorted(names), 2) if _one_edit_apart(a, b)
+             for p in names[a] for q in names[b] if p.parent == q.parent]
+    assert not close, f"modules one letter apart in one folder: {close}"
+    repeated = {n: ps for n, ps in names.items() if len(ps) > 1}
+    slot_family = {n for n, ps in repeated.items()
+                   if sorted(p.parent.relative_to(ROOT).as_posix() for p in ps) == ["variants", "variants/baseline"]}
+    assert set(repeated) == slot_family, {n: [p.relative_to(ROOT).as_posix() for p in ps]
+                                          for n, ps in repeated.items() if n not in slot_family}
+
+
+def test_the_name_rule_sees_one_letter() -> None:
+    assert _one_edit_apart("cell", "cells") and _one_edit_apart("stats", "state") and not _one_edit_apart("run", "run")
+    assert not _one_edit_apart("plan", "plan_types")
