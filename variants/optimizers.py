@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from modtransfer.core.errors import UserError
-from modtransfer.core.optim import adamw_on_groups
+from modtransfer.core.optim import adamw_on_groups, closure_loss
 from modtransfer.core.recipe import register_optimizer
 from modtransfer.core.spec import ModelSpec
 from modtransfer.core.variant import register_variant
@@ -49,10 +49,7 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
             for p in group["params"]:

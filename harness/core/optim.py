@@ -53,6 +53,14 @@ def adamw_on_groups(groups: list[dict[str, Any]], budget: Budget, device: torch.
                              fused=True if fused_adamw_supported(device) else None)
 
 
+def closure_loss(closure: Any) -> Any:
+    """The loss of an optimiser step's ``closure`` (evaluated with gradients on), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Chained(torch.optim.Optimizer):
     """Several optimisers over disjoint parameters, as one: its ``param_groups`` are theirs (the same
     dicts, so a learning-rate scheduler that scales them scales each optimiser's), and ``step`` runs
@@ -64,10 +72,7 @@ class Chained(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for opt in self.optimizers:
             opt.step()
         return loss
