@@ -171,3 +171,19 @@ def test_dry_run_counts_only_the_main_tests(tmp_path, capsys):
     assert cli.main(["run", str(p), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "alpha 0.05 / 2 tests" in out   # rmsnorm on 2 tasks at the drop-in setting; the 4 trials make no call
+
+
+def test_dry_run_first_line_counts_every_axis(tmp_path, capsys):
+    import yaml
+
+    import modtransfer.cli.commands as cli
+
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(_small_plan(variants=["rmsnorm", "factorized_embedding"], hparams={"lr": [1.0e-3, 2.0e-3]},
+                                            tuning={"trials": 2, "studies": 1,
+                                                    "space": {"lr": {"log_uniform": [1.0e-3, 1.0e-2]}}})))
+    assert cli.main(["run", str(p), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    # 3 arms x 2 tasks x 2 seeds x (2 lr + 2 trials) = 48, less factorized_embedding on both tasks (no vocabulary)
+    assert first.startswith("plan 'fair': 32 cells (3 variants x 2 tasks x 2 seeds x 4 settings (incl. tuning trials), "
+                            "less 2 variant x task pair(s) that cannot run)")

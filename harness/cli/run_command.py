@@ -114,13 +114,8 @@ def _dry_run(plan: Plan, store: Store, run_dir: Path, done: set[str], todo: list
     layout, ahead = layouts
     from modtransfer.run.status import estimate_seconds
 
-    n_seeds = len(plan.seeds)
-    seeds_txt = (f"adaptive seeds, looks at {', '.join(map(str, plan.looks))}" if plan.adaptive
-                 else f"{n_seeds} seeds")
-    print(f"plan {plan.name!r}: {len(plan.cells)} cells "
-          f"({len(plan.variants)} variants x {len(plan.tasks)} tasks x {seeds_txt}"
-          + (f" x {len(plan.all_cells) // max(1, len(plan.variants) * len(plan.tasks) * n_seeds)} hparams"
-             if plan.hparams else "") + f"); {parts_text(plan, device)}; run folder {run_dir}")
+    print(f"plan {plan.name!r}: {len(plan.cells)} cells ({_factors(plan)}); {parts_text(plan, device)}; "
+          f"run folder {run_dir}")
     for c in plan.cells:
         mark = "done " if c.cell_id in done else "todo "
         print(f"  {mark} {c.cell_id}  {c.label}  steps={c.budget.steps} batch={c.budget.batch_size}")
@@ -313,6 +308,25 @@ def _power(plan: Plan, store: Store) -> list[str]:
     n = plan.looks[-1] if plan.adaptive else len(plan.seeds)
     power = plan_power(plan.tasks, metrics, n, tests, declared, plan.margins, rows)
     return power_lines(power)
+
+
+def _factors(plan: Plan) -> str:
+    """The axes the cells cross, each with its count (sizes and implementations when the plan has those axes,
+    settings = hyper-parameter rows plus tuning trials), and the pairs left out as not applicable."""
+    from modtransfer.run.hparams import hparam_rows
+
+    seeds = (f"adaptive seeds (looks at {'/'.join(map(str, plan.looks))})" if plan.adaptive
+             else f"{len(plan.seeds)} seeds")
+    parts = [f"{len(plan.variants)} variants", f"{len(plan.tasks)} tasks", seeds]
+    settings = len(hparam_rows(plan.hparams)) + (len(plan.tuning.points()) if plan.tuning is not None else 0)
+    if settings > 1:
+        parts.append(f"{settings} settings" + (" (incl. tuning trials)" if plan.tuning is not None else ""))
+    if len(plan.sizes) > 1:
+        parts.append(f"{len(plan.sizes)} sizes")
+    if len(plan.implementations) > 1:
+        parts.append(f"{len(plan.implementations)} implementations")
+    skipped = f", less {len(plan.skipped)} variant x task pair(s) that cannot run" if plan.skipped else ""
+    return " x ".join(parts) + skipped
 
 
 def _undecided(plan: Plan, store: Store, look: int) -> set[tuple[str, str, str]]:
