@@ -28,7 +28,7 @@ from .front import caveats, front_blocks, headline, main_section, sweep_section
 from .happened import happened_section
 from .lrcurves import lr_section
 from .records import BASELINE
-from .regimes import tuning_section
+from .regimes_section import tuning_section
 from .studies import implementations_section, plateau_section, reference_section, sensitivity_section
 from .summary import Analysis
 from .survival import heldout_section

@@ -70,10 +70,6 @@ class ArmTimes:
     steps: dict[int, float] = field(default_factory=dict)
     seconds: dict[int, float] = field(default_factory=dict)
 
-    @property
-    def reached(self) -> int:
-        return sum(math.isfinite(s) for s in self.steps.values())
-
     def median_steps(self) -> float:
         """Median over seeds, infinite when half or more of the seeds missed (a miss sorts last)."""
         values = sorted(self.steps.values())

@@ -87,7 +87,8 @@ def target_section(a: Analysis, folder: Path) -> Section | None:
         return None
     s = Section("Time to target", "time-to-target")
     s.blocks.append(Para("When did each arm first reach a fixed validation level? The target of a condition is "
-                         "the task's declared one, else the baseline's worst final value there (a level every baseline seed reached); the step is read "
+                         "the task's declared one, else the baseline's worst final value there (a level every "
+                         "baseline seed reached); the step is read "
                          "from the evaluation curve, interpolated between evaluations (so it is as fine as "
                          "`eval_every`); a seed that never reached it counts as a miss (infinite time)."))
     s.blocks.append(ratio_table(tcs, a.order))
@@ -100,9 +101,8 @@ def target_section(a: Analysis, folder: Path) -> Section | None:
                                   f"('miss': half or more of its seeds never reached it). Score: the area under the "
                                   f"performance profile for τ from 1 to {TAU_MAX:g}, over {TAU_MAX - 1:g} (1 = fastest "
                                   "everywhere; 0 = never within 4× of the fastest), as in MLCommons AlgoPerf"))
-    if len(times) >= 1:
-        f = _draw_profile(prof, folder, "performance_profile.png")
-        s.blocks.append(Image(f, "Performance profiles of the arms", "Share of conditions on which each arm reached "
-                              "the target within τ times the fastest arm's steps; higher and further left is "
-                              "faster; baseline in black; the legend gives each arm's score."))
+    f = _draw_profile(prof, folder, "performance_profile.png")
+    s.blocks.append(Image(f, "Performance profiles of the arms", "Share of conditions on which each arm reached "
+                          "the target within τ times the fastest arm's steps; higher and further left is "
+                          "faster; baseline in black; the legend gives each arm's score."))
     return s

@@ -31,9 +31,6 @@ from .lm import LanguageModelling
 from .mt import Translation
 from .regression import Regression
 
-#: task name -> the built-in task it is a held-out variant of
-HELD_OUT: dict[str, str] = {}
-
 
 def held_out(parent: str):
     """Class decorator: mark a registered task as a held-out variant of ``parent`` (run it after
@@ -41,7 +38,6 @@ def held_out(parent: str):
 
     def mark(cls: type) -> type:
         cls.held_out_of = parent
-        HELD_OUT[cls.name] = parent
         return cls
 
     return mark
@@ -90,17 +86,7 @@ class LanguageModellingBible(LanguageModelling):
               "21, 41, 48; test books 17, 25, 43, 58)."),
         margin_source="0.02 nats: lm's margin (held-out variant of lm; its noise is lm's until measured here).")
     default_config: ClassVar[dict[str, Any]] = {**LanguageModelling.default_config, "source": "bible_en"}
-
-    def __init__(self, config: dict[str, Any] | None = None, cache_dir: str | Path | None = None) -> None:
-        config = dict(config or {})
-        source = config.pop("source", "bible_en")
-        if source != "bible_en":
-            from modtransfer.core.errors import UserError
-
-            raise UserError(f"task 'lm_bible' reads only its own corpus (source: bible_en), got source {source!r}; "
-                            "use task 'lm' for another source")
-        super().__init__({**config, "source": "shakespeare"}, cache_dir)
-        self.config["source"] = "bible_en"
+    sources: ClassVar[tuple[str, ...]] = ("bible_en",)
 
     @property
     def cache_file(self) -> Path:
@@ -248,9 +234,4 @@ class RegressionLong(Regression):
     default_config: ClassVar[dict[str, Any]] = {**Regression.default_config, "positions": 40, "features": 12}
 
 
-def held_out_variants(parent: str) -> list[str]:
-    """The registered held-out variants of ``parent`` (names in registration order)."""
-    return [name for name, p in HELD_OUT.items() if p == parent]
-
-
-__all__ = ["HELD_OUT", "held_out", "held_out_variants"]
+__all__ = ["held_out"]

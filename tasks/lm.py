@@ -159,6 +159,8 @@ class LanguageModelling(TestSplitFromVal, Task):
         "val_loss": Decision(higher_is_better=False, margin=0.02, noise_sd=0.022,
                              trivial_name="add-0.5 bigram model of the training split"),
     }
+    #: the corpora ``source`` may name (a subclass reading its own corpus narrows it)
+    sources: ClassVar[tuple[str, ...]] = SOURCES
     default_config: ClassVar[dict[str, Any]] = {
         "tokenizer": "char",
         "seq_len": 128,
@@ -175,8 +177,9 @@ class LanguageModelling(TestSplitFromVal, Task):
         c = self.config
         if c["tokenizer"] not in TOKENIZERS:
             raise UserError(f"task 'lm' option tokenizer must be one of {', '.join(TOKENIZERS)}, got {c['tokenizer']!r}")
-        if c["source"] not in SOURCES:
-            raise UserError(f"task 'lm' option source must be one of {', '.join(SOURCES)}, got {c['source']!r}")
+        if c["source"] not in self.sources:
+            raise UserError(f"task {self.name!r} option source must be one of {', '.join(self.sources)}, "
+                            f"got {c['source']!r}")
         if c["seq_len"] < 2:
             raise UserError(f"task 'lm' option seq_len must be >= 2, got {c['seq_len']}")
         if c["tokenizer"] == "bpe" and not 300 <= c["bpe_vocab"] <= 65536:
