@@ -72,10 +72,18 @@ class ArmTimes:
 
     def median_steps(self) -> float:
         """Median over seeds, infinite when half or more of the seeds missed (a miss sorts last)."""
-        values = sorted(self.steps.values())
-        if not values:
-            return math.nan
-        return float(values[(len(values) - 1) // 2]) if len(values) % 2 else _mid(values)
+        return _median(self.steps)
+
+    def median_seconds(self) -> float:
+        """Median training seconds to the target over seeds, by the same rule (NaN where no time was recorded)."""
+        return _median(self.seconds)
+
+
+def _median(by_seed: dict[int, float]) -> float:
+    values = sorted(by_seed.values(), key=lambda v: (math.isnan(v), v))
+    if not values:
+        return math.nan
+    return float(values[(len(values) - 1) // 2]) if len(values) % 2 else _mid(values)
 
 
 def _mid(values: list[float]) -> float:

@@ -43,8 +43,8 @@ def _ratio_cell(r: Any) -> str:
 
 
 def _median_steps(tc: TargetCondition, arm: str) -> str:
-    m = tc.arms[arm].median_steps()
-    return "not reached" if math.isinf(m) else fmt(m, 4)
+    m, sec = tc.arms[arm].median_steps(), tc.arms[arm].median_seconds()
+    return "not reached" if math.isinf(m) else fmt(m, 4) + (f" ({sec:.3g} s)" if math.isfinite(sec) else "")
 
 
 def ratio_table(tcs: list[TargetCondition], order: list[str]) -> Table:
@@ -57,8 +57,9 @@ def ratio_table(tcs: list[TargetCondition], order: list[str]) -> Table:
             body.append([tc.label, f"{tc.target:.4g} ({tc.source})", v, f"{r.variant_reached}/{r.n_pairs}",
                          f"{r.baseline_reached}/{r.n_pairs}", _median_steps(tc, v), _median_steps(tc, "baseline"),
                          _ratio_cell(r)])
-    return Table(["Condition", "Target", "Variant", "Variant reached", "Baseline reached", "Variant median steps",
-                  "Baseline median steps", "Steps ratio variant/baseline [95% CI]"], body, id="target-table",
+    return Table(["Condition", "Target", "Variant", "Variant reached", "Baseline reached",
+                  "Variant median steps (training s)", "Baseline median steps (training s)",
+                  "Steps ratio variant/baseline [95% CI]"], body, id="target-table",
                  caption="Steps to the target; ratio < 1: the variant got there sooner. Geometric mean over the "
                          "paired seeds where both arms reached the target, t interval on the log ratios; seeds that "
                          "missed are counted in the 'reached' columns, not averaged")

@@ -134,3 +134,8 @@ def test_held_out_variants_describe_their_own_data():
         assert child in c.description or "held-out variant of " + parent in c.description
     assert "Bible" in TASKS.get("lm_bible").credit and "Shakespeare" not in TASKS.get("lm_bible").card.data
     assert "a * b + a" in TASKS.get("regression_product").card.data
+
+
+def test_time_to_target_in_seconds_follows_the_steps():
+    arm = ArmTimes({0: 100.0, 1: 300.0, 2: math.inf}, {0: 2.0, 1: 6.0, 2: math.inf})
+    assert arm.median_steps() == 300.0 and arm.median_seconds() == 6.0
